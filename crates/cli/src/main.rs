@@ -1,0 +1,56 @@
+//! `gradscope`: make vanishing and exploding gradients visible, measurable and
+//! comparable. A thin binary over the gradscope library crates: it parses
+//! arguments, calls the libraries, and prints; errors print one line with
+//! their cause chain and exit non-zero.
+
+mod compare_cmd;
+mod data_cmd;
+mod inspect_cmd;
+mod models_cmd;
+mod parity_cmd;
+mod progress;
+mod train_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Make vanishing (and exploding) gradients visible, measurable and comparable.
+#[derive(Parser, Debug)]
+#[command(name = "gradscope", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Datasets: list, describe, download.  Example: `gradscope data info mnist-sample`
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Model presets: list them, show a layer table.  Example: `gradscope models show resnet20-residual`
+    #[command(subcommand)]
+    Models(models_cmd::ModelsCommand),
+    /// Train a model into a run directory.  Example: `gradscope train --preset mlp-sigmoid-10x128 --epochs 2`
+    Train(Box<train_cmd::TrainArgs>),
+    /// Per-layer gradient table and verdicts of a run.  Example: `gradscope inspect runs/mlp-sigmoid-10x128-20261127-101500`
+    Inspect(inspect_cmd::InspectArgs),
+    /// Compare runs: convergence and gradient-flow charts, summary, report.html.  Example: `gradscope compare runs/a runs/b --out report`
+    Compare(compare_cmd::CompareArgs),
+    /// Run the same training on several backends and compare losses and gradients.  Example: `gradscope parity --backends flex,wgpu`
+    Parity(parity_cmd::ParityArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Models(cmd) => models_cmd::run(cmd),
+        Command::Train(args) => train_cmd::run(*args),
+        Command::Inspect(args) => inspect_cmd::run(args),
+        Command::Compare(args) => compare_cmd::run(args),
+        Command::Parity(args) => parity_cmd::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,57 @@
+//! `gradscope models`: the preset catalogue and layer tables.
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::Device;
+use clap::Subcommand;
+use gradscope_models::{Network, PRESETS, named_params, preset};
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// List the named presets with their parameter counts.
+    List,
+    /// Print a preset's layer table: probe points, shapes, activations, parameters.
+    Show {
+        /// Preset name, e.g. `mlp-sigmoid-10x128` or `resnet20-residual`.
+        name: String,
+    },
+}
+
+pub fn run(cmd: ModelsCommand) -> Result<()> {
+    let device = Device::flex();
+    match cmd {
+        ModelsCommand::List => {
+            println!("{:<24} {:>10}  description", "preset", "params");
+            for (name, description) in PRESETS {
+                let model = preset(name)?.init(&device)?;
+                println!("{name:<24} {:>10}  {description}", model.num_params());
+            }
+            println!("\nAlso accepted: mlp-ACT[-bn][-residual]-DEPTHxWIDTH[-INIT] and resnetN-plain|residual (N = 6n+2).");
+        }
+        ModelsCommand::Show { name } => {
+            let model = preset(&name)?.init(&device)?;
+            let params = named_params(&model);
+            let size_of = |path: &String| params.iter().find(|p| &p.path == path).map_or(0, |p| p.numel());
+            println!("{name}: {} parameters\n", model.num_params());
+            println!("{:>5}  {:<26} {:<7} {:<14} {:<11} {:>9}  weight", "depth", "probe point", "kind", "output", "activation", "params");
+            for p in model.probe_points() {
+                let shape = p.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+                let kind = serde_json::to_value(p.kind)?.as_str().unwrap_or_default().to_owned();
+                let act = p.activation.map_or("-".to_owned(), |a| a.to_string());
+                let n: usize = p.params.iter().map(size_of).sum();
+                let norm = if p.has_norm { " +BN" } else { "" };
+                println!(
+                    "{:>5}  {:<26} {:<7} {:<14} {:<11} {:>9}  {}{norm}",
+                    p.depth,
+                    p.name,
+                    kind,
+                    shape,
+                    act,
+                    n,
+                    p.weight.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}

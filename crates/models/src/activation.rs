@@ -1,0 +1,230 @@
+//! Hidden-layer activation functions, as a closed set the probe can reason about.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Tensor, activation as act};
+
+/// An element-wise activation `h = f(a)`.
+///
+/// Parsed from `sigmoid`, `tanh`, `relu`, `leaky_relu` (slope 0.01) or
+/// `leaky_relu:0.2`, `elu` or `elu:0.5`, `selu`, `gelu`, `identity`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Activation {
+    /// `1 / (1 + e^-a)`; its derivative is at most 0.25, the root of vanishing gradients.
+    Sigmoid,
+    /// Hyperbolic tangent; derivative at most 1, saturating at both ends.
+    Tanh,
+    /// `max(0, a)`.
+    Relu,
+    /// `a` for `a > 0`, `slope * a` otherwise.
+    LeakyRelu {
+        #[serde(default = "default_slope")]
+        slope: f64,
+    },
+    /// `a` for `a > 0`, `alpha (e^a - 1)` otherwise.
+    Elu {
+        #[serde(default = "default_alpha")]
+        alpha: f64,
+    },
+    /// Scaled ELU (Klambauer et al. 2017), self-normalising with LeCun-normal init.
+    Selu,
+    /// Gaussian error linear unit (exact, erf-based).
+    Gelu,
+    /// `f(a) = a`: a deep linear network.
+    Identity,
+}
+
+fn default_slope() -> f64 {
+    0.01
+}
+fn default_alpha() -> f64 {
+    1.0
+}
+
+/// Which activation regime the probe measures for a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Regime {
+    /// Units can saturate (derivative near zero at both ends): sigmoid, tanh.
+    Saturating,
+    /// Units can die (zero output and zero derivative for every input): ReLU.
+    Rectifying,
+    /// Units have a small negative side that keeps a gradient: LeakyReLU, ELU, SELU, GELU.
+    LeakyNegative,
+    /// No regime to measure.
+    Linear,
+}
+
+impl Activation {
+    /// Applies `f` element-wise.
+    pub fn forward<const D: usize>(&self, a: Tensor<D>) -> Tensor<D> {
+        match *self {
+            Activation::Sigmoid => act::sigmoid(a),
+            Activation::Tanh => act::tanh(a),
+            Activation::Relu => act::relu(a),
+            Activation::LeakyRelu { slope } => act::leaky_relu(a, slope),
+            Activation::Elu { alpha } => act::elu(a, alpha),
+            Activation::Selu => act::selu(a),
+            Activation::Gelu => act::gelu(a),
+            Activation::Identity => a,
+        }
+    }
+
+    /// `f'(a)` element-wise, for diagnostics (not used by autodiff).
+    pub fn derivative<const D: usize>(&self, a: Tensor<D>) -> Tensor<D> {
+        match *self {
+            Activation::Sigmoid => {
+                let s = act::sigmoid(a);
+                s.clone() * (s.neg() + 1.0)
+            }
+            Activation::Tanh => {
+                let t = act::tanh(a);
+                t.clone() * t.neg() + 1.0
+            }
+            Activation::Relu => a.greater_elem(0.0).float(),
+            Activation::LeakyRelu { slope } => {
+                let pos = a.greater_elem(0.0).float();
+                pos.clone() + (pos.neg() + 1.0) * slope
+            }
+            Activation::Elu { alpha } => {
+                let pos = a.clone().greater_elem(0.0).float();
+                pos.clone() + (pos.neg() + 1.0) * (a.exp() * alpha)
+            }
+            Activation::Selu => {
+                const ALPHA: f64 = 1.673_263_242_354_377_3;
+                const SCALE: f64 = 1.050_700_987_355_480_5;
+                let pos = a.clone().greater_elem(0.0).float();
+                (pos.clone() + (pos.neg() + 1.0) * (a.exp() * ALPHA)) * SCALE
+            }
+            Activation::Gelu => {
+                // d/da [a Phi(a)] = Phi(a) + a phi(a)
+                let phi = (a.clone().powf_scalar(2.0) * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let cdf = (a.clone() / std::f64::consts::SQRT_2).erf() * 0.5 + 0.5;
+                cdf + a * phi
+            }
+            Activation::Identity => a.ones_like(),
+        }
+    }
+
+    /// The largest value `f'` takes; saturation is measured relative to it.
+    pub fn max_derivative(&self) -> f64 {
+        match *self {
+            Activation::Sigmoid => 0.25,
+            Activation::Tanh | Activation::Relu | Activation::Identity => 1.0,
+            Activation::LeakyRelu { slope } => slope.abs().max(1.0),
+            Activation::Elu { alpha } => alpha.max(1.0),
+            Activation::Selu => 1.050_700_987_355_480_5 * 1.673_263_242_354_377_3,
+            Activation::Gelu => 1.128_904_1,
+        }
+    }
+
+    /// The regime the probe watches for this activation.
+    pub fn regime(&self) -> Regime {
+        match self {
+            Activation::Sigmoid | Activation::Tanh => Regime::Saturating,
+            Activation::Relu => Regime::Rectifying,
+            Activation::LeakyRelu { .. } | Activation::Elu { .. } | Activation::Selu | Activation::Gelu => {
+                Regime::LeakyNegative
+            }
+            Activation::Identity => Regime::Linear,
+        }
+    }
+
+    /// PyTorch's `nn.init.calculate_gain` for this activation: the factor that keeps
+    /// activations' variance constant from layer to layer.
+    pub fn recommended_gain(&self) -> f64 {
+        match *self {
+            Activation::Sigmoid | Activation::Identity | Activation::Gelu | Activation::Elu { .. } => 1.0,
+            Activation::Tanh => 5.0 / 3.0,
+            Activation::Relu => std::f64::consts::SQRT_2,
+            Activation::LeakyRelu { slope } => (2.0 / (1.0 + slope * slope)).sqrt(),
+            Activation::Selu => 0.75,
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activation::Sigmoid => write!(f, "sigmoid"),
+            Activation::Tanh => write!(f, "tanh"),
+            Activation::Relu => write!(f, "relu"),
+            Activation::LeakyRelu { slope } if *slope == default_slope() => write!(f, "leaky_relu"),
+            Activation::LeakyRelu { slope } => write!(f, "leaky_relu:{slope}"),
+            Activation::Elu { alpha } if *alpha == default_alpha() => write!(f, "elu"),
+            Activation::Elu { alpha } => write!(f, "elu:{alpha}"),
+            Activation::Selu => write!(f, "selu"),
+            Activation::Gelu => write!(f, "gelu"),
+            Activation::Identity => write!(f, "identity"),
+        }
+    }
+}
+
+/// A name that is not an activation.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown activation `{0}`; expected sigmoid, tanh, relu, leaky_relu[:slope], elu[:alpha], selu, gelu or identity"
+)]
+pub struct ParseActivationError(pub String);
+
+impl FromStr for Activation {
+    type Err = ParseActivationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseActivationError(s.to_owned());
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a.parse::<f64>().map_err(|_| err())?)),
+            None => (s, None),
+        };
+        let no_arg = |a: Activation| if arg.is_some() { Err(err()) } else { Ok(a) };
+        match name.replace('-', "_").as_str() {
+            "sigmoid" => no_arg(Activation::Sigmoid),
+            "tanh" => no_arg(Activation::Tanh),
+            "relu" => no_arg(Activation::Relu),
+            "leaky_relu" | "leaky" => Ok(Activation::LeakyRelu { slope: arg.unwrap_or(default_slope()) }),
+            "elu" => Ok(Activation::Elu { alpha: arg.unwrap_or(default_alpha()) }),
+            "selu" => no_arg(Activation::Selu),
+            "gelu" => no_arg(Activation::Gelu),
+            "identity" | "linear" => no_arg(Activation::Identity),
+            _ => Err(err()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn parse_and_display_round_trip() {
+        for s in ["sigmoid", "tanh", "relu", "leaky_relu", "leaky_relu:0.2", "elu", "elu:0.5", "selu", "gelu", "identity"] {
+            let a: Activation = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        assert!("swish".parse::<Activation>().unwrap_err().to_string().contains("unknown activation `swish`"));
+        assert!("relu:2".parse::<Activation>().is_err());
+    }
+
+    #[test]
+    fn derivative_matches_finite_differences() {
+        let device = Device::flex();
+        let xs: Vec<f32> = vec![-3.0, -0.7, -0.1, 0.2, 0.9, 2.5];
+        let acts = ["sigmoid", "tanh", "relu", "leaky_relu:0.1", "elu", "selu", "gelu", "identity"];
+        for name in acts {
+            let a: Activation = name.parse().unwrap();
+            let h = 1e-3f32;
+            let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [6]), &device);
+            let plus: Vec<f32> = a.forward(t(xs.iter().map(|x| x + h).collect())).to_data().try_to_vec().unwrap();
+            let minus: Vec<f32> = a.forward(t(xs.iter().map(|x| x - h).collect())).to_data().try_to_vec().unwrap();
+            let d: Vec<f32> = a.derivative(t(xs.clone())).to_data().try_to_vec().unwrap();
+            for i in 0..6 {
+                let fd = (plus[i] - minus[i]) / (2.0 * h);
+                assert!((fd - d[i]).abs() < 2e-2, "{name} at {}: fd {fd} vs {}", xs[i], d[i]);
+                assert!(d[i] as f64 <= a.max_derivative() + 1e-6, "{name}: {} > max", d[i]);
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! gradscope-models owns the networks whose gradients gradscope studies: deep
+//! MLPs (depth, width, activation, initialisation, BatchNorm, residual skips) and
+//! CIFAR-style ResNets (plain or residual, BatchNorm on or off) as Burn modules,
+//! their named presets, host-side seeded initialisation that gives identical
+//! weights on every backend, and the probe points (names, shapes, parameter
+//! paths, taps) through which the probe reads them. It knows nothing of datasets,
+//! optimisers, training loops, metrics or reports.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use gradscope_models::{Network, preset};
+//!
+//! let device = Device::flex();
+//! let model = preset("mlp-sigmoid-10x128").unwrap().init(&device).unwrap();
+//! let names: Vec<&str> = model.probe_points().iter().map(|p| p.name.as_str()).collect();
+//! assert_eq!(names[0], "hidden.1");
+//! assert_eq!(names[10], "head");
+//! // All-zero images through zero biases: every sigmoid unit outputs exactly 0.5.
+//! let probed = model.forward_probed(Tensor::zeros([2, 1, 28, 28], &device), None);
+//! let h1: Vec<f32> = probed.traces[0].post.to_data().try_to_vec().unwrap();
+//! assert!(h1.iter().all(|&v| v == 0.5));
+//! assert_eq!(probed.logits.dims(), [2, 10]);
+//! ```
+
+pub mod activation;
+pub mod common;
+pub mod init;
+pub mod mlp;
+pub mod params;
+pub mod probe_point;
+pub mod resnet;
+pub mod zoo;
+
+pub use activation::{Activation, Regime};
+pub use common::{Head, ModelError, Network, Norm, NormPlacement};
+pub use init::Init;
+pub use mlp::{Mlp, MlpConfig, Width};
+pub use params::{NamedParam, named_params};
+pub use probe_point::{BlockLinks, PointKind, ProbePoint, Probed, Taps, Trace};
+pub use resnet::{ResNet, ResNetConfig, Shortcut};
+pub use zoo::{Model, ModelConfig, PRESETS, preset};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+//! Parameters by module path. Burn's `ParamId`s are random per run; paths such
+//! as `hidden.3.linear.weight` are stable, so everything gradscope writes or
+//! compares across runs is keyed by path.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::tensor::Tensor;
+
+/// A float parameter of a module.
+#[derive(Debug, Clone)]
+pub struct NamedParam {
+    pub path: String,
+    pub id: ParamId,
+    pub shape: Vec<usize>,
+}
+
+impl NamedParam {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Default)]
+struct PathCollector {
+    stack: Vec<String>,
+    out: Vec<NamedParam>,
+}
+
+impl ModuleVisitor for PathCollector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out.push(NamedParam {
+            path: self.stack.join("."),
+            id: param.id,
+            shape: param.lazy_shape().dims::<D>().to_vec(),
+        });
+    }
+}
+
+/// Every float parameter of `module` (running statistics excluded), in visit order.
+pub fn named_params<M: Module>(module: &M) -> Vec<NamedParam> {
+    let mut c = PathCollector::default();
+    module.visit(&mut c);
+    c.out
+}

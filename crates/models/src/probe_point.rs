@@ -1,0 +1,165 @@
+//! Named places in a network where the probe looks, and the machinery that
+//! records them during a forward pass.
+//!
+//! A probed forward pass records, per probe point, the pre-activation and
+//! post-activation tensors (flattened to `[batch, features]`) and adds a zero
+//! "tap" leaf to the point's output. Because the tap is a leaf that requires a
+//! gradient, autodiff returns `dL/dh` for it; because it is zero, it changes
+//! neither the loss nor any parameter gradient (`h + 0 == h` exactly).
+
+use burn::tensor::{Device, Tensor};
+
+use crate::activation::Activation;
+
+/// What kind of layer a probe point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointKind {
+    /// A fully connected hidden layer `h = f(norm(W x + b))`.
+    Dense,
+    /// A convolution with its norm and activation.
+    Conv,
+    /// The last layer of a residual branch, before the skip is added.
+    Branch,
+    /// The output of a residual block, `x + F(x)` (then activated, in a ResNet).
+    Block,
+    /// The output logits.
+    Head,
+}
+
+/// How a residual block's gradient can be split between skip and branch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockLinks {
+    /// Index of the probe point whose output is the block's input.
+    pub input: usize,
+    /// Index of the branch's last probe point (its output is added to the skip).
+    pub branch: usize,
+    /// Whether the skip is the identity (so `dL/dx = dL/dsum + branch part`).
+    pub identity_skip: bool,
+}
+
+/// A layer the probe looks at, in forward order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbePoint {
+    /// Stable, readable name: `hidden.3`, `stage2.block1.conv2`, `head`.
+    pub name: String,
+    pub kind: PointKind,
+    /// Position along the forward path, 0 nearest the input.
+    pub depth: usize,
+    /// The activation applied at this point, if any.
+    pub activation: Option<Activation>,
+    /// Burn module paths of the parameters that belong to this point.
+    pub params: Vec<String>,
+    /// Path of this point's main weight (the one whose gradient is compared across depth).
+    pub weight: Option<String>,
+    /// Per-example shape of the output (`[256]`, `[16, 28, 28]`).
+    pub shape: Vec<usize>,
+    /// Whether a BatchNorm sits in this point's layer (then a second tap sees its input).
+    pub has_norm: bool,
+    /// For block outputs: how to split the gradient between skip and branch.
+    pub block: Option<BlockLinks>,
+    /// Whether the point lies on the network's main path (not inside a residual
+    /// branch). Depth profiles of the back-propagated signal use these points.
+    pub main_path: bool,
+}
+
+impl ProbePoint {
+    /// Number of features per example.
+    pub fn features(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Zero leaves, one per probe point (plus one per BatchNorm input), whose
+/// gradients are `dL/dh` at those points after `backward`.
+#[derive(Debug, Clone)]
+pub struct Taps {
+    /// Added to each point's output.
+    pub out: Vec<Tensor<2>>,
+    /// Added to the input of each point's BatchNorm (`None` where it has none).
+    pub norm_in: Vec<Option<Tensor<2>>>,
+}
+
+impl Taps {
+    /// Fresh zero leaves that require gradients, for a batch of `batch` examples.
+    pub fn zeros(points: &[ProbePoint], batch: usize, device: &Device) -> Self {
+        let leaf = |p: &ProbePoint| Tensor::<2>::zeros([batch, p.features()], device).require_grad();
+        Self {
+            out: points.iter().map(leaf).collect(),
+            norm_in: points.iter().map(|p| p.has_norm.then(|| leaf(p))).collect(),
+        }
+    }
+}
+
+/// What a probed forward pass saw at one probe point, flattened to `[batch, features]`.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The activation's input (equal to `post` where there is no activation).
+    pub pre: Tensor<2>,
+    /// The point's output (before the tap is added).
+    pub post: Tensor<2>,
+}
+
+/// Records probe points during a forward pass; a no-op when probing is off.
+pub(crate) struct Recorder<'a> {
+    taps: Option<&'a Taps>,
+    traces: Option<Vec<Trace>>,
+    next: usize,
+}
+
+impl<'a> Recorder<'a> {
+    pub(crate) fn off() -> Self {
+        Self { taps: None, traces: None, next: 0 }
+    }
+
+    pub(crate) fn on(taps: Option<&'a Taps>) -> Self {
+        Self { taps, traces: Some(Vec::new()), next: 0 }
+    }
+
+    /// Adds the norm-input tap of the current point (if any) to `x`.
+    pub(crate) fn norm_input<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
+        match self.taps.and_then(|t| t.norm_in[self.next].as_ref()) {
+            Some(tap) => {
+                let dims = x.dims();
+                x + tap.clone().reshape(dims)
+            }
+            None => x,
+        }
+    }
+
+    /// Records the current point's pre-activation and output, adds its tap to the
+    /// output, and moves on to the next point.
+    pub(crate) fn point<const D: usize>(&mut self, pre: &Tensor<D>, post: Tensor<D>) -> Tensor<D> {
+        let i = self.next;
+        self.next += 1;
+        if let Some(traces) = self.traces.as_mut() {
+            traces.push(Trace { pre: flatten(pre.clone()), post: flatten(post.clone()) });
+        }
+        match self.taps.map(|t| &t.out[i]) {
+            Some(tap) => {
+                let dims = post.dims();
+                post + tap.clone().reshape(dims)
+            }
+            None => post,
+        }
+    }
+
+    pub(crate) fn finish(self) -> Vec<Trace> {
+        self.traces.unwrap_or_default()
+    }
+}
+
+fn flatten<const D: usize>(t: Tensor<D>) -> Tensor<2> {
+    let dims = t.dims();
+    let batch = dims[0];
+    let features = dims[1..].iter().product::<usize>();
+    t.reshape([batch, features])
+}
+
+/// Output of a probed forward pass.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    pub logits: Tensor<2>,
+    /// One per probe point, in order.
+    pub traces: Vec<Trace>,
+}

@@ -1,0 +1,20 @@
+//! gradscope-probe owns the measurement of gradient flow: per-layer weight
+//! gradients, the back-propagated signal dL/dh read from the models' taps,
+//! parameter and update norms, activation regimes (saturation, dead units),
+//! log-binned gradient histograms, skip-versus-branch shares, NaN forensics, and
+//! the rule-based vanishing/exploding verdicts with their evidence. It plugs into
+//! the training loop as an observer and writes tidy files into the run directory;
+//! it knows nothing about datasets, optimisers or how results are drawn.
+
+pub mod measure;
+pub mod observer;
+pub mod parity;
+pub mod record;
+pub mod table;
+pub mod verdict;
+
+pub use observer::{GradientProbe, ProbeConfig};
+pub use record::{ProbeRecord, read_probe_csv};
+pub use gradscope_train::ProbeSchedule;
+pub use table::{Inspection, inspect, render};
+pub use verdict::{Alert, Verdicts, judge};

@@ -1,0 +1,224 @@
+//! Per-layer reductions, computed on the device and read back together.
+//!
+//! Every statistic is a one-element tensor queued in a [`Batch`]; `Batch::read`
+//! concatenates them and performs a single device-to-host transfer per probe
+//! step, however many layers and metrics there are.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Int, Tensor};
+use gradscope_models::{Activation, Regime};
+
+/// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
+pub const HIST_LO: f64 = -20.0;
+/// Width of a histogram bin in log10 units: half a decade.
+pub const HIST_WIDTH: f64 = 0.5;
+/// Number of bins: 1e-20 up to 1e2.
+pub const HIST_BINS: usize = 44;
+
+/// A statistic waiting on the device: `(probe point index or None for the
+/// whole model, metric name, value)`.
+pub struct Batch {
+    keys: Vec<(Option<usize>, &'static str)>,
+    values: Vec<Tensor<1>>,
+    hists: Vec<(usize, Tensor<1>)>,
+}
+
+/// Values read back from the device.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    pub values: Vec<(Option<usize>, &'static str, f64)>,
+    /// `(point, counts per bin)`; the last extra slot counts exact zeros.
+    pub hists: Vec<(usize, Vec<f64>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self { keys: Vec::new(), values: Vec::new(), hists: Vec::new() }
+    }
+
+    /// Queues a scalar (any shape that sums to the value; it is reshaped to `[1]`).
+    pub fn push(&mut self, point: Option<usize>, metric: &'static str, value: Tensor<1>) {
+        self.keys.push((point, metric));
+        self.values.push(value.reshape([1]));
+    }
+
+    /// Queues a histogram.
+    pub fn push_hist(&mut self, point: usize, counts: Tensor<1>) {
+        self.hists.push((point, counts));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Reads everything back in one transfer.
+    pub fn read(self) -> Read {
+        if self.values.is_empty() {
+            return Read::default();
+        }
+        let n_scalars = self.values.len();
+        let mut all = self.values;
+        let hist_points: Vec<usize> = self.hists.iter().map(|(p, _)| *p).collect();
+        all.extend(self.hists.into_iter().map(|(_, h)| h));
+        let flat: Vec<f32> = Tensor::cat(all, 0).into_data().convert::<f32>().try_to_vec().expect("f32 statistics");
+        let values = self.keys.into_iter().zip(&flat[..n_scalars]).map(|((p, m), &v)| (p, m, v as f64)).collect();
+        let hists = hist_points
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let start = n_scalars + i * (HIST_BINS + 1);
+                (p, flat[start..start + HIST_BINS + 1].iter().map(|&c| c as f64).collect())
+            })
+            .collect();
+        Read { values, hists }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// L2 norm of a flat tensor, as `[1]`.
+pub fn l2(t: &Tensor<1>) -> Tensor<1> {
+    t.clone().powf_scalar(2.0).sum().sqrt()
+}
+
+/// Gradient statistics of one parameter: L2, max |g|, fraction exactly zero,
+/// number of non-finite entries.
+pub fn grad_stats(batch: &mut Batch, point: usize, g: &Tensor<1>, prefix: GradPrefix) {
+    let (l2_name, max_name, zero_name, nonfinite_name) = match prefix {
+        GradPrefix::Weight => ("grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"),
+        GradPrefix::Bias => ("bias_grad_l2", "bias_grad_max", "bias_grad_zero_frac", "bias_grad_nonfinite"),
+    };
+    batch.push(Some(point), l2_name, l2(g));
+    batch.push(Some(point), max_name, g.clone().abs().max());
+    batch.push(Some(point), zero_name, g.clone().equal_elem(0.0).float().mean());
+    let nonfinite = g.clone().is_nan().int().sum() + g.clone().is_inf().int().sum();
+    batch.push(Some(point), nonfinite_name, nonfinite.float());
+}
+
+/// Which parameter a gradient statistic describes.
+#[derive(Debug, Clone, Copy)]
+pub enum GradPrefix {
+    Weight,
+    Bias,
+}
+
+/// Counts of |g| per log10 bin (`HIST_BINS` bins of `HIST_WIDTH` decades from
+/// 1e`HIST_LO`; values below fall in the first bin, above in the last), then the
+/// number of exact zeros, which are left out of the bins.
+pub fn log_histogram(g: &Tensor<1>) -> Tensor<1> {
+    let device = g.device();
+    let zeros = g.clone().equal_elem(0.0).float().sum();
+    let bins: Tensor<1, Int> = ((g.clone().abs().log() / std::f64::consts::LN_10 - HIST_LO) / HIST_WIDTH)
+        .floor()
+        .clamp(0.0, (HIST_BINS - 1) as f64)
+        .int();
+    let edges = Tensor::<1, Int>::arange(0..HIST_BINS as i64, &device);
+    let n = bins.dims()[0];
+    let onehot = bins.reshape([n, 1]).equal(edges.reshape([1, HIST_BINS])).float();
+    let counts = onehot.sum_dim(0).reshape([HIST_BINS]);
+    // Exact zeros land in bin 0 (log 0 = -inf, clamped); take them out.
+    let first = Tensor::<1>::zeros([HIST_BINS], &device).slice_assign([0..1], zeros.clone().reshape([1]));
+    Tensor::cat(vec![counts - first, zeros.reshape([1])], 0)
+}
+
+/// Activation statistics of a probe point's trace (`pre`, `post` are `[batch, features]`).
+/// Returns the per-unit "alive" indicator (max |post| over the batch) for
+/// rectifying layers, so the caller can track units dead over a window.
+pub fn activation_stats(batch: &mut Batch, point: usize, activation: Option<Activation>, pre: &Tensor<2>, post: &Tensor<2>) -> Option<Tensor<1>> {
+    let flat = post.clone().flatten::<1>(0, 1);
+    let mean = flat.clone().mean();
+    batch.push(Some(point), "act_mean", mean.clone());
+    batch.push(Some(point), "act_std", (flat - mean).powf_scalar(2.0).mean().sqrt());
+    let act = activation?;
+    match act.regime() {
+        Regime::Saturating => {
+            let d = act.derivative(pre.clone());
+            let saturated = d.lower_elem(0.01 * act.max_derivative()).float().mean();
+            batch.push(Some(point), "saturated_frac", saturated);
+            None
+        }
+        Regime::Rectifying => {
+            let [_, features] = post.dims();
+            let alive = post.clone().abs().max_dim(0).reshape([features]);
+            batch.push(Some(point), "dead_frac", alive.clone().equal_elem(0.0).float().mean());
+            batch.push(Some(point), "zero_frac", post.clone().equal_elem(0.0).float().mean());
+            Some(alive)
+        }
+        Regime::LeakyNegative => {
+            batch.push(Some(point), "negative_frac", pre.clone().lower_elem(0.0).float().mean());
+            None
+        }
+        Regime::Linear => None,
+    }
+}
+
+/// A parameter's gradient, flattened, whatever its rank.
+pub fn grad_flat(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Tensor<1>> {
+    match rank {
+        1 => grads.get::<1>(id),
+        2 => grads.get::<2>(id).map(|t| t.flatten::<1>(0, 1)),
+        3 => grads.get::<3>(id).map(|t| t.flatten::<1>(0, 2)),
+        4 => grads.get::<4>(id).map(|t| t.flatten::<1>(0, 3)),
+        _ => None,
+    }
+}
+
+/// Current values of the given parameters, flattened, keyed by position in `ids`.
+pub fn param_values<M: Module>(model: &M, ids: &[ParamId]) -> Vec<Option<Tensor<1>>> {
+    struct Collect<'a> {
+        ids: &'a [ParamId],
+        out: Vec<Option<Tensor<1>>>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(i) = self.ids.iter().position(|id| *id == param.id) {
+                let t = param.val().inner();
+                let n = t.shape().num_elements();
+                self.out[i] = Some(t.reshape([n]));
+            }
+        }
+    }
+    let mut c = Collect { ids, out: vec![None; ids.len()] };
+    model.visit(&mut c);
+    c.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn histogram_puts_decades_apart() {
+        let d = Device::flex();
+        let g = Tensor::<1>::from_data(TensorData::new(vec![1e-6f32, -1e-6, 3e-3, 0.0, 0.0, 50.0, 1e-30], [7]), &d);
+        let h: Vec<f32> = log_histogram(&g).into_data().try_to_vec().unwrap();
+        assert_eq!(h.len(), HIST_BINS + 1);
+        let bin = |x: f64| ((x.log10() - HIST_LO) / HIST_WIDTH).floor() as usize;
+        assert_eq!(h[bin(1e-6)], 2.0);
+        assert_eq!(h[bin(3e-3)], 1.0);
+        assert_eq!(h[bin(50.0)], 1.0);
+        assert_eq!(h[0], 1.0, "1e-30 underflows into the first bin; zeros do not");
+        assert_eq!(h[HIST_BINS], 2.0, "two exact zeros");
+        assert_eq!(h.iter().sum::<f32>(), 7.0);
+    }
+
+    #[test]
+    fn one_transfer_reads_all_keys_in_order() {
+        let d = Device::flex();
+        let mut b = Batch::new();
+        let t = Tensor::<1>::from_data(TensorData::new(vec![3.0f32, 4.0], [2]), &d);
+        b.push(Some(1), "l2", l2(&t));
+        grad_stats(&mut b, 2, &t, GradPrefix::Bias);
+        let r = b.read();
+        assert_eq!(r.values[0], (Some(1), "l2", 5.0));
+        assert_eq!(r.values[1], (Some(2), "bias_grad_l2", 5.0));
+        assert_eq!(r.values[2], (Some(2), "bias_grad_max", 4.0));
+        assert_eq!(r.values[4], (Some(2), "bias_grad_nonfinite", 0.0));
+    }
+}

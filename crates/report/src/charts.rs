@@ -1,0 +1,420 @@
+//! Charts as SVG strings (plotters' SVG backend: no system fonts needed), each
+//! with the CSV of the data it draws.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::load::RunData;
+
+/// Okabe-Ito: distinguishable with every common colour-vision deficiency.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(213, 94, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(204, 121, 167),
+    RGBColor(0, 0, 0),
+    RGBColor(240, 228, 66),
+];
+
+/// A drawn chart and the data behind it.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    /// File stem (`loss_train`, `flow_signal`, ...).
+    pub name: String,
+    pub title: String,
+    pub svg: String,
+    pub csv: String,
+}
+
+/// What the x axis measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAxis {
+    Step,
+    Epoch,
+    Time,
+}
+
+impl XAxis {
+    fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "optimiser step",
+            XAxis::Epoch => "epoch",
+            XAxis::Time => "wall time (s)",
+        }
+    }
+}
+
+/// A convergence metric from `metrics.csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    TrainLoss,
+    TestLoss,
+    TestAcc,
+}
+
+impl Metric {
+    fn name(self) -> &'static str {
+        match self {
+            Metric::TrainLoss => "loss_train",
+            Metric::TestLoss => "loss_test",
+            Metric::TestAcc => "acc_test",
+        }
+    }
+    fn axis(self) -> &'static str {
+        match self {
+            Metric::TrainLoss => "training loss (cross-entropy)",
+            Metric::TestLoss => "test loss (cross-entropy)",
+            Metric::TestAcc => "test accuracy (%)",
+        }
+    }
+}
+
+/// One line (or a seed group's mean) with an optional band.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    band: Option<Vec<(f64, f64, f64)>>,
+}
+
+fn moving_average(v: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
+    if k <= 1 {
+        return v.to_vec();
+    }
+    (0..v.len())
+        .map(|i| {
+            let lo = i.saturating_sub(k - 1);
+            let w = &v[lo..=i];
+            (v[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect()
+}
+
+fn series(run: &RunData, metric: Metric, x: XAxis) -> Vec<(f64, f64)> {
+    run.metrics
+        .iter()
+        .filter_map(|r| {
+            let y = match metric {
+                Metric::TrainLoss => r.train_loss,
+                Metric::TestLoss => r.test_loss,
+                Metric::TestAcc => r.test_acc.map(|a| a * 100.0),
+            }?;
+            let x = match x {
+                XAxis::Step => r.step as f64,
+                XAxis::Epoch => r.epoch,
+                XAxis::Time => r.wall_s,
+            };
+            (y.is_finite()).then_some((x, y))
+        })
+        .collect()
+}
+
+/// Mean line and band of a seed group: min-max for two runs, mean +- 1 sd for
+/// three or more. Runs are aligned by position (same schedule, same steps).
+fn group_line(label: &str, members: &[Vec<(f64, f64)>]) -> Line {
+    if members.len() == 1 {
+        return Line { label: label.to_owned(), points: members[0].clone(), band: None };
+    }
+    let n = members.iter().map(Vec::len).min().unwrap_or(0);
+    let mut points = Vec::with_capacity(n);
+    let mut band = Vec::with_capacity(n);
+    for i in 0..n {
+        let ys: Vec<f64> = members.iter().map(|m| m[i].1).collect();
+        let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+        let (lo, hi) = if ys.len() >= 3 {
+            let sd = (ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / (ys.len() - 1) as f64).sqrt();
+            (mean - sd, mean + sd)
+        } else {
+            (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        };
+        let x = members[0][i].0;
+        points.push((x, mean));
+        band.push((x, lo, hi));
+    }
+    let what = if members.len() >= 3 { "mean +- 1 sd" } else { "mean, min-max" };
+    Line { label: format!("{label} ({} seeds, {what})", members.len()), points, band: Some(band) }
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> String {
+    format!("drawing failed: {e:?}")
+}
+
+/// Draws lines on one chart; `log_y` for values spanning decades.
+fn line_chart(title: &str, x_desc: &str, y_desc: &str, lines: &[Line], log_y: bool) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (860, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.iter().copied()).collect();
+        let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9);
+        let x_min = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(x_max);
+        let pos: Vec<f64> = all.iter().map(|p| p.1).filter(|y| !log_y || *y > 0.0).collect();
+        let y_min = pos.iter().copied().fold(f64::INFINITY, f64::min);
+        let y_max = pos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (y_min, y_max) = if y_min.is_finite() { (y_min, y_max.max(y_min * 1.0001 + 1e-12)) } else { (1e-3, 1.0) };
+        draw_lines(&root, title, x_desc, y_desc, lines, (x_min, x_max), (y_min, y_max), log_y)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok(svg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_lines(
+    root: &DrawingArea<SVGBackend, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    log_y: bool,
+) -> Result<(), String> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 20)).margin(12).x_label_area_size(42).y_label_area_size(72);
+    macro_rules! body {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .y_label_formatter(&|v| if log_y { format!("{v:.0e}") } else { format!("{v:.3}") })
+                .draw()
+                .map_err(draw_err)?;
+            for (i, l) in lines.iter().enumerate() {
+                let c = PALETTE[i % PALETTE.len()];
+                if let Some(band) = &l.band {
+                    let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2)).collect();
+                    poly.extend(band.iter().rev().map(|b| (b.0, if log_y { b.1.max(y0) } else { b.1 })));
+                    chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.18).filled()))).map_err(draw_err)?;
+                }
+                let pts: Vec<(f64, f64)> = l.points.iter().copied().filter(|p| !log_y || p.1 > 0.0).collect();
+                chart
+                    .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                    .map_err(draw_err)?
+                    .label(l.label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.4))
+                .draw()
+                .map_err(draw_err)?;
+        }};
+    }
+    if log_y {
+        body!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(draw_err)?);
+    } else {
+        body!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?);
+    }
+    Ok(())
+}
+
+fn csv_of(lines: &[Line], x: &str, y: &str) -> String {
+    let mut out = format!("run,{x},{y},band_lo,band_hi\n");
+    for l in lines {
+        for (i, p) in l.points.iter().enumerate() {
+            let band = l.band.as_ref().map(|b| format!("{},{}", b[i].1, b[i].2)).unwrap_or_else(|| ",".into());
+            out.push_str(&format!("\"{}\",{},{},{band}\n", l.label.replace('"', "'"), p.0, p.1));
+        }
+    }
+    out
+}
+
+/// Convergence overlay of one metric for every run, seed groups as mean + band.
+pub fn convergence(runs: &[RunData], groups: &[(String, Vec<usize>)], metric: Metric, x: XAxis, smooth: usize) -> Result<Chart, String> {
+    let lines: Vec<Line> = groups
+        .iter()
+        .map(|(label, idx)| {
+            let members: Vec<Vec<(f64, f64)>> = idx.iter().map(|&i| moving_average(&series(&runs[i], metric, x), smooth)).collect();
+            group_line(label, &members)
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    let ys: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).filter(|y| *y > 0.0).collect();
+    let span = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max) / ys.iter().copied().fold(f64::INFINITY, f64::min);
+    let log_y = metric != Metric::TestAcc && span > 20.0;
+    let compared = groups.iter().map(|g| g.0.as_str()).collect::<Vec<_>>().join(" vs ");
+    let title = format!("{}: {compared}", metric.axis());
+    Ok(Chart {
+        name: format!("{}_{}", metric.name(), match x { XAxis::Step => "step", XAxis::Epoch => "epoch", XAxis::Time => "time" }),
+        svg: line_chart(&title, x.label(), metric.axis(), &lines, log_y)?,
+        csv: csv_of(&lines, x.label(), metric.axis()),
+        title,
+    })
+}
+
+/// Main-path probe points (not the head), as `(relative depth, index)`.
+fn profile(run: &RunData) -> Vec<(f64, usize)> {
+    let idx = gradscope_probe::verdict::profile_points(&run.points);
+    let n = idx.len().max(2) - 1;
+    idx.iter().enumerate().map(|(k, &i)| (k as f64 / n as f64, i)).collect()
+}
+
+/// Per-layer profile of `metric` (signal or weight-gradient norm) against
+/// relative depth at the first, an early, and the last probe step of each run.
+pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart, String> {
+    let mut lines = Vec::new();
+    for run in runs.iter().filter(|r| !r.probe.is_empty()) {
+        let n = run.probe.len();
+        let mut picks = vec![0, (n / 10).min(n - 1), n - 1];
+        picks.dedup();
+        for p in picks {
+            let rec = &run.probe[p];
+            let points: Vec<(f64, f64)> = profile(run).into_iter().filter_map(|(x, i)| rec.get(i, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v))).collect();
+            lines.push(Line { label: format!("{} @ step {}", run.label, rec.step), points, band: None });
+        }
+    }
+    let title = format!("gradient flow: {axis} by depth (0 = input side, 1 = output side)");
+    Ok(Chart {
+        name: format!("flow_{metric}"),
+        svg: line_chart(&title, "relative depth", axis, &lines, true)?,
+        csv: csv_of(&lines, "relative_depth", metric),
+        title,
+    })
+}
+
+/// Mean fraction of saturated or dead units over main-path layers, per run, over steps.
+pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
+    let mut lines = Vec::new();
+    for run in runs.iter().filter(|r| !r.probe.is_empty()) {
+        for metric in ["saturated_frac", "dead_frac"] {
+            let layers = profile(run);
+            let points: Vec<(f64, f64)> = run
+                .probe
+                .iter()
+                .filter_map(|rec| {
+                    let v: Vec<f64> = layers.iter().filter_map(|(_, i)| rec.get(*i, metric)).collect();
+                    (!v.is_empty()).then(|| (rec.step as f64, 100.0 * v.iter().sum::<f64>() / v.len() as f64))
+                })
+                .collect();
+            if !points.is_empty() {
+                let what = if metric == "saturated_frac" { "saturated" } else { "dead" };
+                lines.push(Line { label: format!("{}: {what}", run.label), points, band: None });
+            }
+        }
+    }
+    let title = "activation regimes: % of units saturated (sigmoid/tanh) or dead (ReLU), mean over layers".to_owned();
+    Ok(Chart {
+        name: "regimes".into(),
+        svg: line_chart(&title, "optimiser step", "% of units", &lines, false)?,
+        csv: csv_of(&lines, "step", "percent"),
+        title,
+    })
+}
+
+/// A colour for `t` in [0, 1] on a viridis-like ramp (perceptually ordered, colour-blind safe).
+fn ramp(t: f64) -> RGBColor {
+    const STOPS: [(f64, (u8, u8, u8)); 5] =
+        [(0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)), (1.0, (253, 231, 37))];
+    let t = t.clamp(0.0, 1.0);
+    let k = STOPS.iter().position(|s| s.0 >= t).unwrap_or(4).max(1);
+    let (a, b) = (STOPS[k - 1], STOPS[k]);
+    let f = (t - a.0) / (b.0 - a.0);
+    let mix = |x: u8, y: u8| (x as f64 + f * (y as f64 - x as f64)).round() as u8;
+    RGBColor(mix(a.1.0, b.1.0), mix(a.1.1, b.1.1), mix(a.1.2, b.1.2))
+}
+
+/// Layer x step heatmap of log10 `metric` for each run, on one colour scale
+/// shared by all runs so that they can be compared.
+pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, String> {
+    let runs: Vec<&RunData> = runs.iter().filter(|r| !r.probe.is_empty()).collect();
+    let logs: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.probe.iter().flat_map(move |rec| r.points.iter().enumerate().filter_map(move |(i, _)| rec.get(i, metric))))
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .map(f64::log10)
+        .collect();
+    let (lo, hi) = (logs.iter().copied().fold(f64::INFINITY, f64::min), logs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    let (lo, hi) = if lo.is_finite() { (lo.floor(), hi.ceil().max(lo.floor() + 1.0)) } else { (-8.0, 0.0) };
+    let panel_h = 260u32;
+    let height = 60 + panel_h * runs.len().max(1) as u32 + 40;
+    let mut svg = String::new();
+    let mut csv = format!("run,layer,step,log10_{metric}\n");
+    let title = format!("{what}: log10 per layer (rows, input at the bottom) and step (columns), shared colour scale {lo}..{hi}");
+    {
+        let root = SVGBackend::with_string(&mut svg, (860, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (top, rest) = root.split_vertically(40);
+        top.titled(&title, ("sans-serif", 15)).map_err(draw_err)?;
+        let (body, legend) = rest.split_vertically(height - 40 - 40);
+        let panels = body.split_evenly((runs.len().max(1), 1));
+        for (run, area) in runs.iter().zip(panels.iter()) {
+            let layers: Vec<usize> = (0..run.points.len()).filter(|&i| run.probe.iter().any(|r| r.get(i, metric).is_some())).collect();
+            let steps = run.probe.len();
+            let mut chart = ChartBuilder::on(area)
+                .caption(&run.label, ("sans-serif", 14))
+                .margin(6)
+                .x_label_area_size(28)
+                .y_label_area_size(120)
+                .build_cartesian_2d(0..steps.max(1), 0..layers.len().max(1))
+                .map_err(draw_err)?;
+            let names: Vec<String> = layers.iter().map(|&i| run.points[i].name.clone()).collect();
+            let step_of: Vec<u64> = run.probe.iter().map(|r| r.step).collect();
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc("probed step")
+                .x_label_formatter(&|x| step_of.get(*x).map_or(String::new(), |s| s.to_string()))
+                .y_labels(layers.len().min(12))
+                .y_label_formatter(&|y| names.get(*y).cloned().unwrap_or_default())
+                .draw()
+                .map_err(draw_err)?;
+            let mut cells = Vec::new();
+            for (col, rec) in run.probe.iter().enumerate() {
+                for (row, &i) in layers.iter().enumerate() {
+                    let Some(v) = rec.get(i, metric).filter(|v| *v > 0.0 && v.is_finite()) else { continue };
+                    let l = v.log10();
+                    csv.push_str(&format!("\"{}\",{},{},{l}\n", run.label, run.points[i].name, rec.step));
+                    cells.push(Rectangle::new([(col, row), (col + 1, row + 1)], ramp((l - lo) / (hi - lo)).filled()));
+                }
+            }
+            chart.draw_series(cells).map_err(draw_err)?;
+        }
+        // Colour bar.
+        let mut bar = ChartBuilder::on(&legend).margin(6).margin_left(128).x_label_area_size(18).build_cartesian_2d(lo..hi, 0.0..1.0).map_err(draw_err)?;
+        bar.configure_mesh().disable_mesh().disable_y_axis().x_label_formatter(&|v| format!("1e{v:.0}")).draw().map_err(draw_err)?;
+        let n = 100;
+        bar.draw_series((0..n).map(|k| {
+            let a = lo + (hi - lo) * k as f64 / n as f64;
+            let b = lo + (hi - lo) * (k + 1) as f64 / n as f64;
+            Rectangle::new([(a, 0.0), (b, 1.0)], ramp(k as f64 / n as f64).filled())
+        }))
+        .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Chart { name: format!("spectrogram_{metric}"), title, svg, csv })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_are_min_max_for_two_and_sd_for_three() {
+        let a = vec![(0.0, 1.0), (1.0, 2.0)];
+        let b = vec![(0.0, 3.0), (1.0, 4.0)];
+        let two = group_line("x", &[a.clone(), b.clone()]);
+        assert_eq!(two.points, vec![(0.0, 2.0), (1.0, 3.0)]);
+        assert_eq!(two.band.unwrap()[0], (0.0, 1.0, 3.0));
+        let c = vec![(0.0, 2.0), (1.0, 3.0)];
+        let three = group_line("x", &[a, b, c]);
+        let band = three.band.unwrap();
+        assert!((band[0].1 - 1.0).abs() < 1e-12 && (band[0].2 - 3.0).abs() < 1e-12, "{band:?}");
+    }
+
+    #[test]
+    fn moving_average_is_causal() {
+        let v = vec![(0.0, 0.0), (1.0, 2.0), (2.0, 4.0)];
+        assert_eq!(moving_average(&v, 2), vec![(0.0, 0.0), (1.0, 1.0), (2.0, 3.0)]);
+    }
+
+    #[test]
+    fn ramp_ends() {
+        assert_eq!(ramp(0.0), RGBColor(68, 1, 84));
+        assert_eq!(ramp(1.0), RGBColor(253, 231, 37));
+    }
+}

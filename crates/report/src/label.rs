@@ -1,0 +1,67 @@
+//! Naming runs by what differs between them, and grouping runs that differ
+//! only in their seed.
+
+use std::collections::BTreeMap;
+
+use gradscope_models::{ModelConfig, Norm};
+
+use crate::load::RunData;
+
+/// Describes a run as `key -> value` facts a reader cares about.
+fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
+    let mut f = BTreeMap::new();
+    let c = &run.config;
+    if let Ok(model) = c.model.resolve() {
+        match model {
+            ModelConfig::Mlp(m) => {
+                f.insert("arch", "mlp".into());
+                f.insert("activation", m.activation.to_string());
+                f.insert("depth", format!("{} layers", m.depth));
+                f.insert("norm", if m.norm == Norm::Batchnorm { "BN".into() } else { "no BN".into() });
+                f.insert("init", m.init.to_string());
+                f.insert("skip", if m.residual_every.is_some() { "residual".into() } else { "plain".into() });
+            }
+            ModelConfig::Resnet(r) => {
+                f.insert("arch", "resnet".into());
+                f.insert("activation", r.activation.to_string());
+                f.insert("depth", format!("{} layers", r.layer_count()));
+                f.insert("norm", if r.batchnorm { "BN".into() } else { "no BN".into() });
+                f.insert("init", r.init.to_string());
+                f.insert("skip", if r.skip { "residual".into() } else { "plain".into() });
+            }
+        }
+    }
+    f.insert("lr", format!("lr {}", c.lr));
+    f.insert("optimizer", format!("{:?}", c.optimizer).split_whitespace().next().unwrap_or("").to_lowercase());
+    f.insert("batch", format!("batch {}", c.batch_size));
+    f.insert("dataset", c.dataset.clone());
+    f.insert("backend", c.backend.to_string());
+    f
+}
+
+/// Sets each run's label to the facts that differ across `runs` (seed aside),
+/// e.g. "sigmoid, no BN"; runs identical but for the seed share a label.
+pub fn assign_labels(runs: &mut [RunData]) {
+    let all: Vec<_> = runs.iter().map(facts).collect();
+    let keys: Vec<&'static str> = all.first().map(|f| f.keys().copied().collect()).unwrap_or_default();
+    let differing: Vec<&'static str> = keys.into_iter().filter(|k| all.iter().any(|f| f.get(k) != all[0].get(k))).collect();
+    for (run, f) in runs.iter_mut().zip(&all) {
+        run.label = if differing.is_empty() {
+            run.config.model.label()
+        } else {
+            differing.iter().filter_map(|k| f.get(k).cloned()).collect::<Vec<_>>().join(", ")
+        };
+    }
+}
+
+/// Indices of runs grouped by label (runs that differ only in seed), in first-seen order.
+pub fn groups(runs: &[RunData]) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        match out.iter_mut().find(|(l, _)| *l == r.label) {
+            Some((_, v)) => v.push(i),
+            None => out.push((r.label.clone(), vec![i])),
+        }
+    }
+    out
+}

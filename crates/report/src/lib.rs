@@ -1,0 +1,115 @@
+//! gradscope-report owns how runs are compared by looking: convergence overlays
+//! (seed groups as mean and band), per-layer gradient-flow profiles, layer x step
+//! gradient "spectrograms" on a shared colour scale, activation regimes, the
+//! summary table, a self-contained `report.html` with every chart inline, and the
+//! CSV behind every chart. It reads run directories written by the train and
+//! probe crates and never trains, probes or changes them.
+
+pub mod charts;
+pub mod html;
+pub mod label;
+pub mod load;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+
+pub use charts::{Chart, Metric, XAxis};
+pub use load::{RunData, load_run};
+pub use summary::{SummaryRow, render_text, summary_rows, text_plot};
+
+/// Why no report could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no usable run among the {given} given:\n  {}", .warnings.join("\n  "))]
+    NothingUsable { given: usize, warnings: Vec<String> },
+    #[error("{path} is a file, not a directory; choose another --out")]
+    OutIsFile { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Draw(String),
+}
+
+/// How to build a report.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub x: XAxis,
+    pub smooth: usize,
+    pub target_acc: f64,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        Self { x: XAxis::Step, smooth: 1, target_acc: 0.9 }
+    }
+}
+
+/// A built report: the runs, charts, summary, and what was skipped.
+pub struct Report {
+    pub runs: Vec<RunData>,
+    pub charts: Vec<Chart>,
+    pub summary: Vec<SummaryRow>,
+    pub warnings: Vec<String>,
+    pub options: ReportOptions,
+}
+
+/// Loads the runs (skipping unusable ones with a warning) and draws every chart.
+pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportError> {
+    let mut warnings = Vec::new();
+    let mut runs = Vec::new();
+    for d in dirs {
+        match load_run(d, &mut warnings) {
+            Ok(r) => runs.push(r),
+            Err(e) => warnings.push(format!("skipped {}: {e}", d.display())),
+        }
+    }
+    if runs.is_empty() {
+        return Err(ReportError::NothingUsable { given: dirs.len(), warnings });
+    }
+    label::assign_labels(&mut runs);
+    let groups = label::groups(&runs);
+    let mut charts = Vec::new();
+    for m in [Metric::TrainLoss, Metric::TestLoss, Metric::TestAcc] {
+        charts.push(charts::convergence(&runs, &groups, m, options.x, options.smooth).map_err(ReportError::Draw)?);
+    }
+    if runs.iter().any(|r| !r.probe.is_empty()) {
+        charts.push(charts::flow_profile(&runs, "signal_rms", "back-propagated signal RMS |dL/dh|").map_err(ReportError::Draw)?);
+        charts.push(charts::flow_profile(&runs, "grad_l2", "weight-gradient L2 norm").map_err(ReportError::Draw)?);
+        charts.push(charts::spectrogram(&runs, "grad_l2", "weight-gradient norm").map_err(ReportError::Draw)?);
+        charts.push(charts::spectrogram(&runs, "update_weight_ratio", "update:weight ratio").map_err(ReportError::Draw)?);
+        charts.push(charts::regimes(&runs).map_err(ReportError::Draw)?);
+    }
+    let summary = summary_rows(&runs, options.target_acc);
+    Ok(Report { runs, charts, summary, warnings, options })
+}
+
+impl Report {
+    /// Writes every chart as SVG and CSV, `summary.csv`, and `report.html` into `dir`.
+    /// Returns the path of `report.html`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ReportError> {
+        if dir.is_file() {
+            return Err(ReportError::OutIsFile { path: dir.to_owned() });
+        }
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ReportError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let write = |name: String, text: &str| {
+            let p = dir.join(name);
+            gradscope_train::files::write_atomic(&p, text.as_bytes()).map_err(|e| ReportError::Io { path: p.clone(), source: e.source })
+        };
+        for c in &self.charts {
+            write(format!("{}.svg", c.name), &c.svg)?;
+            write(format!("{}.csv", c.name), &c.csv)?;
+        }
+        write("summary.csv".into(), &summary::render_csv(&self.summary))?;
+        let html = html::render(self);
+        write("report.html".into(), &html)?;
+        Ok(dir.join("report.html"))
+    }
+}
