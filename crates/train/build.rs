@@ -12,7 +12,10 @@ fn main() {
             let mut lines = text.lines();
             while let Some(l) = lines.next() {
                 if l == "name = \"burn\"" {
-                    return lines.next().and_then(|v| v.strip_prefix("version = \"")).map(|v| v.trim_end_matches('"').to_owned());
+                    return lines
+                        .next()
+                        .and_then(|v| v.strip_prefix("version = \""))
+                        .map(|v| v.trim_end_matches('"').to_owned());
                 }
             }
             None

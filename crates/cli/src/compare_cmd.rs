@@ -41,7 +41,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
         XArg::Epoch => XAxis::Epoch,
         XArg::Time => XAxis::Time,
     };
-    let report = gradscope_report::build(&args.runs, ReportOptions { x, smooth: args.smooth.max(1), target_acc: args.target_acc })?;
+    let report = gradscope_report::build(
+        &args.runs,
+        ReportOptions {
+            x,
+            smooth: args.smooth.max(1),
+            target_acc: args.target_acc,
+        },
+    )?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

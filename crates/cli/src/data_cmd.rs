@@ -49,17 +49,30 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::List { data_dir } => list(data_dir),
         DataCommand::Info { name, data_dir, json } => info(&name, data_dir, json),
-        DataCommand::Fetch { name, data_dir, mirror, quiet } => fetch_cmd(&name, data_dir, mirror, quiet),
+        DataCommand::Fetch {
+            name,
+            data_dir,
+            mirror,
+            quiet,
+        } => fetch_cmd(&name, data_dir, mirror, quiet),
     }
 }
 
 fn list(data_dir: Option<PathBuf>) -> Result<()> {
     let root = data_dir.unwrap_or_else(default_cache_root);
     println!("{:<15} {:<12} description", "name", "available");
-    println!("{:<15} {:<12} 10,000 real MNIST digits (8,000 train + 2,000 test), bundled", BUNDLED_NAME, "bundled");
+    println!(
+        "{:<15} {:<12} 10,000 real MNIST digits (8,000 train + 2,000 test), bundled",
+        BUNDLED_NAME, "bundled"
+    );
     for e in CATALOG {
         let here = catalog::locate_files(&root.join(e.name)).is_ok();
-        println!("{:<15} {:<12} {}", e.name, if here { "downloaded" } else { "fetch first" }, e.description);
+        println!(
+            "{:<15} {:<12} {}",
+            e.name,
+            if here { "downloaded" } else { "fetch first" },
+            e.description
+        );
     }
     println!("\ncache: {}", root.display());
     Ok(())
@@ -84,9 +97,24 @@ fn info(name: &str, data_dir: Option<PathBuf>, json: bool) -> Result<()> {
     println!("images:  {rows} x {cols}, 1 channel, 10 classes");
     for (label, s) in [("train", &d.train), ("test", &d.test)] {
         let (mean, std) = s.pixel_mean_std();
-        println!("{label:<6} {:>6} images, pixel mean {:.2} std {:.2} (0..255; {:.4} / {:.4} on [0, 1])", s.len(), mean, std, mean / 255.0, std / 255.0);
+        println!(
+            "{label:<6} {:>6} images, pixel mean {:.2} std {:.2} (0..255; {:.4} / {:.4} on [0, 1])",
+            s.len(),
+            mean,
+            std,
+            mean / 255.0,
+            std / 255.0
+        );
         let counts = s.class_counts();
-        println!("       per class: {}", counts.iter().enumerate().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(" "));
+        println!(
+            "       per class: {}",
+            counts
+                .iter()
+                .enumerate()
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     println!("files (SHA-256):");
     for f in &d.files {
@@ -100,10 +128,17 @@ fn fetch_cmd(name: &str, data_dir: Option<PathBuf>, mirrors: Vec<String>, quiet:
         bail!("`{BUNDLED_NAME}` is bundled with gradscope; nothing to fetch");
     }
     let entry = catalog::find(name).with_context(|| {
-        format!("unknown dataset `{name}`; expected one of: {}", CATALOG.map(|e| e.name).join(", "))
+        format!(
+            "unknown dataset `{name}`; expected one of: {}",
+            CATALOG.map(|e| e.name).join(", ")
+        )
     })?;
     let dest = data_dir.unwrap_or_else(default_cache_root).join(entry.name);
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
         ProgressStyle::with_template("{msg:32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template")
@@ -119,11 +154,18 @@ fn fetch_cmd(name: &str, data_dir: Option<PathBuf>, mirrors: Vec<String>, quiet:
         }
         FetchEvent::Progress { bytes, .. } => bar.set_position(bytes),
         FetchEvent::Verified { file, bytes } => bar.println(format!("{file}: {bytes} bytes, MD5 verified")),
-        FetchEvent::MirrorFailed { url, error, .. } => bar.println(format!("{url}: failed ({error}); trying the next mirror")),
+        FetchEvent::MirrorFailed { url, error, .. } => {
+            bar.println(format!("{url}: failed ({error}); trying the next mirror"))
+        }
     })
     .with_context(|| format!("fetching {name} into {}", dest.display()))?;
     bar.finish_and_clear();
     let d = MnistLike::from_dir(name, &dest)?;
-    println!("{name}: {} train + {} test images in {}", d.train.len(), d.test.len(), dest.display());
+    println!(
+        "{name}: {} train + {} test images in {}",
+        d.train.len(),
+        d.test.len(),
+        dest.display()
+    );
     Ok(())
 }

@@ -17,7 +17,10 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> Result<()> {
     let ins = gradscope_probe::inspect(&args.run).with_context(|| format!("inspecting {}", args.run.display()))?;
     if args.json {
-        let v = ins.verdicts.as_ref().context("no verdicts.json (the run did not finish)")?;
+        let v = ins
+            .verdicts
+            .as_ref()
+            .context("no verdicts.json (the run did not finish)")?;
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
         print!("{}", gradscope_probe::render(&ins));

@@ -1,7 +1,6 @@
 //! `gradscope models`: the preset catalogue and layer tables.
 
 use anyhow::Result;
-use burn::module::Module;
 use burn::tensor::Device;
 use clap::Subcommand;
 use gradscope_models::{Network, PRESETS, named_params, preset};
@@ -24,16 +23,24 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             println!("{:<24} {:>10}  description", "preset", "params");
             for (name, description) in PRESETS {
                 let model = preset(name)?.init(&device)?;
-                println!("{name:<24} {:>10}  {description}", model.num_params());
+                println!(
+                    "{name:<24} {:>10}  {description}",
+                    gradscope_models::trainable_params(&model)
+                );
             }
-            println!("\nAlso accepted: mlp-ACT[-bn][-residual]-DEPTHxWIDTH[-INIT] and resnetN-plain|residual (N = 6n+2).");
+            println!(
+                "\nAlso accepted: mlp-ACT[-bn][-residual]-DEPTHxWIDTH[-INIT] and resnetN-plain|residual (N = 6n+2)."
+            );
         }
         ModelsCommand::Show { name } => {
             let model = preset(&name)?.init(&device)?;
             let params = named_params(&model);
             let size_of = |path: &String| params.iter().find(|p| &p.path == path).map_or(0, |p| p.numel());
-            println!("{name}: {} parameters\n", model.num_params());
-            println!("{:>5}  {:<26} {:<7} {:<14} {:<11} {:>9}  weight", "depth", "probe point", "kind", "output", "activation", "params");
+            println!("{name}: {} parameters\n", gradscope_models::trainable_params(&model));
+            println!(
+                "{:>5}  {:<26} {:<7} {:<14} {:<11} {:>9}  weight",
+                "depth", "probe point", "kind", "output", "activation", "params"
+            );
             for p in model.probe_points() {
                 let shape = p.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
                 let kind = serde_json::to_value(p.kind)?.as_str().unwrap_or_default().to_owned();

@@ -39,19 +39,33 @@ pub fn run(args: ParityArgs) -> Result<()> {
     let backends: Vec<Backend> = args
         .backends
         .iter()
-        .map(|b| toml::Value::String(b.clone()).try_into().map_err(|_| anyhow::anyhow!("--backends: unknown backend `{b}`; expected flex, ndarray or wgpu")))
+        .map(|b| {
+            toml::Value::String(b.clone())
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--backends: unknown backend `{b}`; expected flex, ndarray or wgpu"))
+        })
         .collect::<Result<_>>()?;
     if backends.len() < 2 {
         bail!("--backends needs at least two backends; found {}", backends.len());
     }
-    let out = args.out.clone().unwrap_or_else(|| crate::train_cmd::default_run_dir(&format!("parity-{}", args.preset)));
-    if out.exists() && std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))?.next().is_some() {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| crate::train_cmd::default_run_dir(&format!("parity-{}", args.preset)));
+    if out.exists()
+        && std::fs::read_dir(&out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_some()
+    {
         bail!("{} is not empty; choose a new --out directory", out.display());
     }
     let mut dirs = Vec::new();
     for backend in &backends {
         let config = TrainConfig {
-            model: ModelChoice::Preset { preset: args.preset.clone() },
+            model: ModelChoice::Preset {
+                preset: args.preset.clone(),
+            },
             backend: *backend,
             lr: args.lr,
             batch_size: args.batch_size,
@@ -62,20 +76,37 @@ pub fn run(args: ParityArgs) -> Result<()> {
             ..TrainConfig::default()
         };
         let dir = out.join(backend.to_string());
-        let mut trainer = gradscope_train::start(config, &dir).with_context(|| format!("starting the {backend} run"))?;
-        trainer.observe(Box::new(GradientProbe::new(ProbeConfig { schedule: ProbeSchedule::Every { n: 1 }, ..Default::default() })));
+        let mut trainer =
+            gradscope_train::start(config, &dir).with_context(|| format!("starting the {backend} run"))?;
+        trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
+            schedule: ProbeSchedule::Every { n: 1 },
+            ..Default::default()
+        })));
         trainer.run().with_context(|| format!("training on {backend}"))?;
         dirs.push((backend.to_string(), dir));
     }
     let refs: Vec<(String, &std::path::Path)> = dirs.iter().map(|(b, d)| (b.clone(), d.as_path())).collect();
     let rows = gradscope_probe::parity::compare(&refs, args.tol).map_err(anyhow::Error::msg)?;
-    println!("parity of {} over {} steps (reference: {}, tolerance {:e} relative)", args.preset, args.steps, backends[0], args.tol);
-    println!("{:<9} {:>14} {:>14} {:>12}  first divergence", "backend", "max loss diff", "max |g| diff", "samples/s");
+    println!(
+        "parity of {} over {} steps (reference: {}, tolerance {:e} relative)",
+        args.preset, args.steps, backends[0], args.tol
+    );
+    println!(
+        "{:<9} {:>14} {:>14} {:>12}  first divergence",
+        "backend", "max loss diff", "max |g| diff", "samples/s"
+    );
     let mut diverged = false;
     for r in &rows {
         let first = r.first_divergence.as_ref().map_or("none".to_owned(), |d| {
             diverged = true;
-            format!("step {} {}{}: {:.6e} vs {:.6e}", d.step, d.quantity, d.layer.as_ref().map_or(String::new(), |l| format!(" at {l}")), d.reference, d.other)
+            format!(
+                "step {} {}{}: {:.6e} vs {:.6e}",
+                d.step,
+                d.quantity,
+                d.layer.as_ref().map_or(String::new(), |l| format!(" at {l}")),
+                d.reference,
+                d.other
+            )
         });
         println!(
             "{:<9} {:>14.3e} {:>14.3e} {:>12}  {first}",
@@ -85,8 +116,11 @@ pub fn run(args: ParityArgs) -> Result<()> {
             r.samples_per_s.map_or("-".into(), |s| format!("{s:.0}"))
         );
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({ "preset": args.preset, "steps": args.steps, "tolerance": args.tol, "rows": rows }))?;
-    std::fs::write(out.join("parity.json"), json).with_context(|| format!("writing {}", out.join("parity.json").display()))?;
+    let json = serde_json::to_string_pretty(
+        &serde_json::json!({ "preset": args.preset, "steps": args.steps, "tolerance": args.tol, "rows": rows }),
+    )?;
+    std::fs::write(out.join("parity.json"), json)
+        .with_context(|| format!("writing {}", out.join("parity.json").display()))?;
     if diverged && args.strict {
         bail!("backends differ beyond the tolerance {:e}", args.tol);
     }

@@ -15,13 +15,21 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool, epochs: u64) -> Self {
-        let bar = if quiet || !std::io::stdout().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let bar = if quiet || !std::io::stdout().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
         bar.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        Self { bar, steps_per_epoch: 1, epochs }
+        Self {
+            bar,
+            steps_per_epoch: 1,
+            epochs,
+        }
     }
 }
 
@@ -31,7 +39,8 @@ impl<M> Observer<M> for Progress {
         self.bar.set_length(self.steps_per_epoch);
         let step = run.resumed_at.unwrap_or(0);
         self.bar.set_position(step % self.steps_per_epoch);
-        self.bar.set_prefix(format!("{}/{}", step / self.steps_per_epoch + 1, self.epochs));
+        self.bar
+            .set_prefix(format!("{}/{}", step / self.steps_per_epoch + 1, self.epochs));
         Ok(())
     }
 
@@ -39,7 +48,8 @@ impl<M> Observer<M> for Progress {
         let done = info.step + 1;
         if done % self.steps_per_epoch == 0 {
             self.bar.set_position(self.steps_per_epoch);
-            self.bar.set_prefix(format!("{}/{}", done / self.steps_per_epoch + 1, self.epochs));
+            self.bar
+                .set_prefix(format!("{}/{}", done / self.steps_per_epoch + 1, self.epochs));
             self.bar.reset();
         } else {
             self.bar.set_position(done % self.steps_per_epoch);

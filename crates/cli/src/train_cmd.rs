@@ -116,7 +116,8 @@ pub struct TrainArgs {
 }
 
 fn parse_probe(s: &str) -> Result<ProbeSchedule, String> {
-    s.parse().map_err(|e: gradscope_train::schedule::ParseScheduleError| e.to_string())
+    s.parse()
+        .map_err(|e: gradscope_train::schedule::ParseScheduleError| e.to_string())
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -136,8 +137,10 @@ impl TrainArgs {
     pub fn resolve(&self) -> Result<TrainConfig> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("--config {}: invalid run configuration", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("--config {}: invalid run configuration", path.display()))?
             }
             None => TrainConfig::default(),
         };
@@ -147,7 +150,18 @@ impl TrainArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
         }
-        set!(dataset, normalization, backend, lr, warmup_steps, batch_size, epochs, log_every, seed, probe);
+        set!(
+            dataset,
+            normalization,
+            backend,
+            lr,
+            warmup_steps,
+            batch_size,
+            epochs,
+            log_every,
+            seed,
+            probe
+        );
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir.clone();
         }
@@ -168,13 +182,31 @@ impl TrainArgs {
         }
         if let Some(name) = self.optimizer {
             c.optimizer = match name {
-                OptimizerName::Sgd => Optimizer::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 },
-                OptimizerName::Adam => Optimizer::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.0 },
-                OptimizerName::Adamw => Optimizer::Adamw { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.01 },
+                OptimizerName::Sgd => Optimizer::Sgd {
+                    momentum: 0.0,
+                    nesterov: false,
+                    weight_decay: 0.0,
+                },
+                OptimizerName::Adam => Optimizer::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-8,
+                    weight_decay: 0.0,
+                },
+                OptimizerName::Adamw => Optimizer::Adamw {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-8,
+                    weight_decay: 0.01,
+                },
             };
         }
         match &mut c.optimizer {
-            Optimizer::Sgd { momentum, nesterov, weight_decay } => {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
                 if let Some(m) = self.momentum {
                     *momentum = m;
                 }
@@ -195,7 +227,10 @@ impl TrainArgs {
         if let Some(s) = self.schedule {
             c.schedule = match s {
                 ScheduleName::Constant => Schedule::Constant,
-                ScheduleName::Step => Schedule::Step { every: self.step_every, gamma: self.step_gamma },
+                ScheduleName::Step => Schedule::Step {
+                    every: self.step_every,
+                    gamma: self.step_gamma,
+                },
                 ScheduleName::Cosine => Schedule::Cosine { min_lr: self.min_lr },
             };
         }
@@ -223,12 +258,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(dir) => {
             let (_, config) = gradscope_train::RunDir::open(dir)?;
             pin_default_device(config.backend);
-            (gradscope_train::resume(dir).with_context(|| format!("resuming {}", dir.display()))?, dir.clone())
+            (
+                gradscope_train::resume(dir).with_context(|| format!("resuming {}", dir.display()))?,
+                dir.clone(),
+            )
         }
         None => {
             let config = args.resolve()?;
             pin_default_device(config.backend);
-            let dir = args.out.clone().unwrap_or_else(|| default_run_dir(&config.model.label()));
+            let dir = args
+                .out
+                .clone()
+                .unwrap_or_else(|| default_run_dir(&config.model.label()));
             (gradscope_train::start(config, &dir)?, dir)
         }
     };
@@ -246,7 +287,11 @@ fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, d
     let schedule = trainer.config.probe;
     if schedule != ProbeSchedule::Off {
         let classes = gradscope_train::model_config(&trainer.config)?.head().outputs().max(2);
-        trainer.observe(Box::new(GradientProbe::new(ProbeConfig { schedule, classes, ..ProbeConfig::default() })));
+        trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
+            schedule,
+            classes,
+            ..ProbeConfig::default()
+        })));
     }
     let stop = trainer.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
@@ -258,16 +303,32 @@ fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, d
     }
     match gradscope_report::build(&[dir.to_path_buf()], gradscope_report::ReportOptions::default()) {
         Ok(report) => {
-            report.write(&dir.join("report")).with_context(|| format!("writing the report into {}", dir.display()))?;
+            report
+                .write(&dir.join("report"))
+                .with_context(|| format!("writing the report into {}", dir.display()))?;
         }
         Err(e) => eprintln!("warning: no report for {}: {e}", dir.display()),
     }
-    let acc = summary.final_test_acc.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0));
+    let acc = summary
+        .final_test_acc
+        .map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0));
     match summary.status {
-        Status::Completed => println!("test accuracy {acc} after {} steps in {:.1} s -> {}", summary.steps, summary.wall_s, dir.display()),
-        Status::Interrupted => println!("interrupted at step {}; checkpoint saved; continue with: gradscope train --resume {}", summary.steps, dir.display()),
+        Status::Completed => println!(
+            "test accuracy {acc} after {} steps in {:.1} s -> {}",
+            summary.steps,
+            summary.wall_s,
+            dir.display()
+        ),
+        Status::Interrupted => println!(
+            "interrupted at step {}; checkpoint saved; continue with: gradscope train --resume {}",
+            summary.steps,
+            dir.display()
+        ),
         Status::Diverged => {
-            let d = summary.diverged.as_ref().map_or(String::new(), |d| format!(" at step {}: {}", d.step, d.cause));
+            let d = summary
+                .diverged
+                .as_ref()
+                .map_or(String::new(), |d| format!(" at step {}: {}", d.step, d.cause));
             println!("diverged{d}; diagnosis saved in {}", dir.display());
             std::process::exit(2);
         }

@@ -36,10 +36,16 @@ impl Normalization {
     pub fn fit(self, train: &Split) -> Affine {
         match self {
             Normalization::Raw => Affine { shift: 0.0, scale: 1.0 },
-            Normalization::Unit => Affine { shift: 0.0, scale: 1.0 / 255.0 },
+            Normalization::Unit => Affine {
+                shift: 0.0,
+                scale: 1.0 / 255.0,
+            },
             Normalization::Standard => {
                 let (mean, std) = train.pixel_mean_std();
-                Affine { shift: mean as f32, scale: 1.0 / std.max(1e-6) as f32 }
+                Affine {
+                    shift: mean as f32,
+                    scale: 1.0 / std.max(1e-6) as f32,
+                }
             }
         }
     }
@@ -118,7 +124,12 @@ mod tests {
 
     fn split() -> Split {
         Split {
-            images: IdxImages { count: 5, rows: 1, cols: 2, pixels: vec![0, 255, 1, 2, 3, 4, 5, 6, 7, 8] },
+            images: IdxImages {
+                count: 5,
+                rows: 1,
+                cols: 2,
+                pixels: vec![0, 255, 1, 2, 3, 4, 5, 6, 7, 8],
+            },
             labels: vec![0, 1, 2, 3, 4],
         }
     }
@@ -139,7 +150,11 @@ mod tests {
     fn batcher_normalises_and_shapes() {
         let s = split();
         let device = Device::flex();
-        let batcher = MnistBatcher { rows: 1, cols: 2, affine: Normalization::Unit.fit(&s) };
+        let batcher = MnistBatcher {
+            rows: 1,
+            cols: 2,
+            affine: Normalization::Unit.fit(&s),
+        };
         let order = epoch_order(5, 0, 0, false);
         let batches: Vec<_> = epoch_batches(&s, &batcher, &order, 2, 0, &device).collect();
         assert_eq!(batches.len(), batches_per_epoch(5, 2));
@@ -157,7 +172,12 @@ mod tests {
     fn standard_normalisation_has_zero_mean_unit_std_on_train() {
         let s = split();
         let Affine { shift, scale } = Normalization::Standard.fit(&s);
-        let z: Vec<f64> = s.images.pixels.iter().map(|&p| ((p as f32 - shift) * scale) as f64).collect();
+        let z: Vec<f64> = s
+            .images
+            .pixels
+            .iter()
+            .map(|&p| ((p as f32 - shift) * scale) as f64)
+            .collect();
         let m = z.iter().sum::<f64>() / z.len() as f64;
         let v = z.iter().map(|x| (x - m).powi(2)).sum::<f64>() / z.len() as f64;
         assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-4, "{m} {v}");

@@ -48,10 +48,22 @@ pub const CATALOG: [CatalogEntry; 3] = [
             "http://yann.lecun.com/exdb/mnist/",
         ],
         files: [
-            RemoteFile { name: "train-images-idx3-ubyte.gz", md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873" },
-            RemoteFile { name: "train-labels-idx1-ubyte.gz", md5: "d53e105ee54ea40749a09fcbcd1e9432" },
-            RemoteFile { name: "t10k-images-idx3-ubyte.gz", md5: "9fb629c4189551a2d022fa330f9573f3" },
-            RemoteFile { name: "t10k-labels-idx1-ubyte.gz", md5: "ec29112dd5afa0611ce80d1b7f02629c" },
+            RemoteFile {
+                name: "train-images-idx3-ubyte.gz",
+                md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            },
+            RemoteFile {
+                name: "train-labels-idx1-ubyte.gz",
+                md5: "d53e105ee54ea40749a09fcbcd1e9432",
+            },
+            RemoteFile {
+                name: "t10k-images-idx3-ubyte.gz",
+                md5: "9fb629c4189551a2d022fa330f9573f3",
+            },
+            RemoteFile {
+                name: "t10k-labels-idx1-ubyte.gz",
+                md5: "ec29112dd5afa0611ce80d1b7f02629c",
+            },
         ],
     },
     CatalogEntry {
@@ -61,10 +73,22 @@ pub const CATALOG: [CatalogEntry; 3] = [
         licence: "MIT",
         mirrors: &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
         files: [
-            RemoteFile { name: "train-images-idx3-ubyte.gz", md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d" },
-            RemoteFile { name: "train-labels-idx1-ubyte.gz", md5: "25c81989df183df01b3e8a0aad5dffbe" },
-            RemoteFile { name: "t10k-images-idx3-ubyte.gz", md5: "bef4ecab320f06d8554ea6380940ec79" },
-            RemoteFile { name: "t10k-labels-idx1-ubyte.gz", md5: "bb300cfdad3c16e7a12a480ee83cd310" },
+            RemoteFile {
+                name: "train-images-idx3-ubyte.gz",
+                md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            },
+            RemoteFile {
+                name: "train-labels-idx1-ubyte.gz",
+                md5: "25c81989df183df01b3e8a0aad5dffbe",
+            },
+            RemoteFile {
+                name: "t10k-images-idx3-ubyte.gz",
+                md5: "bef4ecab320f06d8554ea6380940ec79",
+            },
+            RemoteFile {
+                name: "t10k-labels-idx1-ubyte.gz",
+                md5: "bb300cfdad3c16e7a12a480ee83cd310",
+            },
         ],
     },
     CatalogEntry {
@@ -74,10 +98,22 @@ pub const CATALOG: [CatalogEntry; 3] = [
         licence: "CC BY-SA 4.0",
         mirrors: &["http://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
         files: [
-            RemoteFile { name: "train-images-idx3-ubyte.gz", md5: "bdb82020997e1d708af4cf47b453dcf7" },
-            RemoteFile { name: "train-labels-idx1-ubyte.gz", md5: "e144d726b3acfaa3e44228e80efcd344" },
-            RemoteFile { name: "t10k-images-idx3-ubyte.gz", md5: "5c965bf0a639b31b8f53240b1b52f4d7" },
-            RemoteFile { name: "t10k-labels-idx1-ubyte.gz", md5: "7320c461ea6c1c855c0b718fb2a4b134" },
+            RemoteFile {
+                name: "train-images-idx3-ubyte.gz",
+                md5: "bdb82020997e1d708af4cf47b453dcf7",
+            },
+            RemoteFile {
+                name: "train-labels-idx1-ubyte.gz",
+                md5: "e144d726b3acfaa3e44228e80efcd344",
+            },
+            RemoteFile {
+                name: "t10k-images-idx3-ubyte.gz",
+                md5: "5c965bf0a639b31b8f53240b1b52f4d7",
+            },
+            RemoteFile {
+                name: "t10k-labels-idx1-ubyte.gz",
+                md5: "7320c461ea6c1c855c0b718fb2a4b134",
+            },
         ],
     },
 ];
@@ -110,16 +146,16 @@ pub fn find(name: &str) -> Option<&'static CatalogEntry> {
 
 /// Every dataset name the tool accepts, the bundled one first.
 pub fn names() -> Vec<&'static str> {
-    std::iter::once(BUNDLED_NAME).chain(CATALOG.iter().map(|e| e.name)).collect()
+    std::iter::once(BUNDLED_NAME)
+        .chain(CATALOG.iter().map(|e| e.name))
+        .collect()
 }
 
 /// Where downloads go: `$GRADSCOPE_DATA`, else the platform cache dir + `gradscope`.
 pub fn default_cache_root() -> PathBuf {
     match std::env::var_os(DATA_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("gradscope"),
+        _ => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("gradscope"),
     }
 }
 
@@ -169,18 +205,28 @@ pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<Source, DataError>
         };
     }
     let entry = find(name).ok_or_else(|| DataError::UnknownDataset { name: name.to_owned() })?;
-    let dir = data_dir.map_or_else(default_cache_root, Path::to_path_buf).join(entry.name);
+    let dir = data_dir
+        .map_or_else(default_cache_root, Path::to_path_buf)
+        .join(entry.name);
     match locate_files(&dir) {
         Ok(_) => Ok(Source::Dir(dir)),
-        Err(_) => Err(DataError::NotFetched { name: name.to_owned(), dir }),
+        Err(_) => Err(DataError::NotFetched {
+            name: name.to_owned(),
+            dir,
+        }),
     }
 }
 
 /// The four file stems, in the order train images, train labels, test images, test labels.
 pub fn file_stems() -> [String; 4] {
-    [SplitKind::Train, SplitKind::Test].map(|s| s.file_prefix()).as_slice().iter().flat_map(|p| {
-        [format!("{p}-images-idx3-ubyte"), format!("{p}-labels-idx1-ubyte")]
-    }).collect::<Vec<_>>().try_into().expect("four stems")
+    [SplitKind::Train, SplitKind::Test]
+        .map(|s| s.file_prefix())
+        .as_slice()
+        .iter()
+        .flat_map(|p| [format!("{p}-images-idx3-ubyte"), format!("{p}-labels-idx1-ubyte")])
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("four stems")
 }
 
 /// Finds the four IDX files in `dir`, accepting `stem`, `stem.gz`, and the
@@ -188,14 +234,27 @@ pub fn file_stems() -> [String; 4] {
 pub fn locate_files(dir: &Path) -> Result<[PathBuf; 4], DataError> {
     let find_one = |stem: &String| {
         let dotted = stem.replacen("-idx", ".idx", 1);
-        [stem.clone(), format!("{stem}.gz"), dotted.clone(), format!("{dotted}.gz")]
-            .into_iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| DataError::MissingFile { dir: dir.to_owned(), stem: stem.clone() })
+        [
+            stem.clone(),
+            format!("{stem}.gz"),
+            dotted.clone(),
+            format!("{dotted}.gz"),
+        ]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| DataError::MissingFile {
+            dir: dir.to_owned(),
+            stem: stem.clone(),
+        })
     };
     let stems = file_stems();
-    Ok([find_one(&stems[0])?, find_one(&stems[1])?, find_one(&stems[2])?, find_one(&stems[3])?])
+    Ok([
+        find_one(&stems[0])?,
+        find_one(&stems[1])?,
+        find_one(&stems[2])?,
+        find_one(&stems[3])?,
+    ])
 }
 
 /// A file of a loaded dataset, for provenance.
@@ -254,7 +313,14 @@ impl MnistLike {
                 }
             })
             .collect();
-        Self::checked(BUNDLED_NAME, Source::Bundled, split(0)?, split(2)?, files, Path::new("datasets/mnist-sample"))
+        Self::checked(
+            BUNDLED_NAME,
+            Source::Bundled,
+            split(0)?,
+            split(2)?,
+            files,
+            Path::new("datasets/mnist-sample"),
+        )
     }
 
     /// Reads the four IDX files of `dir`.
@@ -265,8 +331,10 @@ impl MnistLike {
         let files = [ti, tl, vi, vl]
             .iter()
             .map(|p| {
-                let raw = std::fs::read(p)
-                    .map_err(|source| IdxError::Io { path: p.clone(), source })?;
+                let raw = std::fs::read(p).map_err(|source| IdxError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
                 Ok(FileInfo {
                     path: p.display().to_string(),
                     bytes: raw.len() as u64,
@@ -292,7 +360,13 @@ impl MnistLike {
                 found: format!("{:?} in train and {:?} in test", shape(&train), shape(&test)),
             });
         }
-        Ok(Self { name: name.to_owned(), source, train, test, files })
+        Ok(Self {
+            name: name.to_owned(),
+            source,
+            train,
+            test,
+            files,
+        })
     }
 
     /// The split of the given kind.
@@ -315,7 +389,12 @@ mod tests {
     use crate::idx::{IdxImages, encode_images, encode_labels};
 
     fn write_dir(dir: &Path, train_n: usize, test_labels: usize) {
-        let img = |n: usize| IdxImages { count: n, rows: 2, cols: 2, pixels: vec![7; n * 4] };
+        let img = |n: usize| IdxImages {
+            count: n,
+            rows: 2,
+            cols: 2,
+            pixels: vec![7; n * 4],
+        };
         std::fs::write(dir.join("train-images-idx3-ubyte"), encode_images(&img(train_n))).unwrap();
         std::fs::write(dir.join("train-labels-idx1-ubyte"), encode_labels(&vec![1; train_n])).unwrap();
         std::fs::write(dir.join("t10k-images.idx3-ubyte"), encode_images(&img(3))).unwrap();
@@ -334,7 +413,10 @@ mod tests {
         }
         // MNIST's pixel mean is about 33 on the 0..255 scale (0.13 on [0, 1]).
         let (mean, std) = d.train.pixel_mean_std();
-        assert!((25.0..40.0).contains(&mean) && (70.0..90.0).contains(&std), "{mean} {std}");
+        assert!(
+            (25.0..40.0).contains(&mean) && (70.0..90.0).contains(&std),
+            "{mean} {std}"
+        );
     }
 
     #[test]
@@ -343,7 +425,12 @@ mod tests {
         for f in MnistLike::bundled().unwrap().files {
             let name = Path::new(&f.path).file_name().unwrap().to_str().unwrap().to_owned();
             let line = readme.lines().find(|l| l.contains(&name) && l.contains(&f.sha256));
-            assert!(line.is_some(), "datasets/README.md lacks `{}` with SHA-256 {}", name, f.sha256);
+            assert!(
+                line.is_some(),
+                "datasets/README.md lacks `{}` with SHA-256 {}",
+                name,
+                f.sha256
+            );
         }
     }
 
@@ -361,7 +448,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write_dir(tmp.path(), 5, 4);
         let err = MnistLike::load("x", Some(tmp.path())).unwrap_err().to_string();
-        assert!(err.contains("holds 3 images but") && err.contains("holds 4 labels"), "{err}");
+        assert!(
+            err.contains("holds 3 images but") && err.contains("holds 4 labels"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -370,13 +460,19 @@ mod tests {
         write_dir(tmp.path(), 5, 3);
         std::fs::remove_file(tmp.path().join("train-labels-idx1-ubyte")).unwrap();
         let err = MnistLike::from_dir("x", tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("no `train-labels-idx1-ubyte` or `train-labels-idx1-ubyte.gz`"), "{err}");
+        assert!(
+            err.contains("no `train-labels-idx1-ubyte` or `train-labels-idx1-ubyte.gz`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_and_unfetched_names_are_explained() {
         let err = resolve("cifar", None).unwrap_err().to_string();
-        assert!(err.contains("unknown dataset `cifar`; expected one of: mnist-sample, mnist"), "{err}");
+        assert!(
+            err.contains("unknown dataset `cifar`; expected one of: mnist-sample, mnist"),
+            "{err}"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let err = resolve("kmnist", Some(tmp.path())).unwrap_err().to_string();
         assert!(err.contains("run `gradscope data fetch kmnist` first"), "{err}");

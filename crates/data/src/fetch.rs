@@ -19,13 +19,21 @@ pub enum FetchEvent {
     /// A file is already present with the right checksum; nothing to download.
     AlreadyVerified { file: &'static str },
     /// A download starts; `total` is the announced size when the server gives one.
-    Started { file: &'static str, url: String, total: Option<u64> },
+    Started {
+        file: &'static str,
+        url: String,
+        total: Option<u64>,
+    },
     /// `bytes` of the current file have arrived so far.
     Progress { file: &'static str, bytes: u64 },
     /// The file arrived and its checksum matched.
     Verified { file: &'static str, bytes: u64 },
     /// A mirror failed; the next one will be tried.
-    MirrorFailed { file: &'static str, url: String, error: String },
+    MirrorFailed {
+        file: &'static str,
+        url: String,
+        error: String,
+    },
 }
 
 /// Why a download failed. Each names the file and, where it applies, the URL.
@@ -46,7 +54,11 @@ pub enum FetchError {
     #[error("{url}: connection ended after {received} of {expected} bytes")]
     Truncated { url: String, received: u64, expected: u64 },
     #[error("{url}: MD5 is {found}; the publisher's checksum is {expected}")]
-    Checksum { url: String, found: String, expected: String },
+    Checksum {
+        url: String,
+        found: String,
+        expected: String,
+    },
     #[error("{file}: every mirror failed:\n  {}", .errors.join("\n  "))]
     AllMirrorsFailed { file: String, errors: Vec<String> },
 }
@@ -64,7 +76,10 @@ pub fn fetch(
         Some(m) => m.to_vec(),
         None => entry.mirrors.iter().map(|s| s.to_string()).collect(),
     };
-    std::fs::create_dir_all(dest).map_err(|source| FetchError::Io { path: dest.to_owned(), source })?;
+    std::fs::create_dir_all(dest).map_err(|source| FetchError::Io {
+        path: dest.to_owned(),
+        source,
+    })?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
         .timeout_recv_body(Some(Duration::from_secs(60)))
@@ -87,13 +102,20 @@ pub fn fetch(
                 }
                 Err(e @ FetchError::Io { .. }) => return Err(e),
                 Err(e) => {
-                    on_event(FetchEvent::MirrorFailed { file: file.name, url, error: e.to_string() });
+                    on_event(FetchEvent::MirrorFailed {
+                        file: file.name,
+                        url,
+                        error: e.to_string(),
+                    });
                     errors.push(e.to_string());
                 }
             }
         }
         if !done {
-            return Err(FetchError::AllMirrorsFailed { file: file.name.to_owned(), errors });
+            return Err(FetchError::AllMirrorsFailed {
+                file: file.name.to_owned(),
+                errors,
+            });
         }
     }
     Ok(())
@@ -114,13 +136,23 @@ fn download_one(
     target: &Path,
     on_event: &mut dyn FnMut(FetchEvent),
 ) -> Result<(), FetchError> {
-    let http = |source| FetchError::Http { url: url.to_owned(), source: Box::new(source) };
+    let http = |source| FetchError::Http {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
     let mut response = agent.get(url).call().map_err(http)?;
     let total = response.body().content_length();
-    on_event(FetchEvent::Started { file: file.name, url: url.to_owned(), total });
+    on_event(FetchEvent::Started {
+        file: file.name,
+        url: url.to_owned(),
+        total,
+    });
 
     let dir = target.parent().expect("target has a parent");
-    let io = |source| FetchError::Io { path: dir.to_owned(), source };
+    let io = |source| FetchError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     // Dropping the temporary file deletes it, so every early return cleans up.
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", file.name))
@@ -148,18 +180,35 @@ fn download_one(
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n]).map_err(io)?;
         received += n as u64;
-        on_event(FetchEvent::Progress { file: file.name, bytes: received });
+        on_event(FetchEvent::Progress {
+            file: file.name,
+            bytes: received,
+        });
     }
     if let Some(expected) = total.filter(|&t| t != received) {
-        return Err(FetchError::Truncated { url: url.to_owned(), received, expected });
+        return Err(FetchError::Truncated {
+            url: url.to_owned(),
+            received,
+            expected,
+        });
     }
     let found = hex::encode(hasher.finalize());
     if found != file.md5 {
-        return Err(FetchError::Checksum { url: url.to_owned(), found, expected: file.md5.to_owned() });
+        return Err(FetchError::Checksum {
+            url: url.to_owned(),
+            found,
+            expected: file.md5.to_owned(),
+        });
     }
     tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(target).map_err(|e| FetchError::Io { path: target.to_owned(), source: e.error })?;
-    on_event(FetchEvent::Verified { file: file.name, bytes: received });
+    tmp.persist(target).map_err(|e| FetchError::Io {
+        path: target.to_owned(),
+        source: e.error,
+    })?;
+    on_event(FetchEvent::Verified {
+        file: file.name,
+        bytes: received,
+    });
     Ok(())
 }
 
@@ -202,14 +251,23 @@ pub mod test_server {
                     }
                     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let _ = match routes.get(&path) {
-                        None => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                        None => stream
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
                         Some(Reply::Full(body)) => {
-                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
                             stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body))
                         }
                         Some(Reply::CutHalfway(body)) => {
-                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                            stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body[..body.len() / 2]))
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            stream
+                                .write_all(head.as_bytes())
+                                .and_then(|_| stream.write_all(&body[..body.len() / 2]))
                         }
                     };
                     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -230,7 +288,12 @@ mod tests {
     fn sample_entry() -> (CatalogEntry, HashMap<String, Reply>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist-sample");
         let mut routes = HashMap::new();
-        let names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"];
+        let names = [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ];
         let md5s: Vec<&'static str> = names
             .iter()
             .map(|n| {
@@ -239,13 +302,26 @@ mod tests {
                 &*Box::leak(hex::encode(Md5::digest(&bytes)).into_boxed_str())
             })
             .collect();
-        let files = std::array::from_fn(|i| RemoteFile { name: names[i], md5: md5s[i] });
-        let entry = CatalogEntry { name: "sample", description: "", homepage: "", licence: "", mirrors: &[], files };
+        let files = std::array::from_fn(|i| RemoteFile {
+            name: names[i],
+            md5: md5s[i],
+        });
+        let entry = CatalogEntry {
+            name: "sample",
+            description: "",
+            homepage: "",
+            licence: "",
+            mirrors: &[],
+            files,
+        };
         (entry, routes)
     }
 
     fn leftovers(dir: &Path) -> Vec<String> {
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
@@ -255,13 +331,22 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut events = Vec::new();
         fetch(&entry, tmp.path(), Some(&[url.clone()]), &mut |e| events.push(e)).unwrap();
-        assert_eq!(events.iter().filter(|e| matches!(e, FetchEvent::Verified { .. })).count(), 4);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, FetchEvent::Verified { .. }))
+                .count(),
+            4
+        );
         let d = crate::MnistLike::from_dir("sample", tmp.path()).unwrap();
         assert_eq!((d.train.len(), d.test.len()), (8000, 2000));
         // A second fetch finds everything verified and downloads nothing.
         let mut again = Vec::new();
         fetch(&entry, tmp.path(), Some(&[url]), &mut |e| again.push(e)).unwrap();
-        assert!(again.iter().all(|e| matches!(e, FetchEvent::AlreadyVerified { .. })), "{again:?}");
+        assert!(
+            again.iter().all(|e| matches!(e, FetchEvent::AlreadyVerified { .. })),
+            "{again:?}"
+        );
     }
 
     #[test]
@@ -270,9 +355,14 @@ mod tests {
         entry.files[1].md5 = "00000000000000000000000000000000";
         let url = serve(routes);
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch(&entry, tmp.path(), Some(&[url]), &mut |_| {}).unwrap_err().to_string();
+        let err = fetch(&entry, tmp.path(), Some(&[url]), &mut |_| {})
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("train-labels-idx1-ubyte.gz: MD5 is "), "{err}");
-        assert!(err.contains("the publisher's checksum is 00000000000000000000000000000000"), "{err}");
+        assert!(
+            err.contains("the publisher's checksum is 00000000000000000000000000000000"),
+            "{err}"
+        );
         assert_eq!(leftovers(tmp.path()), vec!["train-images-idx3-ubyte.gz".to_string()]);
     }
 
@@ -288,8 +378,13 @@ mod tests {
             .collect();
         let bad = serve(cut);
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch(&entry, tmp.path(), Some(&[bad.clone()]), &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("every mirror failed") && err.contains("connection ended after"), "{err}");
+        let err = fetch(&entry, tmp.path(), Some(&[bad.clone()]), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("every mirror failed") && err.contains("connection ended after"),
+            "{err}"
+        );
         assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
 
         let good = serve(routes);
@@ -307,7 +402,12 @@ mod tests {
         let (entry, _) = sample_entry();
         let url = serve(HashMap::new());
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch(&entry, tmp.path(), Some(&[url.clone()]), &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains(&format!("{url}/train-images-idx3-ubyte.gz: request failed")), "{err}");
+        let err = fetch(&entry, tmp.path(), Some(&[url.clone()]), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{url}/train-images-idx3-ubyte.gz: request failed")),
+            "{err}"
+        );
     }
 }

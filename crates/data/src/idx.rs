@@ -42,9 +42,7 @@ pub enum IdxError {
         found: usize,
         expected: usize,
     },
-    #[error(
-        "{path}: bad magic number {found:#010x}; expected {expected:#010x} ({what} of unsigned bytes)"
-    )]
+    #[error("{path}: bad magic number {found:#010x}; expected {expected:#010x} ({what} of unsigned bytes)")]
     BadMagic {
         path: PathBuf,
         found: u32,
@@ -57,7 +55,7 @@ pub enum IdxError {
     PayloadLength {
         path: PathBuf,
         found: usize,
-        expected: u64,
+        expected: u128,
         dims: Vec<u32>,
     },
     #[error("{path}: label {found} at index {index}; expected a class in 0..{classes}")]
@@ -125,12 +123,7 @@ pub fn decompress(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, IdxError> {
 
 /// Parses the header of an unsigned-byte IDX file with `ndims` dimensions and
 /// checks the payload length; returns the dimensions and the payload.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    ndims: u8,
-    what: &'static str,
-) -> Result<(Vec<u32>, &'a [u8]), IdxError> {
+fn parse<'a>(path: &Path, bytes: &'a [u8], ndims: u8, what: &'static str) -> Result<(Vec<u32>, &'a [u8]), IdxError> {
     let header_len = 4 + 4 * ndims as usize;
     if bytes.len() < header_len {
         return Err(IdxError::TruncatedHeader {
@@ -157,8 +150,9 @@ fn parse<'a>(
         });
     }
     let payload = &bytes[header_len..];
-    let expected: u64 = dims.iter().map(|&d| u64::from(d)).product();
-    if payload.len() as u64 != expected {
+    // u128: three u32 dimensions can overflow u64.
+    let expected: u128 = dims.iter().map(|&d| u128::from(d)).product();
+    if payload.len() as u128 != expected {
         return Err(IdxError::PayloadLength {
             path: path.to_owned(),
             found: payload.len(),
@@ -251,7 +245,10 @@ mod tests {
 
     #[test]
     fn labels_round_trip() {
-        assert_eq!(parse_labels(p(), &encode_labels(&[3, 1, 9]), 10).unwrap(), vec![3, 1, 9]);
+        assert_eq!(
+            parse_labels(p(), &encode_labels(&[3, 1, 9]), 10).unwrap(),
+            vec![3, 1, 9]
+        );
     }
 
     #[test]
@@ -307,7 +304,10 @@ mod tests {
             "mem.idx: payload is 11 bytes; the header [2, 2, 3] expects 12"
         );
         bytes.extend_from_slice(&[0, 0]);
-        assert!(matches!(parse_images(p(), &bytes), Err(IdxError::PayloadLength { found: 13, .. })));
+        assert!(matches!(
+            parse_images(p(), &bytes),
+            Err(IdxError::PayloadLength { found: 13, .. })
+        ));
     }
 
     #[test]
@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn label_out_of_range_names_index_and_value() {
         let err = parse_labels(p(), &encode_labels(&[0, 4, 10]), 10).unwrap_err();
-        assert_eq!(err.to_string(), "mem.idx: label 10 at index 2; expected a class in 0..10");
+        assert_eq!(
+            err.to_string(),
+            "mem.idx: label 10 at index 2; expected a class in 0..10"
+        );
     }
 
     #[test]

@@ -32,9 +32,7 @@ impl SplitKind {
 pub enum SplitError {
     #[error(transparent)]
     Idx(#[from] IdxError),
-    #[error(
-        "{images} holds {image_count} images but {labels} holds {label_count} labels; expected equal counts"
-    )]
+    #[error("{images} holds {image_count} images but {labels} holds {label_count} labels; expected equal counts")]
     CountMismatch {
         images: PathBuf,
         labels: PathBuf,
@@ -59,12 +57,7 @@ pub struct Split {
 
 impl Split {
     /// Builds a split from parsed parts, checking that counts agree.
-    pub fn new(
-        images: IdxImages,
-        labels: Vec<u8>,
-        images_path: &Path,
-        labels_path: &Path,
-    ) -> Result<Self, SplitError> {
+    pub fn new(images: IdxImages, labels: Vec<u8>, images_path: &Path, labels_path: &Path) -> Result<Self, SplitError> {
         if images.count != labels.len() {
             return Err(SplitError::CountMismatch {
                 images: images_path.to_owned(),
@@ -174,7 +167,13 @@ mod tests {
     #[test]
     fn dataset_get() {
         let t = tiny();
-        assert_eq!(t.get(2).unwrap(), MnistItem { image: vec![30, 40], label: 1 });
+        assert_eq!(
+            t.get(2).unwrap(),
+            MnistItem {
+                image: vec![30, 40],
+                label: 1
+            }
+        );
     }
 
     #[test]

@@ -183,8 +183,12 @@ impl FromStr for Activation {
             "sigmoid" => no_arg(Activation::Sigmoid),
             "tanh" => no_arg(Activation::Tanh),
             "relu" => no_arg(Activation::Relu),
-            "leaky_relu" | "leaky" => Ok(Activation::LeakyRelu { slope: arg.unwrap_or(default_slope()) }),
-            "elu" => Ok(Activation::Elu { alpha: arg.unwrap_or(default_alpha()) }),
+            "leaky_relu" | "leaky" => Ok(Activation::LeakyRelu {
+                slope: arg.unwrap_or(default_slope()),
+            }),
+            "elu" => Ok(Activation::Elu {
+                alpha: arg.unwrap_or(default_alpha()),
+            }),
             "selu" => no_arg(Activation::Selu),
             "gelu" => no_arg(Activation::Gelu),
             "identity" | "linear" => no_arg(Activation::Identity),
@@ -200,11 +204,28 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        for s in ["sigmoid", "tanh", "relu", "leaky_relu", "leaky_relu:0.2", "elu", "elu:0.5", "selu", "gelu", "identity"] {
+        for s in [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "leaky_relu",
+            "leaky_relu:0.2",
+            "elu",
+            "elu:0.5",
+            "selu",
+            "gelu",
+            "identity",
+        ] {
             let a: Activation = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
         }
-        assert!("swish".parse::<Activation>().unwrap_err().to_string().contains("unknown activation `swish`"));
+        assert!(
+            "swish"
+                .parse::<Activation>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown activation `swish`")
+        );
         assert!("relu:2".parse::<Activation>().is_err());
     }
 
@@ -212,13 +233,30 @@ mod tests {
     fn derivative_matches_finite_differences() {
         let device = Device::flex();
         let xs: Vec<f32> = vec![-3.0, -0.7, -0.1, 0.2, 0.9, 2.5];
-        let acts = ["sigmoid", "tanh", "relu", "leaky_relu:0.1", "elu", "selu", "gelu", "identity"];
+        let acts = [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "leaky_relu:0.1",
+            "elu",
+            "selu",
+            "gelu",
+            "identity",
+        ];
         for name in acts {
             let a: Activation = name.parse().unwrap();
             let h = 1e-3f32;
             let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [6]), &device);
-            let plus: Vec<f32> = a.forward(t(xs.iter().map(|x| x + h).collect())).to_data().try_to_vec().unwrap();
-            let minus: Vec<f32> = a.forward(t(xs.iter().map(|x| x - h).collect())).to_data().try_to_vec().unwrap();
+            let plus: Vec<f32> = a
+                .forward(t(xs.iter().map(|x| x + h).collect()))
+                .to_data()
+                .try_to_vec()
+                .unwrap();
+            let minus: Vec<f32> = a
+                .forward(t(xs.iter().map(|x| x - h).collect()))
+                .to_data()
+                .try_to_vec()
+                .unwrap();
             let d: Vec<f32> = a.derivative(t(xs.clone())).to_data().try_to_vec().unwrap();
             for i in 0..6 {
                 let fd = (plus[i] - minus[i]) / (2.0 * h);

@@ -86,12 +86,14 @@ impl Head {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {
     #[error("{field} must be at least {min}; found {found}")]
-    TooSmall { field: &'static str, min: usize, found: usize },
+    TooSmall {
+        field: &'static str,
+        min: usize,
+        found: usize,
+    },
     #[error("width lists {found} sizes but depth is {depth}; expected one size per hidden layer")]
     WidthCount { found: usize, depth: usize },
-    #[error(
-        "residual skips need equal widths inside each block; hidden layers {from} to {to} have widths {widths:?}"
-    )]
+    #[error("residual skips need equal widths inside each block; hidden layers {from} to {to} have widths {widths:?}")]
     ResidualWidth { from: usize, to: usize, widths: Vec<usize> },
     #[error("channels lists {channels} stages but blocks lists {blocks}; expected one block count per stage")]
     StageCount { channels: usize, blocks: usize },

@@ -78,11 +78,12 @@ impl Init {
     pub fn draw(&self, rng: &mut ChaCha8Rng, fans: Fans, rows: usize, cols: usize, default_gain: f64) -> Vec<f32> {
         let n = rows * cols;
         let (fi, fo) = (fans.fan_in as f64, fans.fan_out as f64);
-        let uniform = |rng: &mut ChaCha8Rng, b: f64| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-b..=b) as f32).collect()
-        };
+        let uniform =
+            |rng: &mut ChaCha8Rng, b: f64| -> Vec<f32> { (0..n).map(|_| rng.random_range(-b..=b) as f32).collect() };
         let normal = |rng: &mut ChaCha8Rng, s: f64| -> Vec<f32> {
-            (0..n).map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32).collect()
+            (0..n)
+                .map(|_| (s * rng.sample::<f64, _>(StandardNormal)) as f32)
+                .collect()
         };
         match *self {
             Init::XavierUniform { gain } => uniform(rng, gain * (6.0 / (fi + fo)).sqrt()),
@@ -116,7 +117,9 @@ impl Init {
 fn orthogonal(rng: &mut ChaCha8Rng, rows: usize, cols: usize, gain: f64) -> Vec<f32> {
     // Orthonormalise the `k` longer vectors of length `m`.
     let (k, m) = if rows <= cols { (rows, cols) } else { (cols, rows) };
-    let mut q: Vec<Vec<f64>> = (0..k).map(|_| (0..m).map(|_| rng.sample(StandardNormal)).collect()).collect();
+    let mut q: Vec<Vec<f64>> = (0..k)
+        .map(|_| (0..m).map(|_| rng.sample(StandardNormal)).collect())
+        .collect();
     for i in 0..k {
         // Twice for numerical orthogonality ("twice is enough").
         for _ in 0..2 {
@@ -174,17 +177,35 @@ impl FromStr for Init {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseInitError(s.to_owned());
         let (name, arg) = match s.split_once(':') {
-            Some((n, a)) => (n, Some(a.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0).ok_or_else(err)?)),
+            Some((n, a)) => (
+                n,
+                Some(
+                    a.parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v > 0.0)
+                        .ok_or_else(err)?,
+                ),
+            ),
             None => (s, None),
         };
         Ok(match name.replace('-', "_").as_str() {
-            "xavier_uniform" | "xavier" => Init::XavierUniform { gain: arg.unwrap_or(1.0) },
-            "xavier_normal" => Init::XavierNormal { gain: arg.unwrap_or(1.0) },
+            "xavier_uniform" | "xavier" => Init::XavierUniform {
+                gain: arg.unwrap_or(1.0),
+            },
+            "xavier_normal" => Init::XavierNormal {
+                gain: arg.unwrap_or(1.0),
+            },
             "he_uniform" | "kaiming_uniform" => Init::HeUniform { gain: arg },
             "he_normal" | "he" | "kaiming_normal" => Init::HeNormal { gain: arg },
-            "lecun_normal" | "lecun" => Init::LecunNormal { gain: arg.unwrap_or(1.0) },
-            "orthogonal" => Init::Orthogonal { gain: arg.unwrap_or(1.0) },
-            "normal" => Init::Normal { std: arg.ok_or_else(err)? },
+            "lecun_normal" | "lecun" => Init::LecunNormal {
+                gain: arg.unwrap_or(1.0),
+            },
+            "orthogonal" => Init::Orthogonal {
+                gain: arg.unwrap_or(1.0),
+            },
+            "normal" => Init::Normal {
+                std: arg.ok_or_else(err)?,
+            },
             "burn_default" | "default" if arg.is_none() => Init::BurnDefault,
             _ => return Err(err()),
         })
@@ -207,8 +228,19 @@ pub fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Devic
 
 /// A Linear weight for `path`, drawn as PyTorch's `[out, in]` and stored as
 /// Burn's `[in, out]`.
-pub fn linear_weight(init: Init, seed: u64, path: &str, d_in: usize, d_out: usize, gain: f64, device: &Device) -> Param<Tensor<2>> {
-    let fans = Fans { fan_in: d_in, fan_out: d_out };
+pub fn linear_weight(
+    init: Init,
+    seed: u64,
+    path: &str,
+    d_in: usize,
+    d_out: usize,
+    gain: f64,
+    device: &Device,
+) -> Param<Tensor<2>> {
+    let fans = Fans {
+        fan_in: d_in,
+        fan_out: d_out,
+    };
     let w = init.draw(&mut param_rng(seed, path), fans, d_out, d_in, gain);
     let mut t = vec![0f32; d_in * d_out];
     for o in 0..d_out {
@@ -220,9 +252,19 @@ pub fn linear_weight(init: Init, seed: u64, path: &str, d_in: usize, d_out: usiz
 }
 
 /// A conv kernel `[out, in, kh, kw]` for `path`.
-pub fn conv_weight(init: Init, seed: u64, path: &str, shape: [usize; 4], gain: f64, device: &Device) -> Param<Tensor<4>> {
+pub fn conv_weight(
+    init: Init,
+    seed: u64,
+    path: &str,
+    shape: [usize; 4],
+    gain: f64,
+    device: &Device,
+) -> Param<Tensor<4>> {
     let [o, i, kh, kw] = shape;
-    let fans = Fans { fan_in: i * kh * kw, fan_out: o * kh * kw };
+    let fans = Fans {
+        fan_in: i * kh * kw,
+        fan_out: o * kh * kw,
+    };
     let w = init.draw(&mut param_rng(seed, path), fans, o, i * kh * kw, gain);
     param(w, shape, device)
 }
@@ -239,7 +281,10 @@ mod tests {
 
     #[test]
     fn initialiser_std_matches_formula_on_512x512() {
-        let fans = Fans { fan_in: 512, fan_out: 512 };
+        let fans = Fans {
+            fan_in: 512,
+            fan_out: 512,
+        };
         let cases = [
             ("xavier_uniform", (1.0f64 / 512.0).sqrt()),
             ("xavier_normal", (1.0f64 / 512.0).sqrt()),
@@ -254,7 +299,10 @@ mod tests {
             let v = init.draw(&mut param_rng(1, name), fans, 512, 512, std::f64::consts::SQRT_2);
             let s = std_of(&v);
             assert!((s / expected - 1.0).abs() < 0.03, "{name}: std {s} vs {expected}");
-            assert!((init.std(fans, std::f64::consts::SQRT_2) / expected - 1.0).abs() < 1e-12, "{name}");
+            assert!(
+                (init.std(fans, std::f64::consts::SQRT_2) / expected - 1.0).abs() < 1e-12,
+                "{name}"
+            );
         }
     }
 
@@ -280,7 +328,9 @@ mod tests {
 
     #[test]
     fn streams_depend_on_seed_and_path_only() {
-        let draw = |seed, path| Init::HeNormal { gain: None }.draw(&mut param_rng(seed, path), Fans { fan_in: 4, fan_out: 4 }, 4, 4, 1.0);
+        let draw = |seed, path| {
+            Init::HeNormal { gain: None }.draw(&mut param_rng(seed, path), Fans { fan_in: 4, fan_out: 4 }, 4, 4, 1.0)
+        };
         assert_eq!(draw(1, "a.weight"), draw(1, "a.weight"));
         assert_ne!(draw(1, "a.weight"), draw(1, "b.weight"));
         assert_ne!(draw(1, "a.weight"), draw(2, "a.weight"));
@@ -292,7 +342,13 @@ mod tests {
         let e = "normal".parse::<Init>().unwrap_err().to_string();
         assert!(e.contains("unknown initialisation `normal`"), "{e}");
         assert!("xavier:-1".parse::<Init>().is_err());
-        for s in ["xavier_uniform", "he_normal:2", "normal:0.01", "orthogonal:1.5", "burn_default"] {
+        for s in [
+            "xavier_uniform",
+            "he_normal:2",
+            "normal:0.01",
+            "orthogonal:1.5",
+            "burn_default",
+        ] {
             assert_eq!(s.parse::<Init>().unwrap().to_string(), s);
         }
     }

@@ -35,7 +35,7 @@ pub use activation::{Activation, Regime};
 pub use common::{Head, ModelError, Network, Norm, NormPlacement};
 pub use init::Init;
 pub use mlp::{Mlp, MlpConfig, Width};
-pub use params::{NamedParam, named_params};
+pub use params::{NamedParam, named_params, trainable_params};
 pub use probe_point::{BlockLinks, PointKind, ProbePoint, Probed, Taps, Trace};
 pub use resnet::{ResNet, ResNetConfig, Shortcut};
 pub use zoo::{Model, ModelConfig, PRESETS, preset};

@@ -109,15 +109,28 @@ impl MlpConfig {
     /// The hidden widths, one per layer, validated.
     pub fn widths(&self) -> Result<Vec<usize>, ModelError> {
         if self.depth < 1 {
-            return Err(ModelError::TooSmall { field: "depth", min: 1, found: self.depth });
+            return Err(ModelError::TooSmall {
+                field: "depth",
+                min: 1,
+                found: self.depth,
+            });
         }
         let widths = match &self.width {
             Width::Uniform(w) => vec![*w; self.depth],
             Width::PerLayer(ws) if ws.len() == self.depth => ws.clone(),
-            Width::PerLayer(ws) => return Err(ModelError::WidthCount { found: ws.len(), depth: self.depth }),
+            Width::PerLayer(ws) => {
+                return Err(ModelError::WidthCount {
+                    found: ws.len(),
+                    depth: self.depth,
+                });
+            }
         };
         if let Some(&w) = widths.iter().find(|&&w| w < 1) {
-            return Err(ModelError::TooSmall { field: "width", min: 1, found: w });
+            return Err(ModelError::TooSmall {
+                field: "width",
+                min: 1,
+                found: w,
+            });
         }
         Ok(widths)
     }
@@ -125,16 +138,28 @@ impl MlpConfig {
     /// Residual blocks as `(first, last)` hidden-layer indices, validated.
     pub fn residual_blocks(&self) -> Result<Vec<(usize, usize)>, ModelError> {
         let widths = self.widths()?;
-        let Some(k) = self.residual_every else { return Ok(Vec::new()) };
+        let Some(k) = self.residual_every else {
+            return Ok(Vec::new());
+        };
         if k < 1 {
-            return Err(ModelError::TooSmall { field: "residual_every", min: 1, found: k });
+            return Err(ModelError::TooSmall {
+                field: "residual_every",
+                min: 1,
+                found: k,
+            });
         }
-        let blocks: Vec<(usize, usize)> =
-            (1..self.depth).step_by(k).map(|s| (s, (s + k - 1).min(self.depth - 1))).collect();
+        let blocks: Vec<(usize, usize)> = (1..self.depth)
+            .step_by(k)
+            .map(|s| (s, (s + k - 1).min(self.depth - 1)))
+            .collect();
         for &(s, e) in &blocks {
             // The block's input is layer s-1's output; every layer in it keeps that width.
             if widths[s - 1..=e].iter().any(|&w| w != widths[s - 1]) {
-                return Err(ModelError::ResidualWidth { from: s, to: e + 1, widths: widths[s - 1..=e].to_vec() });
+                return Err(ModelError::ResidualWidth {
+                    from: s,
+                    to: e + 1,
+                    widths: widths[s - 1..=e].to_vec(),
+                });
             }
         }
         Ok(blocks)
@@ -149,10 +174,23 @@ impl MlpConfig {
         let gain = self.activation.recommended_gain();
         for (i, &d_out) in widths.iter().enumerate() {
             let mut linear = LinearConfig::new(d_in, d_out).init(device);
-            linear.weight = linear_weight(self.init, self.seed, &format!("hidden.{i}.linear.weight"), d_in, d_out, gain, device);
+            linear.weight = linear_weight(
+                self.init,
+                self.seed,
+                &format!("hidden.{i}.linear.weight"),
+                d_in,
+                d_out,
+                gain,
+                device,
+            );
             linear.bias = Some(param(vec![self.bias as f32; d_out], [d_out], device));
             let norm = (self.norm == Norm::Batchnorm).then(|| batch_norm(d_out, device));
-            hidden.push(DenseLayer { linear, norm, activation: self.activation, placement: self.norm_placement });
+            hidden.push(DenseLayer {
+                linear,
+                norm,
+                activation: self.activation,
+                placement: self.norm_placement,
+            });
             d_in = d_out;
         }
         let outputs = self.head.outputs();
@@ -160,7 +198,14 @@ impl MlpConfig {
         head.weight = linear_weight(self.init, self.seed, "head.weight", d_in, outputs, 1.0, device);
         head.bias = Some(param(vec![0.0; outputs], [outputs], device));
         let points = self.points(&widths, &blocks);
-        Ok(Mlp { hidden, head, points, blocks, head_kind: self.head }.materialize())
+        Ok(Mlp {
+            hidden,
+            head,
+            points,
+            blocks,
+            head_kind: self.head,
+        }
+        .materialize())
     }
 
     fn points(&self, widths: &[usize], blocks: &[(usize, usize)]) -> Vec<ProbePoint> {
@@ -179,7 +224,11 @@ impl MlpConfig {
             }
             points.push(ProbePoint {
                 name: format!("hidden.{}", i + 1),
-                kind: if block.is_some() { PointKind::Branch } else { PointKind::Dense },
+                kind: if block.is_some() {
+                    PointKind::Branch
+                } else {
+                    PointKind::Dense
+                },
                 depth: points.len(),
                 activation: Some(self.activation),
                 weight: Some(params[0].clone()),
@@ -254,7 +303,10 @@ impl Network for Mlp {
     fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
         let mut rec = Recorder::on(taps);
         let logits = self.run(images, &mut rec);
-        Probed { logits, traces: rec.finish() }
+        Probed {
+            logits,
+            traces: rec.finish(),
+        }
     }
 
     fn probe_points(&self) -> &[ProbePoint] {

@@ -25,16 +25,29 @@ struct PathCollector {
     out: Vec<NamedParam>,
 }
 
+/// Enum variants (`Model::Mlp`) are not part of a parameter's path.
+fn is_variant(container_type: &str) -> bool {
+    container_type.starts_with("Enum:")
+}
+
 impl ModuleVisitor for PathCollector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_owned());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !is_variant(container_type) {
+            self.stack.push(name.to_owned());
+        }
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !is_variant(container_type) {
+            self.stack.pop();
+        }
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // BatchNorm's running statistics are state, not trainable parameters.
+        if self.stack.last().is_some_and(|n| n.starts_with("running_")) {
+            return;
+        }
         self.out.push(NamedParam {
             path: self.stack.join("."),
             id: param.id,
@@ -43,9 +56,16 @@ impl ModuleVisitor for PathCollector {
     }
 }
 
-/// Every float parameter of `module` (running statistics excluded), in visit order.
+/// Every trainable float parameter of `module` (BatchNorm running statistics
+/// excluded), in visit order.
 pub fn named_params<M: Module>(module: &M) -> Vec<NamedParam> {
     let mut c = PathCollector::default();
     module.visit(&mut c);
     c.out
+}
+
+/// Number of trainable parameters (what PyTorch's `parameters()` counts;
+/// Burn's `num_params` also counts BatchNorm's running statistics).
+pub fn trainable_params<M: Module>(module: &M) -> usize {
+    named_params(module).iter().map(NamedParam::numel).sum()
 }

@@ -109,11 +109,19 @@ pub(crate) struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub(crate) fn off() -> Self {
-        Self { taps: None, traces: None, next: 0 }
+        Self {
+            taps: None,
+            traces: None,
+            next: 0,
+        }
     }
 
     pub(crate) fn on(taps: Option<&'a Taps>) -> Self {
-        Self { taps, traces: Some(Vec::new()), next: 0 }
+        Self {
+            taps,
+            traces: Some(Vec::new()),
+            next: 0,
+        }
     }
 
     /// Adds the norm-input tap of the current point (if any) to `x`.
@@ -133,7 +141,10 @@ impl<'a> Recorder<'a> {
         let i = self.next;
         self.next += 1;
         if let Some(traces) = self.traces.as_mut() {
-            traces.push(Trace { pre: flatten(pre.clone()), post: flatten(post.clone()) });
+            traces.push(Trace {
+                pre: flatten(pre.clone()),
+                post: flatten(post.clone()),
+            });
         }
         match self.taps.map(|t| &t.out[i]) {
             Some(tap) => {

@@ -77,7 +77,16 @@ pub struct ConvNorm {
 
 impl ConvNorm {
     #[allow(clippy::too_many_arguments)]
-    fn new(cfg: &ResNetConfig, path: &str, c_in: usize, c_out: usize, kernel: usize, stride: usize, zero: bool, device: &Device) -> Self {
+    fn new(
+        cfg: &ResNetConfig,
+        path: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        zero: bool,
+        device: &Device,
+    ) -> Self {
         let pad = kernel / 2;
         let mut conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
             .with_stride([stride, stride])
@@ -88,7 +97,14 @@ impl ConvNorm {
         conv.weight = if zero && !cfg.batchnorm {
             param(vec![0.0; c_out * c_in * kernel * kernel], shape, device)
         } else {
-            conv_weight(cfg.init, cfg.seed, &format!("{path}.conv.weight"), shape, cfg.activation.recommended_gain(), device)
+            conv_weight(
+                cfg.init,
+                cfg.seed,
+                &format!("{path}.conv.weight"),
+                shape,
+                cfg.activation.recommended_gain(),
+                device,
+            )
         };
         if !cfg.batchnorm {
             conv.bias = Some(param(vec![0.0; c_out], [c_out], device));
@@ -194,16 +210,31 @@ impl ResNetConfig {
 
     fn validate(&self) -> Result<(), ModelError> {
         if self.channels.len() != self.blocks.len() {
-            return Err(ModelError::StageCount { channels: self.channels.len(), blocks: self.blocks.len() });
+            return Err(ModelError::StageCount {
+                channels: self.channels.len(),
+                blocks: self.blocks.len(),
+            });
         }
         if self.channels.is_empty() {
-            return Err(ModelError::TooSmall { field: "stages", min: 1, found: 0 });
+            return Err(ModelError::TooSmall {
+                field: "stages",
+                min: 1,
+                found: 0,
+            });
         }
         if let Some(&n) = self.blocks.iter().find(|&&n| n < 1) {
-            return Err(ModelError::TooSmall { field: "blocks per stage", min: 1, found: n });
+            return Err(ModelError::TooSmall {
+                field: "blocks per stage",
+                min: 1,
+                found: n,
+            });
         }
         if let Some(&c) = self.channels.iter().find(|&&c| c < 1) {
-            return Err(ModelError::TooSmall { field: "channels", min: 1, found: c });
+            return Err(ModelError::TooSmall {
+                field: "channels",
+                min: 1,
+                found: c,
+            });
         }
         Ok(())
     }
@@ -214,17 +245,44 @@ impl ResNetConfig {
         let act = self.activation;
         let mut points = Vec::new();
         let skip = self.skip;
-        let push = |points: &mut Vec<ProbePoint>, name: String, kind, activation, params: Vec<String>, shape: Vec<usize>, has_norm, block| {
+        let push = |points: &mut Vec<ProbePoint>,
+                    name: String,
+                    kind,
+                    activation,
+                    params: Vec<String>,
+                    shape: Vec<usize>,
+                    has_norm,
+                    block| {
             let weight = params.first().cloned();
             let depth = points.len();
             // In a residual net, block internals are off the main path.
             let main_path = !(skip && matches!(kind, PointKind::Conv | PointKind::Branch) && name != "stem");
-            points.push(ProbePoint { name, kind, depth, activation, params, weight, shape, has_norm, block, main_path });
+            points.push(ProbePoint {
+                name,
+                kind,
+                depth,
+                activation,
+                params,
+                weight,
+                shape,
+                has_norm,
+                block,
+                main_path,
+            });
             depth
         };
         let stem = ConvNorm::new(self, "stem", self.in_channels, self.channels[0], 3, 1, false, device);
         let mut size = self.image_size;
-        let mut last = push(&mut points, "stem".into(), PointKind::Conv, Some(act), stem.param_paths("stem"), vec![self.channels[0], size, size], self.batchnorm, None);
+        let mut last = push(
+            &mut points,
+            "stem".into(),
+            PointKind::Conv,
+            Some(act),
+            stem.param_paths("stem"),
+            vec![self.channels[0], size, size],
+            self.batchnorm,
+            None,
+        );
         let mut c_in = self.channels[0];
         let mut stages = Vec::new();
         for (si, (&c_out, &n)) in self.channels.iter().zip(&self.blocks).enumerate() {
@@ -238,18 +296,71 @@ impl ResNetConfig {
                 let zero = self.skip && self.zero_init_residual;
                 let conv2 = ConvNorm::new(self, &format!("{path}.conv2"), c_out, c_out, 3, 1, zero, device);
                 let reshapes = stride != 1 || c_in != c_out;
-                let projection = (self.skip && reshapes && self.shortcut == Shortcut::Projection)
-                    .then(|| ConvNorm::new(self, &format!("{path}.projection"), c_in, c_out, 1, stride, false, device));
+                let projection = (self.skip && reshapes && self.shortcut == Shortcut::Projection).then(|| {
+                    ConvNorm::new(
+                        self,
+                        &format!("{path}.projection"),
+                        c_in,
+                        c_out,
+                        1,
+                        stride,
+                        false,
+                        device,
+                    )
+                });
                 let shape = vec![c_out, size, size];
                 let input = last;
-                push(&mut points, format!("{name}.conv1"), PointKind::Conv, Some(act), conv1.param_paths(&format!("{path}.conv1")), shape.clone(), self.batchnorm, None);
+                push(
+                    &mut points,
+                    format!("{name}.conv1"),
+                    PointKind::Conv,
+                    Some(act),
+                    conv1.param_paths(&format!("{path}.conv1")),
+                    shape.clone(),
+                    self.batchnorm,
+                    None,
+                );
                 if self.skip {
-                    let branch = push(&mut points, format!("{name}.conv2"), PointKind::Branch, None, conv2.param_paths(&format!("{path}.conv2")), shape.clone(), self.batchnorm, None);
-                    let params = projection.as_ref().map(|p| p.param_paths(&format!("{path}.projection"))).unwrap_or_default();
-                    let links = BlockLinks { input, branch, identity_skip: !reshapes };
-                    last = push(&mut points, name, PointKind::Block, Some(act), params, shape, false, Some(links));
+                    let branch = push(
+                        &mut points,
+                        format!("{name}.conv2"),
+                        PointKind::Branch,
+                        None,
+                        conv2.param_paths(&format!("{path}.conv2")),
+                        shape.clone(),
+                        self.batchnorm,
+                        None,
+                    );
+                    let params = projection
+                        .as_ref()
+                        .map(|p| p.param_paths(&format!("{path}.projection")))
+                        .unwrap_or_default();
+                    let links = BlockLinks {
+                        input,
+                        branch,
+                        identity_skip: !reshapes,
+                    };
+                    last = push(
+                        &mut points,
+                        name,
+                        PointKind::Block,
+                        Some(act),
+                        params,
+                        shape,
+                        false,
+                        Some(links),
+                    );
                 } else {
-                    last = push(&mut points, format!("{name}.conv2"), PointKind::Conv, Some(act), conv2.param_paths(&format!("{path}.conv2")), shape, self.batchnorm, None);
+                    last = push(
+                        &mut points,
+                        format!("{name}.conv2"),
+                        PointKind::Conv,
+                        Some(act),
+                        conv2.param_paths(&format!("{path}.conv2")),
+                        shape,
+                        self.batchnorm,
+                        None,
+                    );
                 }
                 blocks.push(BasicBlock {
                     conv1,
@@ -268,8 +379,25 @@ impl ResNetConfig {
         let mut head = LinearConfig::new(c_in, outputs).init(device);
         head.weight = linear_weight(self.init, self.seed, "head.weight", c_in, outputs, 1.0, device);
         head.bias = Some(param(vec![0.0; outputs], [outputs], device));
-        push(&mut points, "head".into(), PointKind::Head, None, vec!["head.weight".into(), "head.bias".into()], vec![outputs], false, None);
-        Ok(ResNet { stem, stages, head, points, head_kind: self.head, activation: act }.materialize())
+        push(
+            &mut points,
+            "head".into(),
+            PointKind::Head,
+            None,
+            vec!["head.weight".into(), "head.bias".into()],
+            vec![outputs],
+            false,
+            None,
+        );
+        Ok(ResNet {
+            stem,
+            stages,
+            head,
+            points,
+            head_kind: self.head,
+            activation: act,
+        }
+        .materialize())
     }
 }
 
@@ -297,7 +425,10 @@ impl Network for ResNet {
     fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
         let mut rec = Recorder::on(taps);
         let logits = self.run(images, &mut rec);
-        Probed { logits, traces: rec.finish() }
+        Probed {
+            logits,
+            traces: rec.finish(),
+        }
     }
 
     fn probe_points(&self) -> &[ProbePoint] {

@@ -6,6 +6,16 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::*;
 
+trait Count {
+    fn num_params_trainable(&self) -> usize;
+}
+
+impl<M: Module> Count for M {
+    fn num_params_trainable(&self) -> usize {
+        trainable_params(self)
+    }
+}
+
 fn cpu() -> Device {
     Device::flex()
 }
@@ -47,33 +57,54 @@ fn resnet_params(channels: &[usize], blocks: &[usize], skip: bool) -> usize {
 fn parameter_counts_match_closed_forms() {
     let d = cpu();
     let m = preset("mlp-sigmoid-10x128").unwrap().init(&d).unwrap();
-    assert_eq!(m.num_params(), mlp_params(784, &[128; 10], 10, false));
-    assert_eq!(m.num_params(), 250_378);
+    assert_eq!(m.num_params_trainable(), mlp_params(784, &[128; 10], 10, false));
+    assert_eq!(m.num_params_trainable(), 250_378);
     let m = preset("mlp-relu-bn-10x128").unwrap().init(&d).unwrap();
-    assert_eq!(m.num_params(), mlp_params(784, &[128; 10], 10, true));
-    let m = MlpConfig::new().with_depth(3).with_width(Width::PerLayer(vec![64, 32, 16])).with_head(Head::Binary).init(&d).unwrap();
-    assert_eq!(m.num_params(), mlp_params(784, &[64, 32, 16], 1, false));
+    assert_eq!(m.num_params_trainable(), mlp_params(784, &[128; 10], 10, true));
+    let m = MlpConfig::new()
+        .with_depth(3)
+        .with_width(Width::PerLayer(vec![64, 32, 16]))
+        .with_head(Head::Binary)
+        .init(&d)
+        .unwrap();
+    assert_eq!(m.num_params_trainable(), mlp_params(784, &[64, 32, 16], 1, false));
     for (name, n) in [("resnet8", 1), ("resnet20", 3)] {
         for skip in [false, true] {
             let kind = if skip { "residual" } else { "plain" };
             let m = preset(&format!("{name}-{kind}")).unwrap().init(&d).unwrap();
-            assert_eq!(m.num_params(), resnet_params(&[16, 32, 64], &[n; 3], skip), "{name}-{kind}");
+            assert_eq!(
+                m.num_params_trainable(),
+                resnet_params(&[16, 32, 64], &[n; 3], skip),
+                "{name}-{kind}"
+            );
         }
     }
     // ResNet-20 is the paper's 0.27M-parameter network.
-    let r20 = preset("resnet20-residual").unwrap().init(&d).unwrap().num_params();
+    let r20 = preset("resnet20-residual")
+        .unwrap()
+        .init(&d)
+        .unwrap()
+        .num_params_trainable();
     assert!((265_000..280_000).contains(&r20), "{r20}");
 }
 
 #[test]
 fn probe_point_params_are_the_modules_paths() {
     let d = cpu();
-    for name in ["mlp-relu-bn-10x128", "mlp-residual-20x128", "resnet8-residual", "resnet8-plain"] {
+    for name in [
+        "mlp-relu-bn-10x128",
+        "mlp-residual-20x128",
+        "resnet8-residual",
+        "resnet8-plain",
+    ] {
         let m = preset(name).unwrap().init(&d).unwrap();
         let paths: Vec<String> = named_params(&m).into_iter().map(|p| p.path).collect();
         let claimed: Vec<&String> = m.probe_points().iter().flat_map(|p| &p.params).collect();
         for c in &claimed {
-            assert!(paths.contains(c), "{name}: probe point claims `{c}`, module has {paths:?}");
+            assert!(
+                paths.contains(c),
+                "{name}: probe point claims `{c}`, module has {paths:?}"
+            );
         }
         // Every parameter belongs to exactly one probe point.
         for p in &paths {
@@ -90,8 +121,17 @@ fn probe_point_names_and_depths() {
     assert_eq!(
         names,
         [
-            "stem", "stage1.block1.conv1", "stage1.block1.conv2", "stage1.block1", "stage2.block1.conv1",
-            "stage2.block1.conv2", "stage2.block1", "stage3.block1.conv1", "stage3.block1.conv2", "stage3.block1", "head"
+            "stem",
+            "stage1.block1.conv1",
+            "stage1.block1.conv2",
+            "stage1.block1",
+            "stage2.block1.conv1",
+            "stage2.block1.conv2",
+            "stage2.block1",
+            "stage3.block1.conv1",
+            "stage3.block1.conv2",
+            "stage3.block1",
+            "head"
         ]
     );
     let b = m.probe_points()[3].block.clone().unwrap();
@@ -119,7 +159,13 @@ fn traces_have_the_declared_shapes() {
     }
 }
 
-fn loss_and_grads(model: &Model, x: Tensor<4>, y: Tensor<1, Int>, taps: bool, device: &Device) -> (Vec<f32>, Vec<Vec<f32>>) {
+fn loss_and_grads(
+    model: &Model,
+    x: Tensor<4>,
+    y: Tensor<1, Int>,
+    taps: bool,
+    device: &Device,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
     let taps = taps.then(|| Taps::zeros(model.probe_points(), x.dims()[0], device));
     let logits = match &taps {
         Some(t) => model.forward_probed(x, Some(t)).logits,
@@ -139,7 +185,10 @@ fn loss_and_grads(model: &Model, x: Tensor<4>, y: Tensor<1, Int>, taps: bool, de
             }
         }
     }
-    model.visit(&mut G { grads: &grads, out: &mut out });
+    model.visit(&mut G {
+        grads: &grads,
+        out: &mut out,
+    });
     (loss.into_data().try_to_vec().unwrap(), out)
 }
 
@@ -169,13 +218,20 @@ fn tap_on_the_head_reads_softmax_minus_onehot_over_batch() {
     let loss = m.head().loss(probed.logits.clone(), y);
     let mut grads = loss.backward();
     let head = taps.out.last().unwrap().grad_remove(&mut grads).unwrap();
-    let p: Vec<f32> = burn::tensor::activation::softmax(probed.logits.inner(), 1).to_data().try_to_vec().unwrap();
+    let p: Vec<f32> = burn::tensor::activation::softmax(probed.logits.inner(), 1)
+        .to_data()
+        .try_to_vec()
+        .unwrap();
     let g: Vec<f32> = head.to_data().try_to_vec().unwrap();
     for i in 0..2 {
         for c in 0..10 {
             let onehot = if c == [4, 9][i] { 1.0 } else { 0.0 };
             let want = (p[i * 10 + c] - onehot) / 2.0;
-            assert!((g[i * 10 + c] - want).abs() < 1e-6, "[{i},{c}] {} vs {want}", g[i * 10 + c]);
+            assert!(
+                (g[i * 10 + c] - want).abs() < 1e-6,
+                "[{i},{c}] {} vs {want}",
+                g[i * 10 + c]
+            );
         }
     }
 }
@@ -212,7 +268,11 @@ fn same_seed_same_weights_whatever_happens_after_init() {
 #[test]
 fn residual_mlp_with_zero_branch_weights_is_the_identity_map() {
     let d = cpu();
-    let cfg = MlpConfig::new().with_depth(5).with_width(Width::Uniform(16)).with_activation(Activation::Relu).with_residual_every(Some(2));
+    let cfg = MlpConfig::new()
+        .with_depth(5)
+        .with_width(Width::Uniform(16))
+        .with_activation(Activation::Relu)
+        .with_residual_every(Some(2));
     let mut m = cfg.init(&d).unwrap();
     for layer in m.hidden.iter_mut().skip(1) {
         let [i, o] = layer.linear.weight.val().dims();
@@ -220,7 +280,11 @@ fn residual_mlp_with_zero_branch_weights_is_the_identity_map() {
     }
     let probed = m.forward_probed(images(3, &d), None);
     let h1: Vec<f32> = probed.traces[0].post.to_data().try_to_vec().unwrap();
-    let last_block = m.probe_points().iter().rposition(|p| p.kind == PointKind::Block).unwrap();
+    let last_block = m
+        .probe_points()
+        .iter()
+        .rposition(|p| p.kind == PointKind::Block)
+        .unwrap();
     let out: Vec<f32> = probed.traces[last_block].post.to_data().try_to_vec().unwrap();
     assert_eq!(h1, out);
 }
@@ -232,7 +296,14 @@ fn batchnorm_uses_batch_stats_in_training_and_running_stats_in_eval() {
     let x = images(16, &d) * 3.0 + 2.0;
     // Training mode: BN output over the batch has zero mean per unit.
     let probed = m.forward_probed(x.clone(), None);
-    let pre: Vec<f32> = probed.traces[0].pre.clone().mean_dim(0).inner().to_data().try_to_vec().unwrap();
+    let pre: Vec<f32> = probed.traces[0]
+        .pre
+        .clone()
+        .mean_dim(0)
+        .inner()
+        .to_data()
+        .try_to_vec()
+        .unwrap();
     assert!(pre.iter().all(|v| v.abs() < 1e-4), "{pre:?}");
     // Eval mode with fresh running stats (mean 0, var 1): BN is the identity, so
     // the pre-activation equals the linear output and its mean is not zero.
@@ -259,8 +330,15 @@ fn every_preset_runs_batches_of_1_and_128() {
 #[test]
 fn invalid_configs_are_explained() {
     let d = cpu();
-    let err = MlpConfig::new().with_depth(3).with_width(Width::PerLayer(vec![8, 8])).init(&d).unwrap_err();
-    assert_eq!(err.to_string(), "width lists 2 sizes but depth is 3; expected one size per hidden layer");
+    let err = MlpConfig::new()
+        .with_depth(3)
+        .with_width(Width::PerLayer(vec![8, 8]))
+        .init(&d)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "width lists 2 sizes but depth is 3; expected one size per hidden layer"
+    );
     let err = MlpConfig::new()
         .with_depth(4)
         .with_width(Width::PerLayer(vec![8, 8, 4, 4]))
@@ -275,7 +353,11 @@ fn invalid_configs_are_explained() {
 #[test]
 fn mlp_supports_depth_100() {
     let d = cpu();
-    let m = MlpConfig::new().with_depth(100).with_width(Width::Uniform(8)).init(&d).unwrap();
+    let m = MlpConfig::new()
+        .with_depth(100)
+        .with_width(Width::Uniform(8))
+        .init(&d)
+        .unwrap();
     assert_eq!(m.probe_points().len(), 101);
     assert_eq!(m.forward(images(2, &d)).dims(), [2, 10]);
 }

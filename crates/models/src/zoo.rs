@@ -10,12 +10,43 @@ use crate::mlp::{Mlp, MlpConfig, Width};
 use crate::probe_point::{ProbePoint, Probed, Taps};
 use crate::resnet::{ResNet, ResNetConfig};
 
-/// The configuration of any network in the zoo (`arch = "mlp"` or `"resnet"` in TOML).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The configuration of any network in the zoo (`arch = "mlp"` or `"resnet"` in
+/// TOML). Fields left out of a file take the config's defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
 pub enum ModelConfig {
     Mlp(MlpConfig),
     Resnet(ResNetConfig),
+}
+
+impl<'de> serde::Deserialize<'de> for ModelConfig {
+    /// Burn's `Config` derive requires every field when deserialising; this
+    /// overlays the given fields on the defaults first, so files stay short.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut given = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let arch = given.remove("arch").ok_or_else(|| D::Error::missing_field("arch"))?;
+        let defaults = match arch.as_str() {
+            Some("mlp") => serde_json::to_value(MlpConfig::new()),
+            Some("resnet") => serde_json::to_value(ResNetConfig::new()),
+            _ => return Err(D::Error::unknown_variant(&arch.to_string(), &["mlp", "resnet"])),
+        }
+        .map_err(D::Error::custom)?;
+        let serde_json::Value::Object(mut merged) = defaults else {
+            unreachable!("configs serialise to maps")
+        };
+        for (k, v) in given {
+            if !merged.contains_key(&k) {
+                return Err(D::Error::unknown_field(&k, &[]));
+            }
+            merged.insert(k, v);
+        }
+        let value = serde_json::Value::Object(merged);
+        Ok(match arch.as_str() {
+            Some("mlp") => ModelConfig::Mlp(serde_json::from_value(value).map_err(D::Error::custom)?),
+            _ => ModelConfig::Resnet(serde_json::from_value(value).map_err(D::Error::custom)?),
+        })
+    }
 }
 
 impl ModelConfig {
@@ -101,17 +132,26 @@ impl Network for Model {
 
 /// The presets `gradscope models list` shows, with what each demonstrates.
 pub const PRESETS: [(&str, &str); 16] = [
-    ("mlp-sigmoid-10x128", "10 sigmoid layers, Xavier: the textbook vanishing-gradient net"),
+    (
+        "mlp-sigmoid-10x128",
+        "10 sigmoid layers, Xavier: the textbook vanishing-gradient net",
+    ),
     ("mlp-tanh-10x128", "10 tanh layers, Xavier"),
     ("mlp-relu-10x128-he", "10 ReLU layers, He init: the first cure"),
     ("mlp-relu-bn-10x128", "10 ReLU layers with BatchNorm, He init"),
     ("mlp-sigmoid-bn-10x128", "10 sigmoid layers with BatchNorm, Xavier"),
     ("mlp-leaky-10x128", "10 LeakyReLU (0.01) layers, He init"),
-    ("mlp-residual-20x128", "20 ReLU layers with an identity skip every 2, He init"),
+    (
+        "mlp-residual-20x128",
+        "20 ReLU layers with an identity skip every 2, He init",
+    ),
     ("mlp-sigmoid-8x256", "benchmark net: 784 -> 8 x 256 sigmoid -> 10"),
     ("mlp-relu-bn-8x256", "benchmark net: 8 x 256 ReLU + BatchNorm"),
     ("mlp-relu-4x512", "benchmark net: 4 x 512 ReLU"),
-    ("resnet8-plain", "ResNet-8 without skips (stages 16/32/64, 1 block each)"),
+    (
+        "resnet8-plain",
+        "ResNet-8 without skips (stages 16/32/64, 1 block each)",
+    ),
     ("resnet8-residual", "ResNet-8 with identity skips"),
     ("resnet20-plain", "ResNet-20 without skips (3 blocks per stage)"),
     ("resnet20-residual", "ResNet-20 with identity skips"),
@@ -142,7 +182,9 @@ pub fn preset(name: &str) -> Result<ModelConfig, ModelError> {
             "residual" => true,
             _ => return Err(unknown()),
         };
-        return Ok(ModelConfig::Resnet(ResNetConfig::new().with_blocks(vec![n; 3]).with_skip(skip)));
+        return Ok(ModelConfig::Resnet(
+            ResNetConfig::new().with_blocks(vec![n; 3]).with_skip(skip),
+        ));
     }
     let mut tokens = name.strip_prefix("mlp-").ok_or_else(unknown)?.split('-').peekable();
     let mut activation = None;
@@ -173,7 +215,9 @@ pub fn preset(name: &str) -> Result<ModelConfig, ModelError> {
         Some("he") => Init::HeNormal { gain: None },
         Some("xavier") => Init::XavierUniform { gain: 1.0 },
         Some("lecun") => Init::LecunNormal { gain: 1.0 },
-        Some("orthogonal") => Init::Orthogonal { gain: activation.recommended_gain() },
+        Some("orthogonal") => Init::Orthogonal {
+            gain: activation.recommended_gain(),
+        },
         Some("small") => Init::Normal { std: 0.01 },
         Some(_) => return Err(unknown()),
     };

@@ -13,8 +13,8 @@ pub mod record;
 pub mod table;
 pub mod verdict;
 
+pub use gradscope_train::ProbeSchedule;
 pub use observer::{GradientProbe, ProbeConfig};
 pub use record::{ProbeRecord, read_probe_csv};
-pub use gradscope_train::ProbeSchedule;
 pub use table::{Inspection, inspect, render};
 pub use verdict::{Alert, Verdicts, judge};

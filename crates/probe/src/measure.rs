@@ -34,7 +34,11 @@ pub struct Read {
 
 impl Batch {
     pub fn new() -> Self {
-        Self { keys: Vec::new(), values: Vec::new(), hists: Vec::new() }
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            hists: Vec::new(),
+        }
     }
 
     /// Queues a scalar (any shape that sums to the value; it is reshaped to `[1]`).
@@ -61,14 +65,26 @@ impl Batch {
         let mut all = self.values;
         let hist_points: Vec<usize> = self.hists.iter().map(|(p, _)| *p).collect();
         all.extend(self.hists.into_iter().map(|(_, h)| h));
-        let flat: Vec<f32> = Tensor::cat(all, 0).into_data().convert::<f32>().try_to_vec().expect("f32 statistics");
-        let values = self.keys.into_iter().zip(&flat[..n_scalars]).map(|((p, m), &v)| (p, m, v as f64)).collect();
+        let flat: Vec<f32> = Tensor::cat(all, 0)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 statistics");
+        let values = self
+            .keys
+            .into_iter()
+            .zip(&flat[..n_scalars])
+            .map(|((p, m), &v)| (p, m, v as f64))
+            .collect();
         let hists = hist_points
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
                 let start = n_scalars + i * (HIST_BINS + 1);
-                (p, flat[start..start + HIST_BINS + 1].iter().map(|&c| c as f64).collect())
+                (
+                    p,
+                    flat[start..start + HIST_BINS + 1].iter().map(|&c| c as f64).collect(),
+                )
             })
             .collect();
         Read { values, hists }
@@ -91,7 +107,12 @@ pub fn l2(t: &Tensor<1>) -> Tensor<1> {
 pub fn grad_stats(batch: &mut Batch, point: usize, g: &Tensor<1>, prefix: GradPrefix) {
     let (l2_name, max_name, zero_name, nonfinite_name) = match prefix {
         GradPrefix::Weight => ("grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"),
-        GradPrefix::Bias => ("bias_grad_l2", "bias_grad_max", "bias_grad_zero_frac", "bias_grad_nonfinite"),
+        GradPrefix::Bias => (
+            "bias_grad_l2",
+            "bias_grad_max",
+            "bias_grad_zero_frac",
+            "bias_grad_nonfinite",
+        ),
     };
     batch.push(Some(point), l2_name, l2(g));
     batch.push(Some(point), max_name, g.clone().abs().max());
@@ -129,7 +150,13 @@ pub fn log_histogram(g: &Tensor<1>) -> Tensor<1> {
 /// Activation statistics of a probe point's trace (`pre`, `post` are `[batch, features]`).
 /// Returns the per-unit "alive" indicator (max |post| over the batch) for
 /// rectifying layers, so the caller can track units dead over a window.
-pub fn activation_stats(batch: &mut Batch, point: usize, activation: Option<Activation>, pre: &Tensor<2>, post: &Tensor<2>) -> Option<Tensor<1>> {
+pub fn activation_stats(
+    batch: &mut Batch,
+    point: usize,
+    activation: Option<Activation>,
+    pre: &Tensor<2>,
+    post: &Tensor<2>,
+) -> Option<Tensor<1>> {
     let flat = post.clone().flatten::<1>(0, 1);
     let mean = flat.clone().mean();
     batch.push(Some(point), "act_mean", mean.clone());
@@ -183,7 +210,10 @@ pub fn param_values<M: Module>(model: &M, ids: &[ParamId]) -> Vec<Option<Tensor<
             }
         }
     }
-    let mut c = Collect { ids, out: vec![None; ids.len()] };
+    let mut c = Collect {
+        ids,
+        out: vec![None; ids.len()],
+    };
     model.visit(&mut c);
     c.out
 }
@@ -196,7 +226,10 @@ mod tests {
     #[test]
     fn histogram_puts_decades_apart() {
         let d = Device::flex();
-        let g = Tensor::<1>::from_data(TensorData::new(vec![1e-6f32, -1e-6, 3e-3, 0.0, 0.0, 50.0, 1e-30], [7]), &d);
+        let g = Tensor::<1>::from_data(
+            TensorData::new(vec![1e-6f32, -1e-6, 3e-3, 0.0, 0.0, 50.0, 1e-30], [7]),
+            &d,
+        );
         let h: Vec<f32> = log_histogram(&g).into_data().try_to_vec().unwrap();
         assert_eq!(h.len(), HIST_BINS + 1);
         let bin = |x: f64| ((x.log10() - HIST_LO) / HIST_WIDTH).floor() as usize;

@@ -15,8 +15,8 @@ use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summar
 
 use crate::measure::{Batch, GradPrefix, activation_stats, grad_flat, grad_stats, l2, log_histogram, param_values};
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
-use gradscope_train::ProbeSchedule;
 use crate::verdict::{WINDOW, judge};
+use gradscope_train::ProbeSchedule;
 
 /// Probe records kept for NaN forensics.
 pub const FORENSICS_DEPTH: usize = 20;
@@ -33,7 +33,11 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        Self { schedule: ProbeSchedule::Default, hist_every: 10, classes: 10 }
+        Self {
+            schedule: ProbeSchedule::Default,
+            hist_every: 10,
+            classes: 10,
+        }
     }
 }
 
@@ -99,13 +103,25 @@ impl GradientProbe {
             };
             Ids {
                 weight: self.points.iter().map(|p| find(p.weight.as_ref())).collect(),
-                bias: self.points.iter().map(|p| find(p.params.iter().find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()))).collect(),
+                bias: self
+                    .points
+                    .iter()
+                    .map(|p| {
+                        find(
+                            p.params
+                                .iter()
+                                .find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()),
+                        )
+                    })
+                    .collect(),
             }
         })
     }
 
     fn measure<M: Network>(&mut self, view: &BackwardView<'_, M>) -> Pending {
-        let (Some(taps), Some(traces)) = (view.taps, view.traces) else { unreachable!("called on probed steps") };
+        let (Some(taps), Some(traces)) = (view.taps, view.traces) else {
+            unreachable!("called on probed steps")
+        };
         let hist = self.probes % self.config.hist_every.max(1) == 0;
         let mut batch = Batch::new();
         let mut host = Vec::new();
@@ -119,7 +135,11 @@ impl GradientProbe {
                 batch.push(Some(i), "signal_rms", flat.clone().powf_scalar(2.0).mean().sqrt());
                 if let Some(act) = p.activation {
                     let pre = traces[i].pre.clone().inner();
-                    batch.push(Some(i), "preact_signal_l2", l2(&(act.derivative(pre) * g.clone()).flatten::<1>(0, 1)));
+                    batch.push(
+                        Some(i),
+                        "preact_signal_l2",
+                        l2(&(act.derivative(pre) * g.clone()).flatten::<1>(0, 1)),
+                    );
                 }
             }
             if let Some(g) = &taps.norm_in[i] {
@@ -165,16 +185,29 @@ impl GradientProbe {
             }
         }
         // Weight norms before the step (for grad:weight and update:weight ratios).
-        let weight_ids: Vec<ParamId> = ids_weight.iter().map(|w| w.map_or(ParamId::new(), |(id, _)| id)).collect();
+        let weight_ids: Vec<ParamId> = ids_weight
+            .iter()
+            .map(|w| w.map_or(ParamId::new(), |(id, _)| id))
+            .collect();
         for (i, w) in param_values(view.model, &weight_ids).into_iter().enumerate() {
             if let Some(w) = w.filter(|_| ids_weight[i].is_some()) {
                 batch.push(Some(i), "weight_l2", l2(&w));
             }
         }
-        Pending { step: view.info.step, batch, host, hist }
+        Pending {
+            step: view.info.step,
+            batch,
+            host,
+            hist,
+        }
     }
 
-    fn finish_record<M: Network>(&mut self, mut pending: Pending, before: Option<&M>, after: &M) -> Result<ProbeRecord, TrainError> {
+    fn finish_record<M: Network>(
+        &mut self,
+        mut pending: Pending,
+        before: Option<&M>,
+        after: &M,
+    ) -> Result<ProbeRecord, TrainError> {
         let ids: Vec<Option<(ParamId, usize)>> = self.ids.as_ref().map(|i| i.weight.clone()).unwrap_or_default();
         let weight_ids: Vec<ParamId> = ids.iter().map(|w| w.map_or(ParamId::new(), |(id, _)| id)).collect();
         if let Some(before) = before {
@@ -187,7 +220,11 @@ impl GradientProbe {
             }
         }
         let read = pending.batch.read();
-        let mut rec = ProbeRecord { step: pending.step, model: BTreeMap::new(), layers: vec![BTreeMap::new(); self.points.len()] };
+        let mut rec = ProbeRecord {
+            step: pending.step,
+            model: BTreeMap::new(),
+            layers: vec![BTreeMap::new(); self.points.len()],
+        };
         for (p, m, v) in read.values {
             match p {
                 None => {
@@ -216,9 +253,16 @@ impl GradientProbe {
         let lines = rec.csv_lines(&self.points);
         csv.line(lines.trim_end_matches('\n'))?;
         if pending.hist {
-            let text: String = read.hists.iter().map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts)).collect();
+            let text: String = read
+                .hists
+                .iter()
+                .map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts))
+                .collect();
             if !text.is_empty() {
-                self.hist_csv.as_mut().expect("started").line(text.trim_end_matches('\n'))?;
+                self.hist_csv
+                    .as_mut()
+                    .expect("started")
+                    .line(text.trim_end_matches('\n'))?;
             }
         }
         Ok(rec)
@@ -226,7 +270,11 @@ impl GradientProbe {
 
     fn write_forensics(&self, rec: &ProbeRecord) -> Result<String, TrainError> {
         let (point, metric, value) = rec.first_nonfinite().expect("called on a non-finite record");
-        let layer = if point == usize::MAX { "model".to_owned() } else { self.points[point].name.clone() };
+        let layer = if point == usize::MAX {
+            "model".to_owned()
+        } else {
+            self.points[point].name.clone()
+        };
         let cause = format!("{metric} of {layer} is {value} at step {}", rec.step);
         let json = serde_json::json!({
             "step": rec.step,
@@ -277,7 +325,9 @@ impl<M: Network> Observer<M> for GradientProbe {
     }
 
     fn after_step(&mut self, _info: &StepInfo, before: Option<&M>, after: &M) -> Control {
-        let Some(pending) = self.pending.take() else { return Control::Continue };
+        let Some(pending) = self.pending.take() else {
+            return Control::Continue;
+        };
         let t = Instant::now();
         let rec = match self.finish_record(pending, before, after) {
             Ok(r) => r,
@@ -293,7 +343,10 @@ impl<M: Network> Observer<M> for GradientProbe {
         if nonfinite {
             return match self.write_forensics(&rec) {
                 Ok(cause) => Control::Diverged(cause),
-                Err(e) => Control::Diverged(format!("non-finite values at step {} (forensics not written: {e})", rec.step)),
+                Err(e) => Control::Diverged(format!(
+                    "non-finite values at step {} (forensics not written: {e})",
+                    rec.step
+                )),
             };
         }
         Control::Continue

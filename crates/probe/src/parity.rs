@@ -36,7 +36,11 @@ pub struct ParityRow {
 }
 
 fn rel(a: f64, b: f64) -> f64 {
-    if a == b { 0.0 } else { (a - b).abs() / a.abs().max(b.abs()).max(1e-30) }
+    if a == b {
+        0.0
+    } else {
+        (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
+    }
 }
 
 /// Reads the per-step losses and throughput of a run directory.
@@ -46,7 +50,10 @@ pub fn read_run(dir: &Path, backend: &str) -> Result<BackendRun, String> {
     let mut losses = Vec::new();
     for line in text.lines().skip(1) {
         let c: Vec<&str> = line.split(',').collect();
-        if let (Some(step), Some(loss)) = (c.first().and_then(|s| s.parse().ok()), c.get(4).and_then(|s| s.parse().ok())) {
+        if let (Some(step), Some(loss)) = (
+            c.first().and_then(|s| s.parse().ok()),
+            c.get(4).and_then(|s| s.parse().ok()),
+        ) {
             losses.push((step, loss));
         }
     }
@@ -54,7 +61,11 @@ pub fn read_run(dir: &Path, backend: &str) -> Result<BackendRun, String> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    Ok(BackendRun { backend: backend.to_owned(), losses, samples_per_s: summary["samples_per_s"].as_f64() })
+    Ok(BackendRun {
+        backend: backend.to_owned(),
+        losses,
+        samples_per_s: summary["samples_per_s"].as_f64(),
+    })
 }
 
 /// Compares each run against the first: per-step loss and per-layer weight
@@ -80,7 +91,14 @@ pub fn compare(dirs: &[(String, &Path)], tol: f64) -> Result<Vec<ParityRow>, Str
             let r = rel(*a, *b);
             max_loss = max_loss.max(r);
             if r > tol && first.as_ref().is_none_or(|f| f.step > *step) {
-                first = Some(Divergence { step: *step, quantity: "train_loss".into(), layer: None, reference: *a, other: *b, relative: r });
+                first = Some(Divergence {
+                    step: *step,
+                    quantity: "train_loss".into(),
+                    layer: None,
+                    reference: *a,
+                    other: *b,
+                    relative: r,
+                });
             }
         }
         let mut max_grad = 0.0f64;
@@ -90,12 +108,25 @@ pub fn compare(dirs: &[(String, &Path)], tol: f64) -> Result<Vec<ParityRow>, Str
                     let r = rel(a, b);
                     max_grad = max_grad.max(r);
                     if r > tol && first.as_ref().is_none_or(|f| f.step > ra.step) {
-                        first = Some(Divergence { step: ra.step, quantity: "grad_l2".into(), layer: Some(p.name.clone()), reference: a, other: b, relative: r });
+                        first = Some(Divergence {
+                            step: ra.step,
+                            quantity: "grad_l2".into(),
+                            layer: Some(p.name.clone()),
+                            reference: a,
+                            other: b,
+                            relative: r,
+                        });
                     }
                 }
             }
         }
-        rows.push(ParityRow { backend: name.clone(), max_loss_rel_diff: max_loss, max_grad_rel_diff: max_grad, first_divergence: first, samples_per_s: run.samples_per_s });
+        rows.push(ParityRow {
+            backend: name.clone(),
+            max_loss_rel_diff: max_loss,
+            max_grad_rel_diff: max_grad,
+            first_divergence: first,
+            samples_per_s: run.samples_per_s,
+        });
     }
     Ok(rows)
 }

@@ -29,7 +29,10 @@ impl ProbeRecord {
             return Some((usize::MAX, k.clone(), *v));
         }
         for (i, m) in self.layers.iter().enumerate() {
-            if let Some((k, v)) = m.iter().find(|(k, v)| !v.is_finite() || (k.ends_with("_nonfinite") && **v > 0.0)) {
+            if let Some((k, v)) = m
+                .iter()
+                .find(|(k, v)| !v.is_finite() || (k.ends_with("_nonfinite") && **v > 0.0))
+            {
                 return Some((i, k.clone(), *v));
             }
         }
@@ -44,7 +47,10 @@ impl ProbeRecord {
         }
         for (i, m) in self.layers.iter().enumerate() {
             for (k, v) in m {
-                out.push_str(&format!("{},{},{},{k},{v}\n", self.step, points[i].name, points[i].depth));
+                out.push_str(&format!(
+                    "{},{},{},{k},{v}\n",
+                    self.step, points[i].name, points[i].depth
+                ));
             }
         }
         out
@@ -61,7 +67,11 @@ pub const HIST_HEADER: &str = "step,layer,depth,bin_lo_log10,count";
 pub fn hist_lines(step: u64, point: &ProbePoint, counts: &[f64]) -> String {
     let mut out = String::new();
     for (b, &c) in counts.iter().enumerate().filter(|(_, c)| **c > 0.0) {
-        let lo = if b == HIST_BINS { "zero".to_owned() } else { format!("{}", HIST_LO + b as f64 * HIST_WIDTH) };
+        let lo = if b == HIST_BINS {
+            "zero".to_owned()
+        } else {
+            format!("{}", HIST_LO + b as f64 * HIST_WIDTH)
+        };
         out.push_str(&format!("{step},{},{},{lo},{c}\n", point.name, point.depth));
     }
     out
@@ -74,14 +84,24 @@ pub fn read_probe_csv(path: &Path, points: &[ProbePoint]) -> Result<Vec<ProbeRec
     let mut records: Vec<ProbeRecord> = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let cols: Vec<&str> = line.split(',').collect();
-        let bad = || format!("{}:{}: expected `{PROBE_HEADER}`, found `{line}`", path.display(), n + 1);
+        let bad = || {
+            format!(
+                "{}:{}: expected `{PROBE_HEADER}`, found `{line}`",
+                path.display(),
+                n + 1
+            )
+        };
         if cols.len() != 5 {
             return Err(bad());
         }
         let step: u64 = cols[0].parse().map_err(|_| bad())?;
         let value: f64 = cols[4].parse().map_err(|_| bad())?;
         if records.last().is_none_or(|r| r.step != step) {
-            records.push(ProbeRecord { step, model: BTreeMap::new(), layers: vec![BTreeMap::new(); points.len()] });
+            records.push(ProbeRecord {
+                step,
+                model: BTreeMap::new(),
+                layers: vec![BTreeMap::new(); points.len()],
+            });
         }
         let rec = records.last_mut().expect("just pushed");
         if cols[1] == "model" {

@@ -25,20 +25,32 @@ pub struct Inspection {
 
 /// Reads `points.json`, `probe.csv` and (if present) `verdicts.json` of a run.
 pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
-    let file_err = |p: &Path, reason: String| InspectError::File { path: p.display().to_string(), reason };
+    let file_err = |p: &Path, reason: String| InspectError::File {
+        path: p.display().to_string(),
+        reason,
+    };
     let points_path = dir.join("points.json");
     if !points_path.exists() {
-        return Err(InspectError::NoProbe { dir: dir.display().to_string() });
+        return Err(InspectError::NoProbe {
+            dir: dir.display().to_string(),
+        });
     }
     let text = std::fs::read_to_string(&points_path).map_err(|e| file_err(&points_path, e.to_string()))?;
     let points: Vec<ProbePoint> = serde_json::from_str(&text).map_err(|e| file_err(&points_path, e.to_string()))?;
-    let records = read_probe_csv(&dir.join("probe.csv"), &points).map_err(|reason| InspectError::File { path: dir.join("probe.csv").display().to_string(), reason })?;
+    let records = read_probe_csv(&dir.join("probe.csv"), &points).map_err(|reason| InspectError::File {
+        path: dir.join("probe.csv").display().to_string(),
+        reason,
+    })?;
     let vpath = dir.join("verdicts.json");
     let verdicts = match std::fs::read_to_string(&vpath) {
         Ok(t) => Some(serde_json::from_str(&t).map_err(|e| file_err(&vpath, e.to_string()))?),
         Err(_) => None,
     };
-    Ok(Inspection { points, records, verdicts })
+    Ok(Inspection {
+        points,
+        records,
+        verdicts,
+    })
 }
 
 fn sci(v: Option<f64>) -> String {
@@ -74,7 +86,11 @@ pub fn render(ins: &Inspection) -> String {
             .filter(|a| a.layers.contains(&p.name) && (a.layers.len() == 1 || i == first_layer(ins, a)))
             .map(|a| a.rule.as_str())
             .collect();
-        let name = if p.kind == PointKind::Block { format!("{} (+skip)", p.name) } else { p.name.clone() };
+        let name = if p.kind == PointKind::Block {
+            format!("{} (+skip)", p.name)
+        } else {
+            p.name.clone()
+        };
         out.push_str(&format!(
             "{:<24} {:>11} {:>11} {:>11} {:>11} {:>12}  {}\n",
             name,
@@ -89,7 +105,10 @@ pub fn render(ins: &Inspection) -> String {
     if let Some(v) = &ins.verdicts {
         out.push_str(&format!("\nverdict: {}\n", v.verdict));
         for a in &v.alerts {
-            out.push_str(&format!("- {} (steps {}-{}): {}\n", a.rule, a.steps[0], a.steps[1], a.evidence));
+            out.push_str(&format!(
+                "- {} (steps {}-{}): {}\n",
+                a.rule, a.steps[0], a.steps[1], a.evidence
+            ));
             for (k, r) in a.remedies.iter().enumerate() {
                 out.push_str(&format!("    {}. {r}\n", k + 1));
             }
@@ -98,12 +117,19 @@ pub fn render(ins: &Inspection) -> String {
             out.push_str(&format!("- note: {n}\n"));
         }
         if let Some(l) = v.initial_loss {
-            out.push_str(&format!("initial loss {l:.4} (uniform prediction: ln {} = {:.4})\n", (v.uniform_loss.exp()).round(), v.uniform_loss));
+            out.push_str(&format!(
+                "initial loss {l:.4} (uniform prediction: ln {} = {:.4})\n",
+                (v.uniform_loss.exp()).round(),
+                v.uniform_loss
+            ));
         }
     }
     out
 }
 
 fn first_layer(ins: &Inspection, a: &crate::verdict::Alert) -> usize {
-    a.layers.first().and_then(|n| ins.points.iter().position(|p| &p.name == n)).unwrap_or(usize::MAX)
+    a.layers
+        .first()
+        .and_then(|n| ins.points.iter().position(|p| &p.name == n))
+        .unwrap_or(usize::MAX)
 }

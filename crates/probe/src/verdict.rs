@@ -66,7 +66,12 @@ pub struct Verdicts {
 
 /// Points whose signal forms the depth profile: main path, not the head.
 pub fn profile_points(points: &[ProbePoint]) -> Vec<usize> {
-    points.iter().enumerate().filter(|(_, p)| p.main_path && p.kind != PointKind::Head).map(|(i, _)| i).collect()
+    points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.main_path && p.kind != PointKind::Head)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// dB per layer of signal change from the last profile point to the first
@@ -88,7 +93,11 @@ fn typical_derivative(act: Option<Activation>) -> Option<f64> {
 
 /// Windows of `WINDOW` consecutive records where `cond` holds in at least
 /// `SUSTAIN` of them; returns the first such window and the median measurement.
-fn sustained(records: &[ProbeRecord], cond: impl Fn(&ProbeRecord) -> Option<f64>, holds: impl Fn(f64) -> bool) -> Option<([u64; 2], f64)> {
+fn sustained(
+    records: &[ProbeRecord],
+    cond: impl Fn(&ProbeRecord) -> Option<f64>,
+    holds: impl Fn(f64) -> bool,
+) -> Option<([u64; 2], f64)> {
     let w = WINDOW.min(records.len());
     if w == 0 {
         return None;
@@ -113,13 +122,29 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
     let saturating = acts.iter().any(|a| a.regime() == Regime::Saturating);
     let sat_frac = records.last().map_or(0.0, |r| {
         let v: Vec<f64> = profile.iter().filter_map(|&i| r.get(i, "saturated_frac")).collect();
-        if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
     });
     if saturating {
-        let why = if sat_frac > 0.2 { format!("{:.0}% of units are saturated", sat_frac * 100.0) } else { "sigmoid'/tanh' multiply the signal by at most 0.25/1 per layer".into() };
-        ranked.push((3 + u32::from(sat_frac > 0.2), format!("replace hidden sigmoid/tanh with ReLU or LeakyReLU, keeping sigmoid/softmax only at the output ({why})")));
+        let why = if sat_frac > 0.2 {
+            format!("{:.0}% of units are saturated", sat_frac * 100.0)
+        } else {
+            "sigmoid'/tanh' multiply the signal by at most 0.25/1 per layer".into()
+        };
+        ranked.push((
+            3 + u32::from(sat_frac > 0.2),
+            format!(
+                "replace hidden sigmoid/tanh with ReLU or LeakyReLU, keeping sigmoid/softmax only at the output ({why})"
+            ),
+        ));
         if !points.iter().any(|p| p.has_norm) {
-            ranked.push((2, "add BatchNorm before each activation to keep pre-activations out of saturation".into()));
+            ranked.push((
+                2,
+                "add BatchNorm before each activation to keep pre-activations out of saturation".into(),
+            ));
         }
     }
     // Tiny initialisation: weight RMS well below Xavier's at the first probe.
@@ -135,12 +160,24 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
             })
             .collect();
         if !small.is_empty() {
-            ranked.push((4, format!("initialise with Xavier (sigmoid/tanh) or He (ReLU): weights are too small in {}", small.join(", "))));
+            ranked.push((
+                4,
+                format!(
+                    "initialise with Xavier (sigmoid/tanh) or He (ReLU): weights are too small in {}",
+                    small.join(", ")
+                ),
+            ));
         }
     }
     let has_skips = points.iter().any(|p| p.kind == PointKind::Block);
     if !has_skips && profile.len() > 6 {
-        ranked.push((1 + u32::from(profile.len() > 20), format!("add residual (skip) connections: {} layers deep without an identity path", profile.len())));
+        ranked.push((
+            1 + u32::from(profile.len() > 20),
+            format!(
+                "add residual (skip) connections: {} layers deep without an identity path",
+                profile.len()
+            ),
+        ));
     }
     ranked.sort_by(|a, b| b.0.cmp(&a.0));
     ranked.into_iter().map(|(_, r)| r).collect()
@@ -168,12 +205,23 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
         let vanish = sustained(records, ratio, |x| x < VANISHING_RATIO)
             .map(|w| (w, "signal_ratio", VANISHING_RATIO))
             .or_else(|| sustained(records, db, |x| x < -ATTENUATION_DB).map(|w| (w, "db_per_layer", -ATTENUATION_DB)))
-            .or_else(|| sustained(records, gw, |x| x < VANISHING_RATIO).map(|w| (w, "grad_weight_ratio", VANISHING_RATIO)));
+            .or_else(|| {
+                sustained(records, gw, |x| x < VANISHING_RATIO).map(|w| (w, "grad_weight_ratio", VANISHING_RATIO))
+            });
         if let Some(((steps, measured), what, threshold)) = vanish {
             let evidence = match what {
-                "signal_ratio" => format!("back-propagated signal RMS at {} is {measured:.2e} of that at {} (median over the window)", points[first].name, points[last].name),
-                "db_per_layer" => format!("signal falls {:.1} dB per layer toward the input (threshold {ATTENUATION_DB} dB)", -measured),
-                _ => format!("grad:weight ratio at {} is {measured:.2e} of that at {}", points[first].name, points[last].name),
+                "signal_ratio" => format!(
+                    "back-propagated signal RMS at {} is {measured:.2e} of that at {} (median over the window)",
+                    points[first].name, points[last].name
+                ),
+                "db_per_layer" => format!(
+                    "signal falls {:.1} dB per layer toward the input (threshold {ATTENUATION_DB} dB)",
+                    -measured
+                ),
+                _ => format!(
+                    "grad:weight ratio at {} is {measured:.2e} of that at {}",
+                    points[first].name, points[last].name
+                ),
             };
             alerts.push(Alert {
                 rule: "vanishing".into(),
@@ -189,7 +237,9 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
         let losses: Vec<f64> = records.iter().filter_map(|r| r.model.get("loss").copied()).collect();
         let min_loss = losses.iter().copied().fold(f64::INFINITY, f64::min);
         let rising = losses.last().is_some_and(|l| *l > 1.5 * min_loss);
-        if let Some((steps, measured)) = sustained(records, ratio, |x| x > 1.0 / VANISHING_RATIO).or_else(|| sustained(records, db, |x| x > ATTENUATION_DB)) {
+        if let Some((steps, measured)) = sustained(records, ratio, |x| x > 1.0 / VANISHING_RATIO)
+            .or_else(|| sustained(records, db, |x| x > ATTENUATION_DB))
+        {
             if nonfinite || rising {
                 alerts.push(Alert {
                     rule: "exploding".into(),
@@ -199,7 +249,11 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
                     threshold: 1.0 / VANISHING_RATIO,
                     evidence: format!(
                         "signal grows toward the input (first/last {measured:.2e}) and {}",
-                        if nonfinite { "values went non-finite" } else { "the loss rose above 1.5x its minimum" }
+                        if nonfinite {
+                            "values went non-finite"
+                        } else {
+                            "the loss rose above 1.5x its minimum"
+                        }
                     ),
                     remedies: vec![
                         "lower the learning rate".into(),
@@ -219,7 +273,10 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
         let Some(act) = p.activation else { continue };
         match act.regime() {
             Regime::Rectifying => {
-                let dead = records.iter().filter_map(|r| r.get(i, "dead_window_frac").map(|v| (r.step, v))).find(|(_, v)| *v > UNIT_FRACTION);
+                let dead = records
+                    .iter()
+                    .filter_map(|r| r.get(i, "dead_window_frac").map(|v| (r.step, v)))
+                    .find(|(_, v)| *v > UNIT_FRACTION);
                 if let Some((step, v)) = dead {
                     alerts.push(Alert {
                         rule: "dead_relu".into(),
@@ -227,20 +284,34 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
                         steps: [step.saturating_sub(WINDOW as u64), step],
                         measured: v,
                         threshold: UNIT_FRACTION,
-                        evidence: format!("{:.0}% of {}'s units output zero for every example over {WINDOW} probe steps", v * 100.0, p.name),
-                        remedies: vec!["use LeakyReLU".into(), "lower the learning rate".into(), "use He initialisation and zero (not negative) biases".into()],
+                        evidence: format!(
+                            "{:.0}% of {}'s units output zero for every example over {WINDOW} probe steps",
+                            v * 100.0,
+                            p.name
+                        ),
+                        remedies: vec![
+                            "use LeakyReLU".into(),
+                            "lower the learning rate".into(),
+                            "use He initialisation and zero (not negative) biases".into(),
+                        ],
                     });
                 }
             }
             Regime::Saturating => {
-                if let Some((steps, measured)) = sustained(records, |r| r.get(i, "saturated_frac"), |x| x > UNIT_FRACTION) {
+                if let Some((steps, measured)) =
+                    sustained(records, |r| r.get(i, "saturated_frac"), |x| x > UNIT_FRACTION)
+                {
                     alerts.push(Alert {
                         rule: "saturation".into(),
                         layers: vec![p.name.clone()],
                         steps,
                         measured,
                         threshold: UNIT_FRACTION,
-                        evidence: format!("{:.0}% of {}'s outputs have f'(a) below 1% of its maximum", measured * 100.0, p.name),
+                        evidence: format!(
+                            "{:.0}% of {}'s outputs have f'(a) below 1% of its maximum",
+                            measured * 100.0,
+                            p.name
+                        ),
                         remedies: vec!["see vanishing: ReLU/LeakyReLU hidden layers, BatchNorm, Xavier init".into()],
                     });
                 }
@@ -275,7 +346,11 @@ fn audit(points: &[ProbePoint], first: Option<&ProbeRecord>, profile: &[usize]) 
         .map(|w| {
             let (lo, hi) = (w[0], w[1]);
             let p = &points[hi];
-            let measured_gain = r.get(lo, "signal_rms").zip(r.get(hi, "signal_rms")).map(|(a, b)| a / b).filter(|g| g.is_finite());
+            let measured_gain = r
+                .get(lo, "signal_rms")
+                .zip(r.get(hi, "signal_rms"))
+                .map(|(a, b)| a / b)
+                .filter(|g| g.is_finite());
             let predicted_gain = (p.kind == PointKind::Dense && !p.has_norm)
                 .then(|| {
                     let numel = r.get(hi, "weight_numel")?;
@@ -284,7 +359,11 @@ fn audit(points: &[ProbePoint], first: Option<&ProbeRecord>, profile: &[usize]) 
                     Some((fan_out * var).sqrt() * typical_derivative(p.activation)?)
                 })
                 .flatten();
-            AuditRow { layer: p.name.clone(), predicted_gain, measured_gain }
+            AuditRow {
+                layer: p.name.clone(),
+                predicted_gain,
+                measured_gain,
+            }
         })
         .collect()
 }

@@ -9,7 +9,11 @@ use gradscope_train::{ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
 fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) -> (Verdicts, Vec<String>) {
     let config = TrainConfig {
         model: ModelChoice::Preset { preset: preset.into() },
-        optimizer: Optimizer::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 },
+        optimizer: Optimizer::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
         lr: 0.1,
         batch_size,
         max_steps: Some(steps),
@@ -20,7 +24,10 @@ fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) 
     };
     let run = dir.join(format!("{preset}-{seed}"));
     let mut trainer = gradscope_train::start(config, &run).unwrap();
-    trainer.observe(Box::new(GradientProbe::new(ProbeConfig { schedule: ProbeSchedule::Every { n: 1 }, ..Default::default() })));
+    trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
+        schedule: ProbeSchedule::Every { n: 1 },
+        ..Default::default()
+    })));
     trainer.run().unwrap();
     let v: Verdicts = serde_json::from_str(&std::fs::read_to_string(run.join("verdicts.json")).unwrap()).unwrap();
     let rules = v.alerts.iter().map(|a| a.rule.clone()).collect();
@@ -43,9 +50,17 @@ fn deep_sigmoid_mlp_is_flagged_vanishing_on_every_seed() {
 fn cured_networks_are_not_flagged_on_any_seed() {
     let tmp = tempfile::tempdir().unwrap();
     for seed in 0..5 {
-        for (preset, steps, batch) in [("mlp-relu-10x128-he", 50, 128), ("mlp-relu-bn-10x128", 50, 128), ("resnet20-residual", 12, 32)] {
+        for (preset, steps, batch) in [
+            ("mlp-relu-10x128-he", 50, 128),
+            ("mlp-relu-bn-10x128", 50, 128),
+            ("resnet20-residual", 12, 32),
+        ] {
             let (v, rules) = verdicts(preset, seed, steps, batch, tmp.path());
-            assert!(!rules.contains(&"vanishing".to_string()) && !rules.contains(&"exploding".to_string()), "{preset} seed {seed}: {rules:?} {:?}", v.alerts);
+            assert!(
+                !rules.contains(&"vanishing".to_string()) && !rules.contains(&"exploding".to_string()),
+                "{preset} seed {seed}: {rules:?} {:?}",
+                v.alerts
+            );
         }
     }
 }
@@ -60,7 +75,10 @@ fn verdicts_can_be_recomputed_from_probe_csv() {
     assert_eq!(records.len(), 12);
     assert_eq!(judge(&ins.points, records, 10).verdict, v.verdict);
     let table = gradscope_probe::render(&ins);
-    assert!(table.contains("hidden.1") && table.contains("head") && table.contains("verdict:"), "{table}");
+    assert!(
+        table.contains("hidden.1") && table.contains("head") && table.contains("verdict:"),
+        "{table}"
+    );
 }
 
 /// A flat list of every parameter value of a module.
@@ -82,20 +100,32 @@ fn probing_does_not_perturb_training() {
     let mut finals = Vec::new();
     for probe in [false, true] {
         let config = TrainConfig {
-            model: ModelChoice::Preset { preset: "mlp-sigmoid-bn-4x32".into() },
-            optimizer: Optimizer::Sgd { momentum: 0.9, nesterov: false, weight_decay: 0.0 },
+            model: ModelChoice::Preset {
+                preset: "mlp-sigmoid-bn-4x32".into(),
+            },
+            optimizer: Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
             max_steps: Some(10),
             batch_size: 64,
             ..TrainConfig::default()
         };
         let mut t = gradscope_train::start(config, &tmp.path().join(format!("p{probe}"))).unwrap();
         if probe {
-            t.observe(Box::new(GradientProbe::new(ProbeConfig { schedule: ProbeSchedule::Every { n: 1 }, ..Default::default() })));
+            t.observe(Box::new(GradientProbe::new(ProbeConfig {
+                schedule: ProbeSchedule::Every { n: 1 },
+                ..Default::default()
+            })));
         }
         let (_, model) = t.run().unwrap();
         finals.push(all_values(&model));
     }
-    assert_eq!(finals[0], finals[1], "parameters after 10 steps differ with the probe on");
+    assert_eq!(
+        finals[0], finals[1],
+        "parameters after 10 steps differ with the probe on"
+    );
 }
 
 #[test]
@@ -104,7 +134,9 @@ fn hidden_signal_matches_the_hand_computed_gradient() {
     use gradscope_models::Network;
     let tmp = tempfile::tempdir().unwrap();
     let config = TrainConfig {
-        model: ModelChoice::Preset { preset: "mlp-tanh-1x16".into() },
+        model: ModelChoice::Preset {
+            preset: "mlp-tanh-1x16".into(),
+        },
         max_steps: Some(1),
         batch_size: 8,
         shuffle: false,
@@ -113,7 +145,10 @@ fn hidden_signal_matches_the_hand_computed_gradient() {
     };
     let run = tmp.path().join("analytic");
     let mut t = gradscope_train::start(config.clone(), &run).unwrap();
-    t.observe(Box::new(GradientProbe::new(ProbeConfig { schedule: ProbeSchedule::Every { n: 1 }, ..Default::default() })));
+    t.observe(Box::new(GradientProbe::new(ProbeConfig {
+        schedule: ProbeSchedule::Every { n: 1 },
+        ..Default::default()
+    })));
     t.run().unwrap();
     let ins = gradscope_probe::inspect(&run).unwrap();
     let measured_hidden = ins.records[0].get(0, "signal_l2").unwrap();
@@ -124,14 +159,24 @@ fn hidden_signal_matches_the_hand_computed_gradient() {
     let model = gradscope_train::model_config(&config).unwrap().init(&device).unwrap();
     let data = gradscope_train::prepare_data(&config).unwrap();
     let order: Vec<usize> = (0..8).collect();
-    let batch = gradscope_data::epoch_batches(&data.train, &data.batcher, &order, 8, 0, &device).next().unwrap();
+    let batch = gradscope_data::epoch_batches(&data.train, &data.batcher, &order, 8, 0, &device)
+        .next()
+        .unwrap();
     let probed = model.forward_probed(batch.images, None);
-    let gradscope_models::Model::Mlp(mlp) = &model else { panic!("an MLP") };
+    let gradscope_models::Model::Mlp(mlp) = &model else {
+        panic!("an MLP")
+    };
     let onehot = batch.targets.one_hot(10).float();
     let dz = (softmax(probed.logits, 1) - onehot) / 8.0;
     let dh = dz.clone().matmul(mlp.head.weight.val().transpose());
     let norm = |t: burn::tensor::Tensor<2>| t.powf_scalar(2.0).sum().into_scalar::<f32>().sqrt() as f64;
     let (want_head, want_hidden) = (norm(dz), norm(dh));
-    assert!((measured_head / want_head - 1.0).abs() < 1e-4, "{measured_head} vs {want_head}");
-    assert!((measured_hidden / want_hidden - 1.0).abs() < 1e-4, "{measured_hidden} vs {want_hidden}");
+    assert!(
+        (measured_head / want_head - 1.0).abs() < 1e-4,
+        "{measured_head} vs {want_head}"
+    );
+    assert!(
+        (measured_hidden / want_hidden - 1.0).abs() < 1e-4,
+        "{measured_hidden} vs {want_hidden}"
+    );
 }

@@ -114,7 +114,11 @@ fn series(run: &RunData, metric: Metric, x: XAxis) -> Vec<(f64, f64)> {
 /// three or more. Runs are aligned by position (same schedule, same steps).
 fn group_line(label: &str, members: &[Vec<(f64, f64)>]) -> Line {
     if members.len() == 1 {
-        return Line { label: label.to_owned(), points: members[0].clone(), band: None };
+        return Line {
+            label: label.to_owned(),
+            points: members[0].clone(),
+            band: None,
+        };
     }
     let n = members.iter().map(Vec::len).min().unwrap_or(0);
     let mut points = Vec::with_capacity(n);
@@ -126,14 +130,25 @@ fn group_line(label: &str, members: &[Vec<(f64, f64)>]) -> Line {
             let sd = (ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / (ys.len() - 1) as f64).sqrt();
             (mean - sd, mean + sd)
         } else {
-            (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+            (
+                ys.iter().copied().fold(f64::INFINITY, f64::min),
+                ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
         };
         let x = members[0][i].0;
         points.push((x, mean));
         band.push((x, lo, hi));
     }
-    let what = if members.len() >= 3 { "mean +- 1 sd" } else { "mean, min-max" };
-    Line { label: format!("{label} ({} seeds, {what})", members.len()), points, band: Some(band) }
+    let what = if members.len() >= 3 {
+        "mean +- 1 sd"
+    } else {
+        "mean, min-max"
+    };
+    Line {
+        label: format!("{label} ({} seeds, {what})", members.len()),
+        points,
+        band: Some(band),
+    }
 }
 
 fn draw_err<E: std::fmt::Debug>(e: E) -> String {
@@ -152,8 +167,21 @@ fn line_chart(title: &str, x_desc: &str, y_desc: &str, lines: &[Line], log_y: bo
         let pos: Vec<f64> = all.iter().map(|p| p.1).filter(|y| !log_y || *y > 0.0).collect();
         let y_min = pos.iter().copied().fold(f64::INFINITY, f64::min);
         let y_max = pos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (y_min, y_max) = if y_min.is_finite() { (y_min, y_max.max(y_min * 1.0001 + 1e-12)) } else { (1e-3, 1.0) };
-        draw_lines(&root, title, x_desc, y_desc, lines, (x_min, x_max), (y_min, y_max), log_y)?;
+        let (y_min, y_max) = if y_min.is_finite() {
+            (y_min, y_max.max(y_min * 1.0001 + 1e-12))
+        } else {
+            (1e-3, 1.0)
+        };
+        draw_lines(
+            &root,
+            title,
+            x_desc,
+            y_desc,
+            lines,
+            (x_min, x_max),
+            (y_min, y_max),
+            log_y,
+        )?;
         root.present().map_err(draw_err)?;
     }
     Ok(svg)
@@ -171,7 +199,10 @@ fn draw_lines(
     log_y: bool,
 ) -> Result<(), String> {
     let mut b = ChartBuilder::on(root);
-    b.caption(title, ("sans-serif", 20)).margin(12).x_label_area_size(42).y_label_area_size(72);
+    b.caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(72);
     macro_rules! body {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -187,7 +218,9 @@ fn draw_lines(
                 if let Some(band) = &l.band {
                     let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2)).collect();
                     poly.extend(band.iter().rev().map(|b| (b.0, if log_y { b.1.max(y0) } else { b.1 })));
-                    chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.18).filled()))).map_err(draw_err)?;
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.18).filled())))
+                        .map_err(draw_err)?;
                 }
                 let pts: Vec<(f64, f64)> = l.points.iter().copied().filter(|p| !log_y || p.1 > 0.0).collect();
                 chart
@@ -217,7 +250,11 @@ fn csv_of(lines: &[Line], x: &str, y: &str) -> String {
     let mut out = format!("run,{x},{y},band_lo,band_hi\n");
     for l in lines {
         for (i, p) in l.points.iter().enumerate() {
-            let band = l.band.as_ref().map(|b| format!("{},{}", b[i].1, b[i].2)).unwrap_or_else(|| ",".into());
+            let band = l
+                .band
+                .as_ref()
+                .map(|b| format!("{},{}", b[i].1, b[i].2))
+                .unwrap_or_else(|| ",".into());
             out.push_str(&format!("\"{}\",{},{},{band}\n", l.label.replace('"', "'"), p.0, p.1));
         }
     }
@@ -225,22 +262,43 @@ fn csv_of(lines: &[Line], x: &str, y: &str) -> String {
 }
 
 /// Convergence overlay of one metric for every run, seed groups as mean + band.
-pub fn convergence(runs: &[RunData], groups: &[(String, Vec<usize>)], metric: Metric, x: XAxis, smooth: usize) -> Result<Chart, String> {
+pub fn convergence(
+    runs: &[RunData],
+    groups: &[(String, Vec<usize>)],
+    metric: Metric,
+    x: XAxis,
+    smooth: usize,
+) -> Result<Chart, String> {
     let lines: Vec<Line> = groups
         .iter()
         .map(|(label, idx)| {
-            let members: Vec<Vec<(f64, f64)>> = idx.iter().map(|&i| moving_average(&series(&runs[i], metric, x), smooth)).collect();
+            let members: Vec<Vec<(f64, f64)>> = idx
+                .iter()
+                .map(|&i| moving_average(&series(&runs[i], metric, x), smooth))
+                .collect();
             group_line(label, &members)
         })
         .filter(|l| !l.points.is_empty())
         .collect();
-    let ys: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).filter(|y| *y > 0.0).collect();
+    let ys: Vec<f64> = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.1))
+        .filter(|y| *y > 0.0)
+        .collect();
     let span = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max) / ys.iter().copied().fold(f64::INFINITY, f64::min);
     let log_y = metric != Metric::TestAcc && span > 20.0;
     let compared = groups.iter().map(|g| g.0.as_str()).collect::<Vec<_>>().join(" vs ");
     let title = format!("{}: {compared}", metric.axis());
     Ok(Chart {
-        name: format!("{}_{}", metric.name(), match x { XAxis::Step => "step", XAxis::Epoch => "epoch", XAxis::Time => "time" }),
+        name: format!(
+            "{}_{}",
+            metric.name(),
+            match x {
+                XAxis::Step => "step",
+                XAxis::Epoch => "epoch",
+                XAxis::Time => "time",
+            }
+        ),
         svg: line_chart(&title, x.label(), metric.axis(), &lines, log_y)?,
         csv: csv_of(&lines, x.label(), metric.axis()),
         title,
@@ -264,8 +322,15 @@ pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart,
         picks.dedup();
         for p in picks {
             let rec = &run.probe[p];
-            let points: Vec<(f64, f64)> = profile(run).into_iter().filter_map(|(x, i)| rec.get(i, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v))).collect();
-            lines.push(Line { label: format!("{} @ step {}", run.label, rec.step), points, band: None });
+            let points: Vec<(f64, f64)> = profile(run)
+                .into_iter()
+                .filter_map(|(x, i)| rec.get(i, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v)))
+                .collect();
+            lines.push(Line {
+                label: format!("{} @ step {}", run.label, rec.step),
+                points,
+                band: None,
+            });
         }
     }
     let title = format!("gradient flow: {axis} by depth (0 = input side, 1 = output side)");
@@ -292,8 +357,16 @@ pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
                 })
                 .collect();
             if !points.is_empty() {
-                let what = if metric == "saturated_frac" { "saturated" } else { "dead" };
-                lines.push(Line { label: format!("{}: {what}", run.label), points, band: None });
+                let what = if metric == "saturated_frac" {
+                    "saturated"
+                } else {
+                    "dead"
+                };
+                lines.push(Line {
+                    label: format!("{}: {what}", run.label),
+                    points,
+                    band: None,
+                });
             }
         }
     }
@@ -308,8 +381,13 @@ pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
 
 /// A colour for `t` in [0, 1] on a viridis-like ramp (perceptually ordered, colour-blind safe).
 fn ramp(t: f64) -> RGBColor {
-    const STOPS: [(f64, (u8, u8, u8)); 5] =
-        [(0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)), (1.0, (253, 231, 37))];
+    const STOPS: [(f64, (u8, u8, u8)); 5] = [
+        (0.0, (68, 1, 84)),
+        (0.25, (59, 82, 139)),
+        (0.5, (33, 145, 140)),
+        (0.75, (94, 201, 98)),
+        (1.0, (253, 231, 37)),
+    ];
     let t = t.clamp(0.0, 1.0);
     let k = STOPS.iter().position(|s| s.0 >= t).unwrap_or(4).max(1);
     let (a, b) = (STOPS[k - 1], STOPS[k]);
@@ -324,17 +402,30 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
     let runs: Vec<&RunData> = runs.iter().filter(|r| !r.probe.is_empty()).collect();
     let logs: Vec<f64> = runs
         .iter()
-        .flat_map(|r| r.probe.iter().flat_map(move |rec| r.points.iter().enumerate().filter_map(move |(i, _)| rec.get(i, metric))))
+        .flat_map(|r| {
+            r.probe
+                .iter()
+                .flat_map(move |rec| r.points.iter().enumerate().filter_map(move |(i, _)| rec.get(i, metric)))
+        })
         .filter(|v| *v > 0.0 && v.is_finite())
         .map(f64::log10)
         .collect();
-    let (lo, hi) = (logs.iter().copied().fold(f64::INFINITY, f64::min), logs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-    let (lo, hi) = if lo.is_finite() { (lo.floor(), hi.ceil().max(lo.floor() + 1.0)) } else { (-8.0, 0.0) };
+    let (lo, hi) = (
+        logs.iter().copied().fold(f64::INFINITY, f64::min),
+        logs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (lo, hi) = if lo.is_finite() {
+        (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+    } else {
+        (-8.0, 0.0)
+    };
     let panel_h = 260u32;
     let height = 60 + panel_h * runs.len().max(1) as u32 + 40;
     let mut svg = String::new();
     let mut csv = format!("run,layer,step,log10_{metric}\n");
-    let title = format!("{what}: log10 per layer (rows, input at the bottom) and step (columns), shared colour scale {lo}..{hi}");
+    let title = format!(
+        "{what}: log10 per layer (rows, input at the bottom) and step (columns), shared colour scale {lo}..{hi}"
+    );
     {
         let root = SVGBackend::with_string(&mut svg, (860, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
@@ -343,14 +434,16 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
         let (body, legend) = rest.split_vertically(height - 40 - 40);
         let panels = body.split_evenly((runs.len().max(1), 1));
         for (run, area) in runs.iter().zip(panels.iter()) {
-            let layers: Vec<usize> = (0..run.points.len()).filter(|&i| run.probe.iter().any(|r| r.get(i, metric).is_some())).collect();
+            let layers: Vec<usize> = (0..run.points.len())
+                .filter(|&i| run.probe.iter().any(|r| r.get(i, metric).is_some()))
+                .collect();
             let steps = run.probe.len();
             let mut chart = ChartBuilder::on(area)
                 .caption(&run.label, ("sans-serif", 14))
                 .margin(6)
                 .x_label_area_size(28)
                 .y_label_area_size(120)
-                .build_cartesian_2d(0..steps.max(1), 0..layers.len().max(1))
+                .build_cartesian_2d(0f64..steps.max(1) as f64, 0f64..layers.len().max(1) as f64)
                 .map_err(draw_err)?;
             let names: Vec<String> = layers.iter().map(|&i| run.points[i].name.clone()).collect();
             let step_of: Vec<u64> = run.probe.iter().map(|r| r.step).collect();
@@ -358,25 +451,42 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
                 .configure_mesh()
                 .disable_mesh()
                 .x_desc("probed step")
-                .x_label_formatter(&|x| step_of.get(*x).map_or(String::new(), |s| s.to_string()))
-                .y_labels(layers.len().min(12))
-                .y_label_formatter(&|y| names.get(*y).cloned().unwrap_or_default())
+                .x_labels(steps.clamp(2, 10))
+                .x_label_formatter(&|x| step_of.get(x.floor() as usize).map_or(String::new(), |s| s.to_string()))
+                .y_labels(layers.len().clamp(2, 12))
+                .y_label_formatter(&|y| names.get(y.floor() as usize).cloned().unwrap_or_default())
                 .draw()
                 .map_err(draw_err)?;
             let mut cells = Vec::new();
             for (col, rec) in run.probe.iter().enumerate() {
                 for (row, &i) in layers.iter().enumerate() {
-                    let Some(v) = rec.get(i, metric).filter(|v| *v > 0.0 && v.is_finite()) else { continue };
+                    let Some(v) = rec.get(i, metric).filter(|v| *v > 0.0 && v.is_finite()) else {
+                        continue;
+                    };
                     let l = v.log10();
                     csv.push_str(&format!("\"{}\",{},{},{l}\n", run.label, run.points[i].name, rec.step));
-                    cells.push(Rectangle::new([(col, row), (col + 1, row + 1)], ramp((l - lo) / (hi - lo)).filled()));
+                    let (x, y) = (col as f64, row as f64);
+                    cells.push(Rectangle::new(
+                        [(x, y), (x + 1.0, y + 1.0)],
+                        ramp((l - lo) / (hi - lo)).filled(),
+                    ));
                 }
             }
             chart.draw_series(cells).map_err(draw_err)?;
         }
         // Colour bar.
-        let mut bar = ChartBuilder::on(&legend).margin(6).margin_left(128).x_label_area_size(18).build_cartesian_2d(lo..hi, 0.0..1.0).map_err(draw_err)?;
-        bar.configure_mesh().disable_mesh().disable_y_axis().x_label_formatter(&|v| format!("1e{v:.0}")).draw().map_err(draw_err)?;
+        let mut bar = ChartBuilder::on(&legend)
+            .margin(6)
+            .margin_left(128)
+            .x_label_area_size(18)
+            .build_cartesian_2d(lo..hi, 0.0..1.0)
+            .map_err(draw_err)?;
+        bar.configure_mesh()
+            .disable_mesh()
+            .disable_y_axis()
+            .x_label_formatter(&|v| format!("1e{v:.0}"))
+            .draw()
+            .map_err(draw_err)?;
         let n = 100;
         bar.draw_series((0..n).map(|k| {
             let a = lo + (hi - lo) * k as f64 / n as f64;
@@ -386,7 +496,12 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
         .map_err(draw_err)?;
         root.present().map_err(draw_err)?;
     }
-    Ok(Chart { name: format!("spectrogram_{metric}"), title, svg, csv })
+    Ok(Chart {
+        name: format!("spectrogram_{metric}"),
+        title,
+        svg,
+        csv,
+    })
 }
 
 #[cfg(test)]
@@ -403,7 +518,10 @@ mod tests {
         let c = vec![(0.0, 2.0), (1.0, 3.0)];
         let three = group_line("x", &[a, b, c]);
         let band = three.band.unwrap();
-        assert!((band[0].1 - 1.0).abs() < 1e-12 && (band[0].2 - 3.0).abs() < 1e-12, "{band:?}");
+        assert!(
+            (band[0].1 - 1.0).abs() < 1e-12 && (band[0].2 - 3.0).abs() < 1e-12,
+            "{band:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@ use crate::summary::SummaryRow;
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -77,7 +80,10 @@ pub fn render(report: &Report) -> String {
         match &r.verdicts {
             None => body.push_str("<p>no probe verdicts for this run</p>"),
             Some(v) => {
-                body.push_str(&format!("<p>verdict: <b class=\"v-{0}\">{0}</b></p><ul>", escape(&v.verdict)));
+                body.push_str(&format!(
+                    "<p>verdict: <b class=\"v-{0}\">{0}</b></p><ul>",
+                    escape(&v.verdict)
+                ));
                 for a in &v.alerts {
                     body.push_str(&format!(
                         "<li><b>{}</b> (steps {}&ndash;{}): {}<ol>{}</ol></li>",
@@ -85,7 +91,10 @@ pub fn render(report: &Report) -> String {
                         a.steps[0],
                         a.steps[1],
                         escape(&a.evidence),
-                        a.remedies.iter().map(|m| format!("<li>{}</li>", escape(m))).collect::<String>()
+                        a.remedies
+                            .iter()
+                            .map(|m| format!("<li>{}</li>", escape(m)))
+                            .collect::<String>()
                     ));
                 }
                 for n in &v.notes {

@@ -17,9 +17,23 @@ fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
                 f.insert("arch", "mlp".into());
                 f.insert("activation", m.activation.to_string());
                 f.insert("depth", format!("{} layers", m.depth));
-                f.insert("norm", if m.norm == Norm::Batchnorm { "BN".into() } else { "no BN".into() });
+                f.insert(
+                    "norm",
+                    if m.norm == Norm::Batchnorm {
+                        "BN".into()
+                    } else {
+                        "no BN".into()
+                    },
+                );
                 f.insert("init", m.init.to_string());
-                f.insert("skip", if m.residual_every.is_some() { "residual".into() } else { "plain".into() });
+                f.insert(
+                    "skip",
+                    if m.residual_every.is_some() {
+                        "residual".into()
+                    } else {
+                        "plain".into()
+                    },
+                );
             }
             ModelConfig::Resnet(r) => {
                 f.insert("arch", "resnet".into());
@@ -32,7 +46,14 @@ fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
         }
     }
     f.insert("lr", format!("lr {}", c.lr));
-    f.insert("optimizer", format!("{:?}", c.optimizer).split_whitespace().next().unwrap_or("").to_lowercase());
+    f.insert(
+        "optimizer",
+        format!("{:?}", c.optimizer)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_lowercase(),
+    );
     f.insert("batch", format!("batch {}", c.batch_size));
     f.insert("dataset", c.dataset.clone());
     f.insert("backend", c.backend.to_string());
@@ -44,12 +65,19 @@ fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
 pub fn assign_labels(runs: &mut [RunData]) {
     let all: Vec<_> = runs.iter().map(facts).collect();
     let keys: Vec<&'static str> = all.first().map(|f| f.keys().copied().collect()).unwrap_or_default();
-    let differing: Vec<&'static str> = keys.into_iter().filter(|k| all.iter().any(|f| f.get(k) != all[0].get(k))).collect();
+    let differing: Vec<&'static str> = keys
+        .into_iter()
+        .filter(|k| all.iter().any(|f| f.get(k) != all[0].get(k)))
+        .collect();
     for (run, f) in runs.iter_mut().zip(&all) {
         run.label = if differing.is_empty() {
             run.config.model.label()
         } else {
-            differing.iter().filter_map(|k| f.get(k).cloned()).collect::<Vec<_>>().join(", ")
+            differing
+                .iter()
+                .filter_map(|k| f.get(k).cloned())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
     }
 }

@@ -44,7 +44,11 @@ pub struct ReportOptions {
 
 impl Default for ReportOptions {
     fn default() -> Self {
-        Self { x: XAxis::Step, smooth: 1, target_acc: 0.9 }
+        Self {
+            x: XAxis::Step,
+            smooth: 1,
+            target_acc: 0.9,
+        }
     }
 }
 
@@ -68,7 +72,10 @@ pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportE
         }
     }
     if runs.is_empty() {
-        return Err(ReportError::NothingUsable { given: dirs.len(), warnings });
+        return Err(ReportError::NothingUsable {
+            given: dirs.len(),
+            warnings,
+        });
     }
     label::assign_labels(&mut runs);
     let groups = label::groups(&runs);
@@ -77,14 +84,24 @@ pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportE
         charts.push(charts::convergence(&runs, &groups, m, options.x, options.smooth).map_err(ReportError::Draw)?);
     }
     if runs.iter().any(|r| !r.probe.is_empty()) {
-        charts.push(charts::flow_profile(&runs, "signal_rms", "back-propagated signal RMS |dL/dh|").map_err(ReportError::Draw)?);
+        charts.push(
+            charts::flow_profile(&runs, "signal_rms", "back-propagated signal RMS |dL/dh|")
+                .map_err(ReportError::Draw)?,
+        );
         charts.push(charts::flow_profile(&runs, "grad_l2", "weight-gradient L2 norm").map_err(ReportError::Draw)?);
         charts.push(charts::spectrogram(&runs, "grad_l2", "weight-gradient norm").map_err(ReportError::Draw)?);
-        charts.push(charts::spectrogram(&runs, "update_weight_ratio", "update:weight ratio").map_err(ReportError::Draw)?);
+        charts
+            .push(charts::spectrogram(&runs, "update_weight_ratio", "update:weight ratio").map_err(ReportError::Draw)?);
         charts.push(charts::regimes(&runs).map_err(ReportError::Draw)?);
     }
     let summary = summary_rows(&runs, options.target_acc);
-    Ok(Report { runs, charts, summary, warnings, options })
+    Ok(Report {
+        runs,
+        charts,
+        summary,
+        warnings,
+        options,
+    })
 }
 
 impl Report {
@@ -101,7 +118,10 @@ impl Report {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let write = |name: String, text: &str| {
             let p = dir.join(name);
-            gradscope_train::files::write_atomic(&p, text.as_bytes()).map_err(|e| ReportError::Io { path: p.clone(), source: e.source })
+            gradscope_train::files::write_atomic(&p, text.as_bytes()).map_err(|e| ReportError::Io {
+                path: p.clone(),
+                source: e.source,
+            })
         };
         for c in &self.charts {
             write(format!("{}.svg", c.name), &c.svg)?;

@@ -21,7 +21,11 @@ pub struct RunData {
 }
 
 fn parse_opt(s: &str) -> Result<Option<f64>, ()> {
-    if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(|_| ()) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some).map_err(|_| ())
+    }
 }
 
 /// Parses `metrics.csv`; a torn or malformed line ends the data with a warning.
@@ -29,7 +33,11 @@ pub fn read_metrics(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Metri
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut lines = text.lines();
     if lines.next() != Some(MetricsRow::HEADER) {
-        return Err(format!("{}: expected the header `{}`", path.display(), MetricsRow::HEADER));
+        return Err(format!(
+            "{}: expected the header `{}`",
+            path.display(),
+            MetricsRow::HEADER
+        ));
     }
     let mut rows = Vec::new();
     for (n, line) in lines.enumerate() {
@@ -53,7 +61,12 @@ pub fn read_metrics(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Metri
         match row {
             Ok(r) => rows.push(r),
             Err(()) => {
-                warnings.push(format!("{}:{}: malformed row `{line}`; using the {} rows before it", path.display(), n + 2, rows.len()));
+                warnings.push(format!(
+                    "{}:{}: malformed row `{line}`; using the {} rows before it",
+                    path.display(),
+                    n + 2,
+                    rows.len()
+                ));
                 break;
             }
         }
@@ -75,12 +88,18 @@ pub fn load_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData, Strin
         Ok(t) => match serde_json::from_str(&t) {
             Ok(s) => Some(s),
             Err(e) => {
-                warnings.push(format!("{}: unreadable ({e}); summary columns left empty", dir.join("summary.json").display()));
+                warnings.push(format!(
+                    "{}: unreadable ({e}); summary columns left empty",
+                    dir.join("summary.json").display()
+                ));
                 None
             }
         },
         Err(_) => {
-            warnings.push(format!("{}: missing (run still going, or killed)", dir.join("summary.json").display()));
+            warnings.push(format!(
+                "{}: missing (run still going, or killed)",
+                dir.join("summary.json").display()
+            ));
             None
         }
     };
@@ -91,5 +110,14 @@ pub fn load_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData, Strin
             (Vec::new(), Vec::new(), None)
         }
     };
-    Ok(RunData { dir: dir.to_owned(), config, metrics, summary, points, probe, verdicts, label: String::new() })
+    Ok(RunData {
+        dir: dir.to_owned(),
+        config,
+        metrics,
+        summary,
+        points,
+        probe,
+        verdicts,
+        label: String::new(),
+    })
 }

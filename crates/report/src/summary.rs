@@ -24,9 +24,15 @@ pub fn summary_rows(runs: &[RunData], target: f64) -> Vec<SummaryRow> {
             SummaryRow {
                 run: r.label.clone(),
                 dir: r.dir.display().to_string(),
-                status: r.summary.as_ref().map_or("unknown".into(), |s| format!("{:?}", s.status).to_lowercase()),
+                status: r
+                    .summary
+                    .as_ref()
+                    .map_or("unknown".into(), |s| format!("{:?}", s.status).to_lowercase()),
                 final_test_acc: evals.last().and_then(|m| m.test_acc),
-                best_test_acc: evals.iter().filter_map(|m| m.test_acc).fold(None, |b: Option<f64>, a| Some(b.map_or(a, |b| b.max(a)))),
+                best_test_acc: evals
+                    .iter()
+                    .filter_map(|m| m.test_acc)
+                    .fold(None, |b: Option<f64>, a| Some(b.map_or(a, |b| b.max(a)))),
                 steps_to_target: hit.map(|m| m.step),
                 seconds_to_target: hit.map(|m| m.wall_s),
                 verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.clone()),
@@ -90,14 +96,21 @@ pub fn render_csv(rows: &[SummaryRow]) -> String {
 pub fn text_plot(runs: &[RunData], width: usize, height: usize) -> String {
     let curves: Vec<Vec<(f64, f64)>> = runs
         .iter()
-        .map(|r| r.metrics.iter().filter_map(|m| m.train_loss.filter(|l| l.is_finite()).map(|l| (m.step as f64, l))).collect())
+        .map(|r| {
+            r.metrics
+                .iter()
+                .filter_map(|m| m.train_loss.filter(|l| l.is_finite()).map(|l| (m.step as f64, l)))
+                .collect()
+        })
         .collect();
     let all: Vec<&(f64, f64)> = curves.iter().flatten().collect();
     if all.is_empty() {
         return String::new();
     }
     let x_max = all.iter().map(|p| p.0).fold(1.0f64, f64::max);
-    let (y_lo, y_hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (y_lo, y_hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
     let span = (y_hi - y_lo).max(1e-9);
     let mut grid = vec![vec![' '; width]; height];
     for (k, c) in curves.iter().enumerate() {

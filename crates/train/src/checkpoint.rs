@@ -29,7 +29,7 @@ pub struct TrainState {
     pub epoch: u64,
     pub batch_in_epoch: u64,
     pub wall_s: f64,
-    /// Lines of `metrics.csv` (header included) at this checkpoint.
+    /// Lines of `metrics.csv`, header included, at this checkpoint.
     pub metrics_lines: usize,
     pub best_test_acc: Option<f64>,
     pub best_test_acc_step: Option<u64>,
@@ -37,7 +37,13 @@ pub struct TrainState {
 }
 
 /// Saves a checkpoint and returns its directory.
-pub fn save<M: Module>(run: &RunDir, model: &M, optim: &ModuleOptimizer, state: &TrainState, summary: &Summary) -> Result<PathBuf, TrainError> {
+pub fn save<M: Module>(
+    run: &RunDir,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+    summary: &Summary,
+) -> Result<PathBuf, TrainError> {
     let root = run.path("checkpoints");
     std::fs::create_dir_all(&root).map_err(at(&root))?;
     let name = format!("step-{:08}", state.step);
@@ -47,9 +53,17 @@ pub fn save<M: Module>(run: &RunDir, model: &M, optim: &ModuleOptimizer, state: 
         std::fs::remove_dir_all(&partial).map_err(at(&partial))?;
     }
     std::fs::create_dir_all(&partial).map_err(at(&partial))?;
-    let fail = |path: PathBuf, e: burn::store::RecordError| TrainError::Checkpoint { path, reason: e.to_string() };
-    model.clone().save_file(partial.join(MODEL_FILE)).map_err(|e| fail(partial.join(MODEL_FILE), e))?;
-    optim.save(partial.join(OPTIM_FILE)).map_err(|e| fail(partial.join(OPTIM_FILE), e))?;
+    let fail = |path: PathBuf, e: burn::store::RecordError| TrainError::Checkpoint {
+        path,
+        reason: e.to_string(),
+    };
+    model
+        .clone()
+        .save_file(partial.join(MODEL_FILE))
+        .map_err(|e| fail(partial.join(MODEL_FILE), e))?;
+    optim
+        .save(partial.join(OPTIM_FILE))
+        .map_err(|e| fail(partial.join(OPTIM_FILE), e))?;
     let mut state = state.clone();
     state.best_test_acc = summary.best_test_acc;
     state.best_test_acc_step = summary.best_test_acc_step;
@@ -74,10 +88,15 @@ pub fn save<M: Module>(run: &RunDir, model: &M, optim: &ModuleOptimizer, state: 
 pub fn latest(run: &RunDir) -> Result<(PathBuf, TrainState), TrainError> {
     let root = run.path("checkpoints");
     let pointer = root.join("latest");
-    let name = std::fs::read_to_string(&pointer).map_err(|_| TrainError::NoCheckpoint { dir: run.dir().to_owned() })?;
+    let name = std::fs::read_to_string(&pointer).map_err(|_| TrainError::NoCheckpoint {
+        dir: run.dir().to_owned(),
+    })?;
     let dir = root.join(name.trim());
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(at(&state_path))?;
-    let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: state_path, reason: e.to_string() })?;
+    let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: state_path,
+        reason: e.to_string(),
+    })?;
     Ok((dir, state))
 }

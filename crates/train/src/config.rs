@@ -81,7 +81,11 @@ fn adamw_decay() -> f64 {
 
 impl Default for Optimizer {
     fn default() -> Self {
-        Optimizer::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 }
+        Optimizer::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -123,7 +127,11 @@ impl ModelChoice {
             ModelChoice::Preset { preset } => preset.clone(),
             ModelChoice::Config(ModelConfig::Mlp(c)) => format!("mlp-{}-{}", c.activation, c.depth),
             ModelChoice::Config(ModelConfig::Resnet(c)) => {
-                format!("resnet{}-{}", c.layer_count(), if c.skip { "residual" } else { "plain" })
+                format!(
+                    "resnet{}-{}",
+                    c.layer_count(),
+                    if c.skip { "residual" } else { "plain" }
+                )
             }
         }
     }
@@ -168,7 +176,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            model: ModelChoice::Preset { preset: "mlp-sigmoid-10x128".into() },
+            model: ModelChoice::Preset {
+                preset: "mlp-sigmoid-10x128".into(),
+            },
             dataset: gradscope_data::BUNDLED_NAME.into(),
             data_dir: None,
             classes: None,
@@ -229,20 +239,27 @@ mod tests {
     fn full_model_config_in_toml() {
         let text = "[model]\narch = \"mlp\"\ndepth = 3\nwidth = [64, 32, 16]\nactivation = { kind = \"leaky_relu\", slope = 0.2 }\n";
         let cfg: TrainConfig = toml::from_str(text).unwrap();
-        let ModelConfig::Mlp(m) = cfg.model.resolve().unwrap() else { panic!() };
+        let ModelConfig::Mlp(m) = cfg.model.resolve().unwrap() else {
+            panic!()
+        };
         assert_eq!(m.depth, 3);
         assert_eq!(m.widths().unwrap(), vec![64, 32, 16]);
     }
 
     #[test]
     fn unknown_field_is_rejected() {
-        let err = toml::from_str::<TrainConfig>("learning_rate = 0.1").unwrap_err().to_string();
+        let err = toml::from_str::<TrainConfig>("learning_rate = 0.1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
     }
 
     #[test]
     fn schedules() {
-        let mut c = TrainConfig { lr: 1.0, ..Default::default() };
+        let mut c = TrainConfig {
+            lr: 1.0,
+            ..Default::default()
+        };
         assert_eq!(c.lr_at(50, 100), 1.0);
         c.schedule = Schedule::Step { every: 10, gamma: 0.5 };
         assert_eq!(c.lr_at(25, 100), 0.25);

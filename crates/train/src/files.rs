@@ -16,17 +16,26 @@ pub struct FileError {
 }
 
 pub(crate) fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
-    move |source| FileError { path: path.to_owned(), source }
+    move |source| FileError {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory,
 /// fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(at(path))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(at(path))?;
     tmp.write_all(bytes).map_err(at(path))?;
     tmp.as_file().sync_all().map_err(at(path))?;
-    tmp.persist(path).map_err(|e| FileError { path: path.to_owned(), source: e.error })?;
+    tmp.persist(path).map_err(|e| FileError {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -40,8 +49,15 @@ pub struct LineLog {
 impl LineLog {
     /// Opens `path` for appending (creating it).
     pub fn append(path: &Path) -> Result<Self, FileError> {
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(at(path))?;
-        Ok(Self { path: path.to_owned(), file })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(at(path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
     }
 
     /// Appends one line (a newline is added) in a single write, then flushes.
@@ -58,7 +74,11 @@ impl LineLog {
 /// too), atomically. Used on resume to cut rows logged after the checkpoint.
 pub fn truncate_lines(path: &Path, keep: usize) -> Result<(), FileError> {
     let text = std::fs::read_to_string(path).map_err(at(path))?;
-    let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).take(keep).collect();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .take(keep)
+        .collect();
     write_atomic(path, kept.as_bytes())
 }
 
@@ -73,7 +93,11 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left behind"
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub fn model_config(config: &TrainConfig) -> Result<ModelConfig, TrainError> {
     if let Some(classes) = &config.classes {
         let head = match model.head() {
             Head::Binary if classes.len() != 2 => {
-                return Err(TrainError::Classes { found: classes.clone(), reason: "a binary head needs exactly two classes".into() });
+                return Err(TrainError::Classes {
+                    found: classes.clone(),
+                    reason: "a binary head needs exactly two classes".into(),
+                });
             }
             Head::Binary => Head::Binary,
             Head::Softmax { .. } => Head::Softmax { classes: classes.len() },
@@ -75,7 +78,9 @@ pub fn model_config(config: &TrainConfig) -> Result<ModelConfig, TrainError> {
 /// Keeps the examples of `classes` and relabels them `0..classes.len()` in the
 /// given order (so `[3, 5]` makes 3 -> 0 and 5 -> 1).
 pub fn select_classes(split: &Split, classes: &[u8]) -> Split {
-    let keep: Vec<usize> = (0..split.len()).filter(|&i| classes.contains(&split.labels[i])).collect();
+    let keep: Vec<usize> = (0..split.len())
+        .filter(|&i| classes.contains(&split.labels[i]))
+        .collect();
     let len = split.images.image_len();
     let mut pixels = Vec::with_capacity(keep.len() * len);
     for &i in &keep {
@@ -100,7 +105,10 @@ pub fn prepare_data(config: &TrainConfig) -> Result<Data, TrainError> {
         seen.sort();
         seen.dedup();
         if classes.len() < 2 || seen.len() != classes.len() || classes.iter().any(|&c| c >= 10) {
-            return Err(TrainError::Classes { found: classes.clone(), reason: "expected two or more distinct classes in 0..10".into() });
+            return Err(TrainError::Classes {
+                found: classes.clone(),
+                reason: "expected two or more distinct classes in 0..10".into(),
+            });
         }
         train = select_classes(&train, classes);
         test = select_classes(&test, classes);

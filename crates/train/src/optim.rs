@@ -12,17 +12,35 @@ use crate::config::{Optimizer, TrainConfig};
 pub fn build_optimizer(config: &TrainConfig) -> ModuleOptimizer {
     let decay = |w: f64| (w > 0.0).then(|| WeightDecayConfig { penalty: w as f32 });
     match config.optimizer {
-        Optimizer::Sgd { momentum, nesterov, weight_decay } => SgdConfig::new()
-            .with_momentum((momentum > 0.0).then(|| MomentumConfig { momentum, dampening: 0.0, nesterov }))
+        Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+        } => SgdConfig::new()
+            .with_momentum((momentum > 0.0).then(|| MomentumConfig {
+                momentum,
+                dampening: 0.0,
+                nesterov,
+            }))
             .with_weight_decay(decay(weight_decay))
             .init(),
-        Optimizer::Adam { beta1, beta2, epsilon, weight_decay } => AdamConfig::new()
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+        } => AdamConfig::new()
             .with_beta_1(beta1 as f32)
             .with_beta_2(beta2 as f32)
             .with_epsilon(epsilon as f32)
             .with_weight_decay(decay(weight_decay))
             .init(),
-        Optimizer::Adamw { beta1, beta2, epsilon, weight_decay } => AdamWConfig::new()
+        Optimizer::Adamw {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+        } => AdamWConfig::new()
             .with_beta_1(beta1 as f32)
             .with_beta_2(beta2 as f32)
             .with_epsilon(epsilon as f32)

@@ -35,7 +35,10 @@ impl RunDir {
             std::io::ErrorKind::NotFound => TrainError::NotARun { dir: dir.to_owned() },
             _ => TrainError::File(at(&path)(e)),
         })?;
-        let config = toml::from_str(&text).map_err(|e| TrainError::Config { path: path.clone(), reason: e.to_string() })?;
+        let config = toml::from_str(&text).map_err(|e| TrainError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok((Self { dir: dir.to_owned() }, config))
     }
 
@@ -52,7 +55,12 @@ impl RunDir {
 /// One line of `events.jsonl`: `{"time": RFC 3339, "event": name, ...fields}`.
 pub fn event(name: &str, fields: serde_json::Value) -> String {
     let mut obj = serde_json::Map::new();
-    obj.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+    obj.insert(
+        "time".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into(),
+    );
     obj.insert("event".into(), name.into());
     if let serde_json::Value::Object(extra) = fields {
         obj.extend(extra);
@@ -68,16 +76,24 @@ mod tests {
     fn non_empty_directory_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("precious.txt"), "keep me").unwrap();
-        let err = RunDir::create(tmp.path(), &TrainConfig::default()).unwrap_err().to_string();
+        let err = RunDir::create(tmp.path(), &TrainConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not empty"), "{err}");
-        assert_eq!(std::fs::read_to_string(tmp.path().join("precious.txt")).unwrap(), "keep me");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("precious.txt")).unwrap(),
+            "keep me"
+        );
     }
 
     #[test]
     fn create_then_open_round_trips_config() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
-        let cfg = TrainConfig { lr: 0.25, ..Default::default() };
+        let cfg = TrainConfig {
+            lr: 0.25,
+            ..Default::default()
+        };
         RunDir::create(&dir, &cfg).unwrap();
         let (_, back) = RunDir::open(&dir).unwrap();
         assert_eq!(back, cfg);

@@ -72,6 +72,12 @@ mod tests {
         assert!(e.probes(0) && e.probes(14) && !e.probes(15));
         assert!(!"off".parse::<ProbeSchedule>().unwrap().probes(0));
         assert!("0".parse::<ProbeSchedule>().is_err());
-        assert!("often".parse::<ProbeSchedule>().unwrap_err().to_string().contains("`often`"));
+        assert!(
+            "often"
+                .parse::<ProbeSchedule>()
+                .unwrap_err()
+                .to_string()
+                .contains("`often`")
+        );
     }
 }

@@ -12,13 +12,13 @@ use burn::tensor::{Device, Tensor};
 use gradscope_data::{MnistBatch, MnistBatcher, Split, batches_per_epoch, epoch_batches, epoch_order};
 use gradscope_models::{Network, ProbePoint, Taps, Trace};
 
+use crate::TrainError;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::files::{FileError, LineLog, write_atomic};
 use crate::metrics::{Divergence, MetricsRow, Status, Summary};
 use crate::optim::build_optimizer;
 use crate::run_dir::{RunDir, event};
-use crate::TrainError;
 
 /// Where the loop is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,7 +127,14 @@ pub struct Trainer<M: Network + 'static> {
 impl<M: Network + 'static> Trainer<M> {
     /// A trainer for `model` (already on `device`, which must have autodiff) that
     /// writes into the fresh run directory `run`.
-    pub fn new(config: TrainConfig, model: M, data: Data, device: Device, run: RunDir, label: &str) -> Result<Self, TrainError> {
+    pub fn new(
+        config: TrainConfig,
+        model: M,
+        data: Data,
+        device: Device,
+        run: RunDir,
+        label: &str,
+    ) -> Result<Self, TrainError> {
         let optim = build_optimizer(&config);
         let metrics_path = run.path("metrics.csv");
         let fresh = !metrics_path.exists();
@@ -165,7 +172,11 @@ impl<M: Network + 'static> Trainer<M> {
             optim,
             data: Arc::new(data),
             run,
-            state: TrainState::default(),
+            // metrics.csv starts with its header line.
+            state: TrainState {
+                metrics_lines: 1,
+                ..TrainState::default()
+            },
             observers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             metrics,
@@ -184,19 +195,25 @@ impl<M: Network + 'static> Trainer<M> {
         self.model = self
             .model
             .try_load_file(&model_path)
-            .map_err(|e| TrainError::Checkpoint { path: model_path.clone(), reason: e.to_string() })?;
+            .map_err(|e| TrainError::Checkpoint {
+                path: model_path.clone(),
+                reason: e.to_string(),
+            })?;
         let optim_path = dir.join(checkpoint::OPTIM_FILE);
-        self.optim = self
-            .optim
-            .load(&optim_path)
-            .map_err(|e| TrainError::Checkpoint { path: optim_path.clone(), reason: e.to_string() })?;
+        self.optim = self.optim.load(&optim_path).map_err(|e| TrainError::Checkpoint {
+            path: optim_path.clone(),
+            reason: e.to_string(),
+        })?;
         crate::files::truncate_lines(&self.run.path("metrics.csv"), state.metrics_lines)?;
         self.metrics = LineLog::append(&self.run.path("metrics.csv"))?;
         self.summary.best_test_acc = state.best_test_acc;
         self.summary.best_test_acc_step = state.best_test_acc_step;
         self.summary.initial_test_loss = state.initial_test_loss;
         self.resumed_at = Some(state.step);
-        self.events.line(&event("resume", serde_json::json!({ "step": state.step, "checkpoint": dir.display().to_string() })))?;
+        self.events.line(&event(
+            "resume",
+            serde_json::json!({ "step": state.step, "checkpoint": dir.display().to_string() }),
+        ))?;
         self.state = state;
         Ok(self)
     }
@@ -240,7 +257,10 @@ impl<M: Network + 'static> Trainer<M> {
             o.on_start(&run_info)?;
         }
         if self.resumed_at.is_none() {
-            self.events.line(&event("start", serde_json::json!({ "total_steps": run_info.total_steps })))?;
+            self.events.line(&event(
+                "start",
+                serde_json::json!({ "total_steps": run_info.total_steps }),
+            ))?;
             // Step 0: the untrained network, so every curve starts at the beginning.
             self.log_row(None, true)?;
         }
@@ -263,11 +283,23 @@ impl<M: Network + 'static> Trainer<M> {
         let wall_offset = self.state.wall_s;
         let device = self.device.clone();
         while self.state.epoch < self.config.epochs {
-            let order = epoch_order(self.data.train.len(), self.config.seed, self.state.epoch, self.config.shuffle);
+            let order = epoch_order(
+                self.data.train.len(),
+                self.config.seed,
+                self.state.epoch,
+                self.config.shuffle,
+            );
             let start = self.state.batch_in_epoch as usize;
             let mut window = self.new_window();
             let data = Arc::clone(&self.data);
-            for batch in epoch_batches(&data.train, &data.batcher, &order, self.config.batch_size, start, &device) {
+            for batch in epoch_batches(
+                &data.train,
+                &data.batcher,
+                &order,
+                self.config.batch_size,
+                start,
+                &device,
+            ) {
                 if self.state.step >= run.total_steps {
                     break;
                 }
@@ -275,7 +307,8 @@ impl<M: Network + 'static> Trainer<M> {
                     self.state.wall_s = wall_offset + started.elapsed().as_secs_f64();
                     self.flush(&mut window, false)?;
                     self.save_checkpoint()?;
-                    self.events.line(&event("interrupted", serde_json::json!({ "step": self.state.step })))?;
+                    self.events
+                        .line(&event("interrupted", serde_json::json!({ "step": self.state.step })))?;
                     return Ok(Status::Interrupted);
                 }
                 if let Some(cause) = self.train_step(batch, &mut window)? {
@@ -311,7 +344,13 @@ impl<M: Network + 'static> Trainer<M> {
     }
 
     fn new_window(&self) -> Window {
-        Window { losses: Vec::new(), correct: Vec::new(), samples: 0, first_step: self.state.step, started: Instant::now() }
+        Window {
+            losses: Vec::new(),
+            correct: Vec::new(),
+            samples: 0,
+            first_step: self.state.step,
+            started: Instant::now(),
+        }
     }
 
     /// One optimiser step. Returns a divergence cause if an observer saw one.
@@ -323,7 +362,10 @@ impl<M: Network + 'static> Trainer<M> {
             lr: self.config.lr_at(self.state.step, total),
             batch_size: batch.targets.dims()[0],
         };
-        let probe = self.observers.iter_mut().fold(false, |any, o| o.wants_probe(info.step) || any);
+        let probe = self
+            .observers
+            .iter_mut()
+            .fold(false, |any, o| o.wants_probe(info.step) || any);
         let head = self.model.head();
         let taps = probe.then(|| Taps::zeros(self.model.probe_points(), info.batch_size, &self.device));
         let (logits, traces) = if probe {
@@ -333,11 +375,20 @@ impl<M: Network + 'static> Trainer<M> {
             (self.model.forward(batch.images), None)
         };
         let loss = head.loss(logits.clone(), batch.targets.clone());
-        let correct = head.predict(logits.inner()).equal(batch.targets.inner()).int().sum().float();
+        let correct = head
+            .predict(logits.inner())
+            .equal(batch.targets.inner())
+            .int()
+            .sum()
+            .float();
         let mut raw = loss.backward();
         let tap_grads = taps.map(|t| TapGrads {
             out: t.out.iter().map(|x| x.grad_remove(&mut raw)).collect(),
-            norm_in: t.norm_in.iter().map(|x| x.as_ref().and_then(|x| x.grad_remove(&mut raw))).collect(),
+            norm_in: t
+                .norm_in
+                .iter()
+                .map(|x| x.as_ref().and_then(|x| x.grad_remove(&mut raw)))
+                .collect(),
         });
         let mut grads = GradientsParams::from_grads(raw, &self.model);
         if let Some(max_norm) = self.config.clip_grad_norm {
@@ -382,13 +433,28 @@ impl<M: Network + 'static> Trainer<M> {
         let elapsed = window.started.elapsed().as_secs_f64();
         let mut train = None;
         if !window.losses.is_empty() {
-            let losses: Vec<f32> = Tensor::cat(std::mem::take(&mut window.losses), 0).to_data().convert::<f32>().try_to_vec().expect("f32 losses");
+            let losses: Vec<f32> = Tensor::cat(std::mem::take(&mut window.losses), 0)
+                .to_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .expect("f32 losses");
             let correct: f32 = Tensor::cat(std::mem::take(&mut window.correct), 0).sum().into_scalar();
             if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-                return Ok(Some((window.first_step + i as u64, format!("training loss is {} at step {}", losses[i], window.first_step + i as u64))));
+                return Ok(Some((
+                    window.first_step + i as u64,
+                    format!(
+                        "training loss is {} at step {}",
+                        losses[i],
+                        window.first_step + i as u64
+                    ),
+                )));
             }
             let mean = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
-            train = Some((mean, correct as f64 / window.samples as f64, window.samples as f64 / elapsed.max(1e-9)));
+            train = Some((
+                mean,
+                correct as f64 / window.samples as f64,
+                window.samples as f64 / elapsed.max(1e-9),
+            ));
         }
         *window = self.new_window();
         self.log_row(train, eval)?;
@@ -408,7 +474,10 @@ impl<M: Network + 'static> Trainer<M> {
             }
             self.summary.final_test_loss = Some(loss);
             self.summary.final_test_acc = Some(acc);
-            self.events.line(&event("evaluation", serde_json::json!({ "step": step, "test_loss": loss, "test_acc": acc })))?;
+            self.events.line(&event(
+                "evaluation",
+                serde_json::json!({ "step": step, "test_loss": loss, "test_acc": acc }),
+            ))?;
         }
         if let Some((loss, _, sps)) = train {
             self.summary.final_train_loss = Some(loss);
@@ -436,18 +505,30 @@ impl<M: Network + 'static> Trainer<M> {
     /// Test loss and accuracy with the model in evaluation mode (BatchNorm uses
     /// running statistics), in one device read.
     pub fn evaluate(&self) -> (f64, f64) {
-        evaluate(&self.model, &self.data.test, &self.data.batcher, &self.device.clone().inner())
+        evaluate(
+            &self.model,
+            &self.data.test,
+            &self.data.batcher,
+            &self.device.clone().inner(),
+        )
     }
 
     fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         let dir = checkpoint::save(&self.run, &self.model, &self.optim, &self.state, &self.summary)?;
-        self.events.line(&event("checkpoint", serde_json::json!({ "step": self.state.step, "dir": dir.display().to_string() })))?;
+        self.events.line(&event(
+            "checkpoint",
+            serde_json::json!({ "step": self.state.step, "dir": dir.display().to_string() }),
+        ))?;
         Ok(())
     }
 
     fn diverge(&mut self, step: u64, cause: String) -> Result<Status, TrainError> {
-        self.summary.diverged = Some(Divergence { step, cause: cause.clone() });
-        self.events.line(&event("diverged", serde_json::json!({ "step": step, "cause": cause })))?;
+        self.summary.diverged = Some(Divergence {
+            step,
+            cause: cause.clone(),
+        });
+        self.events
+            .line(&event("diverged", serde_json::json!({ "step": step, "cause": cause })))?;
         Ok(Status::Diverged)
     }
 
@@ -460,7 +541,10 @@ impl<M: Network + 'static> Trainer<M> {
         }
         let json = serde_json::to_string_pretty(&self.summary).expect("summary serialises");
         write_atomic(&self.run.path("summary.json"), json.as_bytes())?;
-        self.events.line(&event("end", serde_json::json!({ "status": self.summary.status, "step": self.state.step })))?;
+        self.events.line(&event(
+            "end",
+            serde_json::json!({ "status": self.summary.status, "step": self.state.step }),
+        ))?;
         Ok(())
     }
 }
@@ -476,13 +560,26 @@ pub fn evaluate<M: Network>(model: &M, split: &Split, batcher: &MnistBatcher, de
         let n = batch.targets.dims()[0] as f64;
         let logits = model.forward(batch.images);
         loss_sum.push((head.loss(logits.clone(), batch.targets.clone()) * n).reshape([1]));
-        correct.push(head.predict(logits).equal(batch.targets).int().sum().float().reshape([1]));
+        correct.push(
+            head.predict(logits)
+                .equal(batch.targets)
+                .int()
+                .sum()
+                .float()
+                .reshape([1]),
+        );
     }
-    let both: Vec<f32> = Tensor::cat(vec![Tensor::cat(loss_sum, 0).sum().reshape([1]), Tensor::cat(correct, 0).sum().reshape([1])], 0)
-        .to_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("f32");
+    let both: Vec<f32> = Tensor::cat(
+        vec![
+            Tensor::cat(loss_sum, 0).sum().reshape([1]),
+            Tensor::cat(correct, 0).sum().reshape([1]),
+        ],
+        0,
+    )
+    .to_data()
+    .convert::<f32>()
+    .try_to_vec()
+    .expect("f32");
     let n = split.len() as f64;
     (both[0] as f64 / n, both[1] as f64 / n)
 }
@@ -513,20 +610,29 @@ fn clip_global_norm<M: Module>(model: &M, mut grads: GradientsParams, max_norm: 
             }
         }
     }
-    let mut sums = SumSquares { grads: &grads, sq: Vec::new() };
+    let mut sums = SumSquares {
+        grads: &grads,
+        sq: Vec::new(),
+    };
     model.visit(&mut sums);
     if sums.sq.is_empty() {
         return grads;
     }
     let norm = Tensor::cat(sums.sq, 0).sum().sqrt();
     let factor = (norm + 1e-6).recip().mul_scalar(max_norm).clamp_max(1.0);
-    model.visit(&mut Scale { grads: &mut grads, factor });
+    model.visit(&mut Scale {
+        grads: &mut grads,
+        factor,
+    });
     grads
 }
 
 /// Loads a module checkpoint from a file, for tools that inspect runs.
 pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M, TrainError> {
-    model.try_load_file(path).map_err(|e| TrainError::Checkpoint { path: path.to_owned(), reason: e.to_string() })
+    model.try_load_file(path).map_err(|e| TrainError::Checkpoint {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 impl From<FileError> for TrainError {
