@@ -46,7 +46,7 @@ impl<M> Observer<M> for Progress {
 
     fn after_step(&mut self, info: &StepInfo, _before: Option<&M>, _after: &M) -> Control {
         let done = info.step + 1;
-        if done % self.steps_per_epoch == 0 {
+        if done.is_multiple_of(self.steps_per_epoch) {
             self.bar.set_position(self.steps_per_epoch);
             self.bar
                 .set_prefix(format!("{}/{}", done / self.steps_per_epoch + 1, self.epochs));

@@ -330,7 +330,10 @@ mod tests {
         let url = serve(routes);
         let tmp = tempfile::tempdir().unwrap();
         let mut events = Vec::new();
-        fetch(&entry, tmp.path(), Some(&[url.clone()]), &mut |e| events.push(e)).unwrap();
+        fetch(&entry, tmp.path(), Some(std::slice::from_ref(&url)), &mut |e| {
+            events.push(e)
+        })
+        .unwrap();
         assert_eq!(
             events
                 .iter()
@@ -378,7 +381,7 @@ mod tests {
             .collect();
         let bad = serve(cut);
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch(&entry, tmp.path(), Some(&[bad.clone()]), &mut |_| {})
+        let err = fetch(&entry, tmp.path(), Some(std::slice::from_ref(&bad)), &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(
@@ -402,7 +405,7 @@ mod tests {
         let (entry, _) = sample_entry();
         let url = serve(HashMap::new());
         let tmp = tempfile::tempdir().unwrap();
-        let err = fetch(&entry, tmp.path(), Some(&[url.clone()]), &mut |_| {})
+        let err = fetch(&entry, tmp.path(), Some(std::slice::from_ref(&url)), &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(

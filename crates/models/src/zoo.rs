@@ -94,6 +94,9 @@ impl ModelConfig {
 }
 
 /// Any network of the zoo, as one Burn module.
+// The variants' sizes differ (a ResNet holds more layer handles), but a model is
+// moved a few times per optimiser step at most: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Mlp(Mlp),
@@ -173,7 +176,7 @@ pub fn preset(name: &str) -> Result<ModelConfig, ModelError> {
     if let Some(rest) = name.strip_prefix("resnet") {
         let (layers, kind) = rest.split_once('-').ok_or_else(unknown)?;
         let layers: usize = layers.parse().map_err(|_| unknown())?;
-        if layers < 8 || (layers - 2) % 6 != 0 {
+        if layers < 8 || !(layers - 2).is_multiple_of(6) {
             return Err(unknown());
         }
         let n = (layers - 2) / 6;

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, s};
 use gradscope_models::{Activation, Regime};
 
 /// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
@@ -143,7 +143,7 @@ pub fn log_histogram(g: &Tensor<1>) -> Tensor<1> {
     let onehot = bins.reshape([n, 1]).equal(edges.reshape([1, HIST_BINS])).float();
     let counts = onehot.sum_dim(0).reshape([HIST_BINS]);
     // Exact zeros land in bin 0 (log 0 = -inf, clamped); take them out.
-    let first = Tensor::<1>::zeros([HIST_BINS], &device).slice_assign([0..1], zeros.clone().reshape([1]));
+    let first = Tensor::<1>::zeros([HIST_BINS], &device).slice_assign(s![0..1], zeros.clone().reshape([1]));
     Tensor::cat(vec![counts - first, zeros.reshape([1])], 0)
 }
 

@@ -122,7 +122,7 @@ impl GradientProbe {
         let (Some(taps), Some(traces)) = (view.taps, view.traces) else {
             unreachable!("called on probed steps")
         };
-        let hist = self.probes % self.config.hist_every.max(1) == 0;
+        let hist = self.probes.is_multiple_of(self.config.hist_every.max(1));
         let mut batch = Batch::new();
         let mut host = Vec::new();
         batch.push(None, "loss", view.loss.clone().inner());
@@ -145,13 +145,13 @@ impl GradientProbe {
             if let Some(g) = &taps.norm_in[i] {
                 batch.push(Some(i), "bn_in_signal_l2", l2(&g.clone().flatten::<1>(0, 1)));
             }
-            if let Some((id, rank)) = ids_weight[i] {
-                if let Some(g) = grad_flat(view.grads, id, rank) {
-                    grad_stats(&mut batch, i, &g, GradPrefix::Weight);
-                    host.push((i, "weight_numel", g.dims()[0] as f64));
-                    if hist {
-                        batch.push_hist(i, log_histogram(&g));
-                    }
+            if let Some((id, rank)) = ids_weight[i]
+                && let Some(g) = grad_flat(view.grads, id, rank)
+            {
+                grad_stats(&mut batch, i, &g, GradPrefix::Weight);
+                host.push((i, "weight_numel", g.dims()[0] as f64));
+                if hist {
+                    batch.push_hist(i, log_histogram(&g));
                 }
             }
             if let Some((id, rank)) = ids_bias[i]
@@ -177,7 +177,7 @@ impl GradientProbe {
             }
         }
         self.probes += 1;
-        if self.probes % WINDOW as u64 == 0 {
+        if self.probes.is_multiple_of(WINDOW as u64) {
             for (i, acc) in self.alive.iter_mut().enumerate() {
                 if let Some(a) = acc.take() {
                     batch.push(Some(i), "dead_window_frac", a.equal_elem(0.0).float().mean());

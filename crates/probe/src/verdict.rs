@@ -179,7 +179,7 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
             ),
         ));
     }
-    ranked.sort_by(|a, b| b.0.cmp(&a.0));
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
     ranked.into_iter().map(|(_, r)| r).collect()
 }
 

@@ -10,14 +10,14 @@ use crate::config::{Optimizer, TrainConfig};
 /// Adam epsilon to 1e-5; gradscope sets PyTorch's 0 and 1e-8 (or the config's
 /// values) explicitly so results compare with PyTorch runs.
 pub fn build_optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    let decay = |w: f64| (w > 0.0).then(|| WeightDecayConfig { penalty: w as f32 });
+    let decay = |w: f64| (w > 0.0).then_some(WeightDecayConfig { penalty: w as f32 });
     match config.optimizer {
         Optimizer::Sgd {
             momentum,
             nesterov,
             weight_decay,
         } => SgdConfig::new()
-            .with_momentum((momentum > 0.0).then(|| MomentumConfig {
+            .with_momentum((momentum > 0.0).then_some(MomentumConfig {
                 momentum,
                 dampening: 0.0,
                 nesterov,

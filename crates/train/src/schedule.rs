@@ -21,8 +21,8 @@ impl ProbeSchedule {
     /// Whether step `step` (0-based) is probed.
     pub fn probes(&self, step: u64) -> bool {
         match *self {
-            ProbeSchedule::Default => step < 100 || step % 10 == 0,
-            ProbeSchedule::Every { n } => step % n.max(1) == 0,
+            ProbeSchedule::Default => step < 100 || step.is_multiple_of(10),
+            ProbeSchedule::Every { n } => step.is_multiple_of(n.max(1)),
             ProbeSchedule::Off => false,
         }
     }

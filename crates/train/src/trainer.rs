@@ -320,8 +320,8 @@ impl<M: Network + 'static> Trainer<M> {
                 let step = self.state.step;
                 let end_of_epoch = self.state.batch_in_epoch == spe;
                 let last = step == run.total_steps;
-                let eval = end_of_epoch || last || self.config.eval_every.is_some_and(|n| step % n == 0);
-                if eval || step % self.config.log_every.max(1) == 0 {
+                let eval = end_of_epoch || last || self.config.eval_every.is_some_and(|n| step.is_multiple_of(n));
+                if eval || step.is_multiple_of(self.config.log_every.max(1)) {
                     if let Some((at, cause)) = self.flush(&mut window, eval)? {
                         return self.diverge(at, cause);
                     }
@@ -365,7 +365,7 @@ impl<M: Network + 'static> Trainer<M> {
         let probe = self
             .observers
             .iter_mut()
-            .fold(false, |any, o| o.wants_probe(info.step) || any);
+            .fold(false, |any, o| o.wants_probe(info.step) | any); // ask every observer
         let head = self.model.head();
         let taps = probe.then(|| Taps::zeros(self.model.probe_points(), info.batch_size, &self.device));
         let (logits, traces) = if probe {
