@@ -483,3 +483,57 @@ fn compare_builds_a_self_contained_report_from_two_runs() {
     let (_, err) = run_err(&["compare", broken.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
     assert!(err.contains("no usable run"), "{err}");
 }
+
+#[test]
+fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lab");
+    let o = out.to_str().unwrap();
+    let stdout = run_ok(&["lab", "--quick", "--quiet", "--out", o]);
+    let claims: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("claims.json")).unwrap()).unwrap();
+    let claims = claims["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 6);
+    for c in claims {
+        let outcome = c["outcome"].as_str().unwrap();
+        assert!(outcome == "confirmed" || outcome == "not_confirmed", "{c}");
+        assert!(!c["evidence"].as_array().unwrap().is_empty(), "{c}");
+    }
+    // The textbook claim must hold on real data.
+    assert_eq!(claims[0]["outcome"], "confirmed", "{}", claims[0]);
+    assert!(stdout.contains("CONFIRMED"), "{stdout}");
+    let html = std::fs::read_to_string(out.join("report/report.html")).unwrap();
+    assert!(html.contains("<h2>Claims</h2>"));
+
+    // A second run reuses every completed run.
+    let again = gradscope()
+        .args(["lab", "--quick", "--quiet", "--out", o])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(log.matches("reused").count(), 16, "{log}");
+
+    let jobs = run_ok(&["lab", "--quick", "--list-jobs", "--out", o]);
+    assert_eq!(
+        jobs.lines().filter(|l| l.starts_with("gradscope train ")).count(),
+        16,
+        "{jobs}"
+    );
+}
+
+#[test]
+fn models_export_writes_pytorch_layout_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(&["train", "--preset", "mlp-relu-2x32", "--max-steps", "5", "--probe", "off", "--quiet", "--out", run.to_str().unwrap()]);
+    let file = tmp.path().join("w.safetensors");
+    let out = run_ok(&["models", "export", run.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    assert!(out.contains("(step 5)"), "{out}");
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["hidden.0.linear.weight"]["shape"], serde_json::json!([32, 784]));
+    let (_, err) = run_err(&["models", "export", run.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+}

@@ -3,9 +3,11 @@
 //! arguments, calls the libraries, and prints; errors print one line with
 //! their cause chain and exit non-zero.
 
+mod bench_cmd;
 mod compare_cmd;
 mod data_cmd;
 mod inspect_cmd;
+mod lab_cmd;
 mod models_cmd;
 mod parity_cmd;
 mod progress;
@@ -23,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the vanishing-gradient experiment suite and judge each claim.  Example: `gradscope lab --quick`
+    Lab(lab_cmd::LabArgs),
     /// Datasets: list, describe, download.  Example: `gradscope data info mnist-sample`
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -37,17 +41,21 @@ enum Command {
     Compare(compare_cmd::CompareArgs),
     /// Run the same training on several backends and compare losses and gradients.  Example: `gradscope parity --backends flex,wgpu`
     Parity(parity_cmd::ParityArgs),
+    /// Measure training throughput, probe overhead and IDX load time.  Example: `gradscope bench --presets mlp-sigmoid-8x256 --threads 1,2`
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Lab(args) => lab_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Models(cmd) => models_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(*args),
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Compare(args) => compare_cmd::run(args),
         Command::Parity(args) => parity_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -14,11 +14,31 @@ pub enum ModelsCommand {
         /// Preset name, e.g. `mlp-sigmoid-10x128` or `resnet20-residual`.
         name: String,
     },
+    /// Export a run's latest checkpoint as safetensors in PyTorch's layout
+    /// (Linear `[out, in]`, conv `[out, in, kh, kw]`, BatchNorm `weight`/`bias`).
+    Export {
+        /// A run directory written by `gradscope train`.
+        run: std::path::PathBuf,
+        /// Output file; an existing file is refused.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 pub fn run(cmd: ModelsCommand) -> Result<()> {
     let device = Device::flex();
     match cmd {
+        ModelsCommand::Export { run, out } => {
+            if out.exists() {
+                anyhow::bail!("{} already exists; choose another --out", out.display());
+            }
+            let (_, config) = gradscope_train::RunDir::open(&run)?;
+            let model = gradscope_train::model_config(&config)?.init(&device)?;
+            let (dir, state) = gradscope_train::checkpoint::latest(&gradscope_train::RunDir::open(&run)?.0)?;
+            let model = gradscope_train::trainer::load_model(model, &dir.join(gradscope_train::checkpoint::MODEL_FILE))?;
+            gradscope_models::export_safetensors(&model, &out)?;
+            println!("{} (step {}) -> {}", run.display(), state.step, out.display());
+        }
         ModelsCommand::List => {
             println!("{:<24} {:>10}  description", "preset", "params");
             for (name, description) in PRESETS {

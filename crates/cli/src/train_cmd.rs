@@ -120,7 +120,7 @@ fn parse_probe(s: &str) -> Result<ProbeSchedule, String> {
         .map_err(|e: gradscope_train::schedule::ParseScheduleError| e.to_string())
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
+pub fn parse_backend(s: &str) -> Result<Backend, String> {
     toml::Value::String(s.to_owned())
         .try_into()
         .map_err(|_| format!("unknown backend `{s}`; expected flex, ndarray or wgpu"))
@@ -246,7 +246,7 @@ impl TrainArgs {
 
 /// Makes Burn's `Device::default()` (used by Burn when it loads optimiser state)
 /// the chosen backend rather than wgpu.
-fn pin_default_device(backend: Backend) {
+pub fn pin_default_device(backend: Backend) {
     if std::env::var_os("BURN_DEVICE").is_none() {
         // SAFETY: called before any thread is spawned by this process.
         unsafe { std::env::set_var("BURN_DEVICE", backend.burn_device_name()) };

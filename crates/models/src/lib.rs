@@ -25,6 +25,7 @@
 pub mod activation;
 pub mod common;
 pub mod init;
+pub mod interop;
 pub mod mlp;
 pub mod params;
 pub mod probe_point;
@@ -34,6 +35,7 @@ pub mod zoo;
 pub use activation::{Activation, Regime};
 pub use common::{Head, ModelError, Network, Norm, NormPlacement};
 pub use init::Init;
+pub use interop::{InteropError, export_safetensors, import_safetensors};
 pub use mlp::{Mlp, MlpConfig, Width};
 pub use params::{NamedParam, named_params, trainable_params};
 pub use probe_point::{BlockLinks, PointKind, ProbePoint, Probed, Taps, Trace};

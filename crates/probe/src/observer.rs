@@ -239,7 +239,11 @@ impl GradientProbe {
             rec.layers[i].insert(m.to_owned(), v);
         }
         for layer in &mut rec.layers {
-            if let (Some(g), Some(w)) = (layer.get("grad_l2").copied(), layer.get("weight_l2").copied()) {
+            // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
+            if let (Some(g), Some(w)) = (
+                layer.get("grad_l2").copied(),
+                layer.get("weight_l2").copied().filter(|w| *w != 0.0),
+            ) {
                 layer.insert("grad_weight_ratio".into(), g / w);
                 if let Some(n) = layer.get("weight_numel").copied() {
                     layer.insert("grad_rms".into(), g / n.sqrt());

@@ -3,7 +3,7 @@
 //!
 //! | rule | fires when | threshold |
 //! |---|---|---|
-//! | `vanishing` | the back-propagated signal RMS (dL/dh) at the first main-path layer is below [`VANISHING_RATIO`] of the last one, or falls faster than [`ATTENUATION_DB`] dB per layer toward the input, or the first layer's grad:weight ratio is below [`VANISHING_RATIO`] of the last one's | in at least [`SUSTAIN`] of a window of [`WINDOW`] consecutive probe steps |
+//! | `vanishing` | the back-propagated signal RMS (dL/dh) at the first main-path layer is below [`VANISHING_RATIO`] of the last one, or falls faster than [`ATTENUATION_DB`] dB per layer toward the input (in nets of at least [`MIN_SLOPE_LAYERS`] layers), or the first layer's grad:weight ratio is below [`VANISHING_RATIO`] of the last one's | in at least [`SUSTAIN`] of a window of [`WINDOW`] consecutive probe steps |
 //! | `exploding` | the signal grows toward the input by more than 1/[`VANISHING_RATIO`] (or [`ATTENUATION_DB`] dB per layer) **and** a value went non-finite or the loss rose above 1.5x its minimum; growth alone is only a note, since BatchNorm nets legitimately show first/last ratios of 10 to 500 | same window |
 //! | `dead_relu` | more than [`UNIT_FRACTION`] of a ReLU layer's units output zero for every example of every batch over a window of [`WINDOW`] probe steps | once |
 //! | `saturation` | more than [`UNIT_FRACTION`] of a sigmoid/tanh layer's outputs have f'(a) below 1% of its maximum | in [`SUSTAIN`] of a window |
@@ -19,6 +19,8 @@ use crate::record::ProbeRecord;
 pub const VANISHING_RATIO: f64 = 1e-3;
 /// Per-layer attenuation (in dB of signal RMS) steeper than this is vanishing.
 pub const ATTENUATION_DB: f64 = 6.0;
+/// The dB-per-layer rule applies to profiles of at least this many layers.
+pub const MIN_SLOPE_LAYERS: usize = 4;
 /// Probe steps per window.
 pub const WINDOW: usize = 10;
 /// Fraction of a window's steps in which a condition must hold.
@@ -204,7 +206,14 @@ pub fn judge(points: &[ProbePoint], records: &[ProbeRecord], classes: usize) -> 
         let gw = |r: &ProbeRecord| Some(r.get(first, "grad_weight_ratio")? / r.get(last, "grad_weight_ratio")?);
         let vanish = sustained(records, ratio, |x| x < VANISHING_RATIO)
             .map(|w| (w, "signal_ratio", VANISHING_RATIO))
-            .or_else(|| sustained(records, db, |x| x < -ATTENUATION_DB).map(|w| (w, "db_per_layer", -ATTENUATION_DB)))
+            .or_else(|| {
+                // The slope rule needs depth: one sigmoid layer alone attenuates by 12 dB and is fine.
+                (profile.len() >= MIN_SLOPE_LAYERS)
+                    .then(|| {
+                        sustained(records, db, |x| x < -ATTENUATION_DB).map(|w| (w, "db_per_layer", -ATTENUATION_DB))
+                    })
+                    .flatten()
+            })
             .or_else(|| {
                 sustained(records, gw, |x| x < VANISHING_RATIO).map(|w| (w, "grad_weight_ratio", VANISHING_RATIO))
             });

@@ -210,7 +210,8 @@ fn draw_lines(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                .y_label_formatter(&|v| if log_y { format!("{v:.0e}") } else { format!("{v:.3}") })
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| if log_y { format!("{v:.0e}") } else { tick(*v) })
                 .draw()
                 .map_err(draw_err)?;
             for (i, l) in lines.iter().enumerate() {
@@ -244,6 +245,21 @@ fn draw_lines(
         body!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?);
     }
     Ok(())
+}
+
+/// A tick label with no more digits than it needs (`20`, `2.35`, `0.004`).
+fn tick(v: f64) -> String {
+    let digits = if v == 0.0 || v.abs() >= 100.0 {
+        0
+    } else {
+        (2.0 - v.abs().log10().floor()).clamp(0.0, 6.0) as usize
+    };
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
 }
 
 fn csv_of(lines: &[Line], x: &str, y: &str) -> String {
@@ -528,6 +544,14 @@ mod tests {
     fn moving_average_is_causal() {
         let v = vec![(0.0, 0.0), (1.0, 2.0), (2.0, 4.0)];
         assert_eq!(moving_average(&v, 2), vec![(0.0, 0.0), (1.0, 1.0), (2.0, 3.0)]);
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(20.0), "20");
+        assert_eq!(tick(2.35), "2.35");
+        assert_eq!(tick(0.004), "0.004");
+        assert_eq!(tick(120.0), "120");
     }
 
     #[test]

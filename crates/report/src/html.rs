@@ -62,6 +62,24 @@ pub fn render(report: &Report) -> String {
         }
         body.push_str("</ul></div>");
     }
+    if !report.claims.is_empty() {
+        body.push_str("<h2>Claims</h2><table><thead><tr><th>claim</th><th>measured verdict</th><th>evidence</th></tr></thead><tbody>");
+        for c in &report.claims {
+            let (class, word) = match c.outcome {
+                crate::lab::Outcome::Confirmed => ("healthy", "confirmed"),
+                crate::lab::Outcome::NotConfirmed => ("vanishing", "not confirmed"),
+            };
+            body.push_str(&format!(
+                "<tr><td>{}</td><td class=\"v-{class}\">{word}</td><td><ul>{}</ul></td></tr>",
+                escape(&c.title),
+                c.evidence
+                    .iter()
+                    .map(|e| format!("<li>{}</li>", escape(e)))
+                    .collect::<String>()
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
     body.push_str("<h2>Summary</h2>");
     body.push_str(&summary_table(&report.summary, report.options.target_acc));
     body.push_str("<h2>Charts</h2>");

@@ -7,6 +7,7 @@
 
 pub mod charts;
 pub mod html;
+pub mod lab;
 pub mod label;
 pub mod load;
 pub mod summary;
@@ -59,6 +60,8 @@ pub struct Report {
     pub summary: Vec<SummaryRow>,
     pub warnings: Vec<String>,
     pub options: ReportOptions,
+    /// Judged claims (set by the lab), shown first in `report.html`.
+    pub claims: Vec<lab::ClaimResult>,
 }
 
 /// Loads the runs (skipping unusable ones with a warning) and draws every chart.
@@ -101,6 +104,7 @@ pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportE
         summary,
         warnings,
         options,
+        claims: Vec::new(),
     })
 }
 

@@ -1,0 +1,210 @@
+//! `gradscope lab`: runs an experiment suite (reusing finished runs), judges each
+//! claim from the measurements, and writes one report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use gradscope_probe::{GradientProbe, ProbeConfig};
+use gradscope_report::lab::{ClaimResult, Job, Outcome, Suite, evaluate};
+use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, Status};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The default suite and its quick variant, compiled in so `gradscope lab`
+/// works outside a checkout too.
+const DEFAULT_SUITE: &str = include_str!("../../../experiments/vanishing.toml");
+const QUICK_SUITE: &str = include_str!("../../../experiments/quick.toml");
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Suite file (default: experiments/vanishing.toml, bundled).
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// The quick suite (one seed, one epoch; about a minute on 2 cores).
+    #[arg(long, conflicts_with = "suite")]
+    pub quick: bool,
+    /// Output directory; runs already completed in it are reused.
+    #[arg(long, default_value = "lab")]
+    pub out: PathBuf,
+    /// Backend for every run (overrides the suite).
+    #[arg(long, value_parser = crate::train_cmd::parse_backend)]
+    pub backend: Option<Backend>,
+    /// Print one self-contained `gradscope train` command per run and exit.
+    #[arg(long)]
+    pub list_jobs: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn load_suite(args: &LabArgs) -> Result<Suite> {
+    match (&args.suite, args.quick) {
+        (Some(p), _) => Suite::load(p).map_err(anyhow::Error::msg),
+        (None, true) => Suite::parse(QUICK_SUITE).map_err(|e| anyhow::anyhow!("bundled quick suite: {e}")),
+        (None, false) => Suite::parse(DEFAULT_SUITE).map_err(|e| anyhow::anyhow!("bundled default suite: {e}")),
+    }
+}
+
+/// A `gradscope train` command line reproducing `job`.
+fn command_line(job: &Job) -> Result<String> {
+    let c = &job.config;
+    let ModelChoice::Preset { preset } = &c.model else {
+        let path = job.dir.with_extension("toml");
+        return Ok(format!(
+            "gradscope train --config {} --out {}",
+            path.display(),
+            job.dir.display()
+        ));
+    };
+    let mut s = format!(
+        "gradscope train --preset {preset} --dataset {} --backend {} --lr {} --batch-size {} --epochs {} --log-every {} --seed {}",
+        c.dataset, c.backend, c.lr, c.batch_size, c.epochs, c.log_every, c.seed
+    );
+    match c.optimizer {
+        Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+        } => {
+            s.push_str(&format!(
+                " --optimizer sgd --momentum {momentum} --weight-decay {weight_decay}"
+            ));
+            if nesterov {
+                s.push_str(" --nesterov");
+            }
+        }
+        _ => bail!(
+            "--list-jobs writes flags for SGD suites only; use a config file for {:?}",
+            c.optimizer
+        ),
+    }
+    if let Some(m) = c.max_steps {
+        s.push_str(&format!(" --max-steps {m}"));
+    }
+    s.push_str(&format!(" --probe {} --quiet --out {}", c.probe, job.dir.display()));
+    Ok(s)
+}
+
+/// Runs one job, or reuses/resumes what a previous lab left in its directory.
+fn run_job(job: &Job) -> Result<&'static str> {
+    let summary = job.dir.join("summary.json");
+    if let Ok(text) = std::fs::read_to_string(&summary) {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["status"] == "completed" || v["status"] == "diverged" {
+            return Ok("reused");
+        }
+    }
+    let classes = gradscope_train::model_config(&job.config)?.head().outputs().max(2);
+    let probe = GradientProbe::new(ProbeConfig {
+        schedule: job.config.probe,
+        classes,
+        ..ProbeConfig::default()
+    });
+    let (mut trainer, what) = if job.dir.join("checkpoints/latest").exists() {
+        (gradscope_train::resume(&job.dir)?, "resumed")
+    } else {
+        if job.dir.exists() {
+            // A previous lab died before this run's first checkpoint: keep it aside, never delete it.
+            let aside = job
+                .dir
+                .with_extension(format!("incomplete-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+            std::fs::rename(&job.dir, &aside).with_context(|| format!("moving {} aside", job.dir.display()))?;
+        }
+        (gradscope_train::start(job.config.clone(), &job.dir)?, "trained")
+    };
+    if job.config.probe != ProbeSchedule::Off {
+        trainer.observe(Box::new(probe));
+    }
+    let (s, _) = trainer.run()?;
+    if s.status == Status::Interrupted {
+        bail!("{} was interrupted", job.dir.display());
+    }
+    Ok(what)
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    let mut suite = load_suite(&args)?;
+    if let Some(b) = args.backend {
+        suite.base.insert("backend".into(), toml::Value::String(b.to_string()));
+    }
+    let jobs = suite.jobs(&args.out).map_err(anyhow::Error::msg)?;
+    if args.list_jobs {
+        for job in &jobs {
+            if !matches!(job.config.model, ModelChoice::Preset { .. }) {
+                let text = toml::to_string_pretty(&job.config)?;
+                std::fs::create_dir_all(job.dir.parent().expect("job dirs have parents"))?;
+                std::fs::write(job.dir.with_extension("toml"), text)?;
+            }
+            println!("{}", command_line(job)?);
+        }
+        println!(
+            "# then: gradscope compare {}/*/* --out {}/report",
+            args.out.display(),
+            args.out.display()
+        );
+        return Ok(());
+    }
+    crate::train_cmd::pin_default_device(jobs.first().map_or(Backend::Flex, |j| j.config.backend));
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(jobs.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("lab [{bar:30}] {pos}/{len} runs, eta {eta}  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    for (k, job) in jobs.iter().enumerate() {
+        bar.set_message(format!("{}/{} seed {}", job.claim, job.role, job.seed));
+        let what = run_job(job).with_context(|| format!("lab run {}/{} seed {}", job.claim, job.role, job.seed))?;
+        if args.quiet || bar.is_hidden() {
+            eprintln!("[{}/{}] {what} {}", k + 1, jobs.len(), job.dir.display());
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let dirs: Vec<PathBuf> = jobs.iter().map(|j| j.dir.clone()).collect();
+    let mut report = gradscope_report::build(&dirs, gradscope_report::ReportOptions::default())?;
+    let mut results: Vec<ClaimResult> = Vec::new();
+    for claim in &suite.claims {
+        let mut by_role: BTreeMap<String, Vec<gradscope_report::RunData>> = BTreeMap::new();
+        for r in &report.runs {
+            if let Some(job) = jobs.iter().find(|j| j.dir == r.dir && j.claim == claim.id) {
+                by_role.entry(job.role.clone()).or_default().push(r.clone());
+            }
+        }
+        results.push(evaluate(claim, &by_role));
+    }
+    report.claims = results.clone();
+    let html = report.write(&args.out.join("report"))?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "suite": suite.name, "claims": results }))?;
+    gradscope_train::files::write_atomic(&args.out.join("claims.json"), json.as_bytes())?;
+    println!(
+        "{} ({} runs, {:.0} s)\n",
+        suite.name,
+        jobs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for c in &results {
+        let word = if c.outcome == Outcome::Confirmed {
+            "CONFIRMED"
+        } else {
+            "NOT CONFIRMED"
+        };
+        println!("{word:<14} {}", c.title);
+        for e in &c.evidence {
+            println!("               - {e}");
+        }
+    }
+    println!(
+        "\nreport: {}\nclaims: {}",
+        html.display(),
+        args.out.join("claims.json").display()
+    );
+    Ok(())
+}

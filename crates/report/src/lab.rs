@@ -1,0 +1,422 @@
+//! Lab suites: a base configuration, claims with named roles, seeds; and the
+//! evaluation of each claim from the runs it produced.
+//!
+//! Each claim kind has a documented rule that turns measurements into
+//! `confirmed` or `not confirmed`, always with the numbers behind it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gradscope_train::TrainConfig;
+
+use crate::load::RunData;
+
+/// A lab suite, as in `experiments/*.toml`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// TrainConfig fields shared by every run.
+    #[serde(default)]
+    pub base: toml::Table,
+    pub claims: Vec<ClaimSpec>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One claim: what it says, how it is judged, and the runs it needs.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimSpec {
+    pub id: String,
+    pub kind: ClaimKind,
+    pub title: String,
+    /// Role name -> TrainConfig fields overriding `base`.
+    pub roles: BTreeMap<String, toml::Table>,
+}
+
+/// How a claim is judged (see [`evaluate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Roles `deep`, `shallow`.
+    DeepVsShallow,
+    /// Roles `sick`, `cured`.
+    Cure,
+    /// Roles `relu`, `leaky`.
+    DeadUnits,
+    /// Roles `plain_xavier`, `plain_small`, `bn_xavier`, `bn_small`.
+    Batchnorm,
+    /// Roles `shallow_plain`, `deep_plain`, `deep_residual`.
+    Skip,
+    /// Roles `small`, `xavier`, `he`.
+    Init,
+}
+
+impl ClaimKind {
+    /// The roles a claim of this kind must define.
+    pub fn roles(self) -> &'static [&'static str] {
+        match self {
+            ClaimKind::DeepVsShallow => &["deep", "shallow"],
+            ClaimKind::Cure => &["sick", "cured"],
+            ClaimKind::DeadUnits => &["relu", "leaky"],
+            ClaimKind::Batchnorm => &["plain_xavier", "plain_small", "bn_xavier", "bn_small"],
+            ClaimKind::Skip => &["shallow_plain", "deep_plain", "deep_residual"],
+            ClaimKind::Init => &["small", "xavier", "he"],
+        }
+    }
+}
+
+/// One training run of the suite.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub claim: String,
+    pub role: String,
+    pub seed: u64,
+    pub config: TrainConfig,
+    pub dir: PathBuf,
+}
+
+impl Suite {
+    /// Parses a suite file, naming it in errors.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses suite text and checks that every claim defines its roles.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let suite: Suite = toml::from_str(text).map_err(|e| e.to_string())?;
+        for c in &suite.claims {
+            for role in c.kind.roles() {
+                if !c.roles.contains_key(*role) {
+                    return Err(format!(
+                        "claim `{}` ({:?}) needs a role `{role}`; found {:?}",
+                        c.id,
+                        c.kind,
+                        c.roles.keys().collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+        Ok(suite)
+    }
+
+    /// Every run of the suite (claims x roles x seeds), with its directory under `out`.
+    pub fn jobs(&self, out: &Path) -> Result<Vec<Job>, String> {
+        let mut jobs = Vec::new();
+        for c in &self.claims {
+            for (role, overrides) in &c.roles {
+                for &seed in &self.seeds {
+                    let mut table = self.base.clone();
+                    for (k, v) in overrides {
+                        table.insert(k.clone(), v.clone());
+                    }
+                    table.insert("seed".into(), toml::Value::Integer(seed as i64));
+                    let config: TrainConfig = toml::Value::Table(table)
+                        .try_into()
+                        .map_err(|e| format!("claim `{}`, role `{role}`: {e}", c.id))?;
+                    config
+                        .model
+                        .resolve()
+                        .map_err(|e| format!("claim `{}`, role `{role}`: {e}", c.id))?;
+                    let dir = out.join(&c.id).join(format!("{role}-s{seed}"));
+                    jobs.push(Job {
+                        claim: c.id.clone(),
+                        role: role.clone(),
+                        seed,
+                        config,
+                        dir,
+                    });
+                }
+            }
+        }
+        Ok(jobs)
+    }
+}
+
+/// Whether the measurements support a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Confirmed,
+    NotConfirmed,
+}
+
+/// A judged claim with its evidence.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClaimResult {
+    pub id: String,
+    pub title: String,
+    pub outcome: Outcome,
+    pub evidence: Vec<String>,
+    pub runs: Vec<String>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Training loss of a run's last logged window.
+fn train_loss(r: &RunData) -> Option<f64> {
+    r.metrics.iter().rev().find_map(|m| m.train_loss)
+}
+
+/// Final test accuracy of a run (last evaluated row).
+fn final_acc(r: &RunData) -> Option<f64> {
+    r.metrics.iter().rev().find_map(|m| m.test_acc)
+}
+
+fn accs(runs: &[&RunData]) -> f64 {
+    mean(&runs.iter().filter_map(|r| final_acc(r)).collect::<Vec<_>>())
+}
+
+fn flagged(runs: &[&RunData], rule: &str) -> usize {
+    runs.iter()
+        .filter(|r| {
+            r.verdicts
+                .as_ref()
+                .is_some_and(|v| v.alerts.iter().any(|a| a.rule == rule))
+        })
+        .count()
+}
+
+/// Mean over the last probe record's main-path hidden layers of `metric`.
+fn last_layer_mean(r: &RunData, metric: &str) -> Option<f64> {
+    let rec = r.probe.last()?;
+    let idx = gradscope_probe::verdict::profile_points(&r.points);
+    let v: Vec<f64> = idx.iter().filter_map(|&i| rec.get(i, metric)).collect();
+    (!v.is_empty()).then(|| mean(&v))
+}
+
+/// Ratio of the first to the last main-path layer's signal RMS at the first probe.
+fn signal_ratio(r: &RunData) -> Option<f64> {
+    let rec = r.probe.first()?;
+    let idx = gradscope_probe::verdict::profile_points(&r.points);
+    Some(rec.get(*idx.first()?, "signal_rms")? / rec.get(*idx.last()?, "signal_rms")?)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// Judges one claim from its runs, grouped by role.
+///
+/// Rules (accuracies are final test accuracies, averaged over seeds):
+/// - `deep_vs_shallow`: the deep net is flagged `vanishing` in at least half
+///   of its seeds and its accuracy is at least 5 points below the shallow one's.
+/// - `cure`: the cured net is never flagged `vanishing`, the sick one is, and
+///   the cured accuracy is at least 5 points higher.
+/// - `dead_units`: ReLU layers end with more than 10% dead units on average and a
+///   larger share of exactly-zero weight gradients than the LeakyReLU net.
+/// - `batchnorm`: with BatchNorm the mean accuracy over both inits is at least 10
+///   points higher, and BatchNorm makes the small init train: with it, the small
+///   init beats the small init without it by 10 points and keeps at least half of
+///   the Xavier run's accuracy above chance.
+/// - `skip`: training loss (degradation is a training-error effect, and BatchNorm's
+///   running statistics are still young in short runs) ends higher for the deep
+///   plain net than for the shallow plain one, the deep residual net ends at or
+///   below the deep plain one, and more than half of the gradient reaching the
+///   residual blocks' inputs arrives through the skip path.
+/// - `init`: the small initialisation ends with the lowest accuracy and the most
+///   attenuated signal (first/last layer at step 0), and He is within 2 points
+///   of Xavier or better.
+pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> ClaimResult {
+    let role = |name: &str| -> Vec<&RunData> { by_role.get(name).map(|v| v.iter().collect()).unwrap_or_default() };
+    let mut ev = Vec::new();
+    let ok = match spec.kind {
+        ClaimKind::DeepVsShallow => {
+            let (deep, shallow) = (role("deep"), role("shallow"));
+            let (a_deep, a_shallow) = (accs(&deep), accs(&shallow));
+            let f = flagged(&deep, "vanishing");
+            ev.push(format!(
+                "deep net flagged vanishing in {f} of {} seed(s); shallow in {}",
+                deep.len(),
+                flagged(&shallow, "vanishing")
+            ));
+            if let Some(r) = deep.first().and_then(|r| signal_ratio(r)) {
+                ev.push(format!(
+                    "deep net: signal at the first layer is {r:.1e} of the last at step 0"
+                ));
+            }
+            ev.push(format!(
+                "final test accuracy: deep {}, shallow {}",
+                pct(a_deep),
+                pct(a_shallow)
+            ));
+            2 * f >= deep.len().max(1) && a_deep <= a_shallow - 0.05
+        }
+        ClaimKind::Cure => {
+            let (sick, cured) = (role("sick"), role("cured"));
+            let (a_sick, a_cured) = (accs(&sick), accs(&cured));
+            let (f_sick, f_cured) = (flagged(&sick, "vanishing"), flagged(&cured, "vanishing"));
+            ev.push(format!(
+                "flagged vanishing: sick {f_sick}/{}, cured {f_cured}/{}",
+                sick.len(),
+                cured.len()
+            ));
+            ev.push(format!(
+                "final test accuracy: sick {}, cured {}",
+                pct(a_sick),
+                pct(a_cured)
+            ));
+            f_cured == 0 && f_sick > 0 && a_cured >= a_sick + 0.05
+        }
+        ClaimKind::DeadUnits => {
+            let (relu, leaky) = (role("relu"), role("leaky"));
+            let dead = mean(
+                &relu
+                    .iter()
+                    .filter_map(|r| last_layer_mean(r, "dead_frac"))
+                    .collect::<Vec<_>>(),
+            );
+            let z_relu = mean(
+                &relu
+                    .iter()
+                    .filter_map(|r| last_layer_mean(r, "grad_zero_frac"))
+                    .collect::<Vec<_>>(),
+            );
+            let z_leaky = mean(
+                &leaky
+                    .iter()
+                    .filter_map(|r| last_layer_mean(r, "grad_zero_frac"))
+                    .collect::<Vec<_>>(),
+            );
+            ev.push(format!(
+                "ReLU layers end with {} dead units on average (zero output for every example of a batch)",
+                pct(dead)
+            ));
+            ev.push(format!(
+                "exactly-zero weight gradients: ReLU {}, LeakyReLU {}",
+                pct(z_relu),
+                pct(z_leaky)
+            ));
+            ev.push(format!(
+                "final test accuracy: ReLU {}, LeakyReLU {}",
+                pct(accs(&relu)),
+                pct(accs(&leaky))
+            ));
+            dead > 0.1 && z_relu > z_leaky
+        }
+        ClaimKind::Batchnorm => {
+            let a = |n: &str| accs(&role(n));
+            let (px, ps, bx, bs) = (a("plain_xavier"), a("plain_small"), a("bn_xavier"), a("bn_small"));
+            ev.push(format!("without BatchNorm: Xavier {}, small init {}", pct(px), pct(ps)));
+            ev.push(format!("with BatchNorm: Xavier {}, small init {}", pct(bx), pct(bs)));
+            let chance = 0.1;
+            let trainable = (bx + bs) / 2.0 >= (px + ps) / 2.0 + 0.1;
+            let robust = bs >= ps + 0.1 && (bs - chance) >= 0.5 * (bx - chance);
+            ev.push(format!(
+                "trainable with BatchNorm: {trainable}; small init still trains with BatchNorm: {robust}"
+            ));
+            trainable && robust
+        }
+        ClaimKind::Skip => {
+            let loss = |n: &str| mean(&role(n).iter().filter_map(|r| train_loss(r)).collect::<Vec<_>>());
+            let (sp, dp, dr) = (loss("shallow_plain"), loss("deep_plain"), loss("deep_residual"));
+            let ratio = |n: &str| mean(&role(n).iter().filter_map(|r| signal_ratio(r)).collect::<Vec<_>>());
+            let (rp, rr) = (ratio("deep_plain"), ratio("deep_residual"));
+            let share = mean(
+                &role("deep_residual")
+                    .iter()
+                    .flat_map(|r| {
+                        r.probe
+                            .iter()
+                            .flat_map(|rec| rec.layers.iter().filter_map(|l| l.get("skip_share").copied()))
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            ev.push(format!(
+                "final training loss: shallow plain {sp:.3}, deep plain {dp:.3}, deep residual {dr:.3}"
+            ));
+            ev.push(format!(
+                "final test accuracy: shallow plain {}, deep plain {}, deep residual {}",
+                pct(accs(&role("shallow_plain"))),
+                pct(accs(&role("deep_plain"))),
+                pct(accs(&role("deep_residual")))
+            ));
+            ev.push(format!(
+                "first/last signal at step 0: deep plain {rp:.1e}, deep residual {rr:.1e}"
+            ));
+            ev.push(format!(
+                "share of the gradient reaching residual blocks through the skip path: {}",
+                pct(share)
+            ));
+            dp > sp && dr <= dp && share > 0.5
+        }
+        ClaimKind::Init => {
+            let (s, x, h) = (accs(&role("small")), accs(&role("xavier")), accs(&role("he")));
+            let ratio = |n: &str| mean(&role(n).iter().filter_map(|r| signal_ratio(r)).collect::<Vec<_>>());
+            let (rs, rx, rh) = (ratio("small"), ratio("xavier"), ratio("he"));
+            ev.push(format!(
+                "final test accuracy: small normal {}, Xavier {}, He {}",
+                pct(s),
+                pct(x),
+                pct(h)
+            ));
+            ev.push(format!(
+                "first/last layer signal at step 0: small {rs:.1e}, Xavier {rx:.1e}, He {rh:.1e}"
+            ));
+            s < x.min(h) && rs < rx.min(rh) && h >= x - 0.02
+        }
+    };
+    ClaimResult {
+        id: spec.id.clone(),
+        title: spec.title.clone(),
+        outcome: if ok { Outcome::Confirmed } else { Outcome::NotConfirmed },
+        evidence: ev,
+        runs: by_role
+            .values()
+            .flatten()
+            .map(|r| r.dir.display().to_string())
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_suites_parse_and_expand() {
+        for (file, seeds) in [("vanishing.toml", 2), ("quick.toml", 1)] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../experiments")
+                .join(file);
+            let suite = Suite::load(&path).unwrap();
+            let jobs = suite.jobs(Path::new("lab")).unwrap();
+            let roles: usize = suite.claims.iter().map(|c| c.roles.len()).sum();
+            assert_eq!(jobs.len(), roles * seeds, "{file}");
+            assert!(jobs.iter().all(|j| j.config.seed == j.seed));
+        }
+    }
+
+    #[test]
+    fn missing_role_is_named() {
+        let err =
+            Suite::parse("name = \"x\"\n[[claims]]\nid = \"c\"\nkind = \"cure\"\ntitle = \"t\"\nroles.sick = {}\n")
+                .unwrap_err();
+        assert!(err.contains("claim `c` (Cure) needs a role `cured`"), "{err}");
+    }
+
+    #[test]
+    fn role_overrides_base() {
+        let suite = Suite::parse(
+            "name = \"x\"\nseeds = [3]\n[base]\nlr = 0.1\n[[claims]]\nid = \"c\"\nkind = \"cure\"\ntitle = \"t\"\nroles.sick = { lr = 0.5 }\nroles.cured = {}\n",
+        )
+        .unwrap();
+        let jobs = suite.jobs(Path::new("out")).unwrap();
+        let sick = jobs.iter().find(|j| j.role == "sick").unwrap();
+        assert_eq!((sick.config.lr, sick.config.seed), (0.5, 3));
+        assert_eq!(sick.dir, Path::new("out/c/sick-s3"));
+        assert_eq!(jobs.iter().find(|j| j.role == "cured").unwrap().config.lr, 0.1);
+    }
+}
