@@ -526,14 +526,37 @@ fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
 fn models_export_writes_pytorch_layout_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    run_ok(&["train", "--preset", "mlp-relu-2x32", "--max-steps", "5", "--probe", "off", "--quiet", "--out", run.to_str().unwrap()]);
+    run_ok(&[
+        "train",
+        "--preset",
+        "mlp-relu-2x32",
+        "--max-steps",
+        "5",
+        "--probe",
+        "off",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     let file = tmp.path().join("w.safetensors");
-    let out = run_ok(&["models", "export", run.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let out = run_ok(&[
+        "models",
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
     assert!(out.contains("(step 5)"), "{out}");
     let bytes = std::fs::read(&file).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     assert_eq!(header["hidden.0.linear.weight"]["shape"], serde_json::json!([32, 784]));
-    let (_, err) = run_err(&["models", "export", run.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let (_, err) = run_err(&[
+        "models",
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
     assert!(err.contains("already exists"), "{err}");
 }

@@ -35,7 +35,8 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let (_, config) = gradscope_train::RunDir::open(&run)?;
             let model = gradscope_train::model_config(&config)?.init(&device)?;
             let (dir, state) = gradscope_train::checkpoint::latest(&gradscope_train::RunDir::open(&run)?.0)?;
-            let model = gradscope_train::trainer::load_model(model, &dir.join(gradscope_train::checkpoint::MODEL_FILE))?;
+            let model =
+                gradscope_train::trainer::load_model(model, &dir.join(gradscope_train::checkpoint::MODEL_FILE))?;
             gradscope_models::export_safetensors(&model, &out)?;
             println!("{} (step {}) -> {}", run.display(), state.step, out.display());
         }

@@ -34,18 +34,32 @@ pub struct InteropError {
 
 /// Writes `model`'s weights to `path` in PyTorch's layout (see the module docs).
 pub fn export_safetensors<M: Module>(model: &M, path: &Path) -> Result<(), InteropError> {
-    let mut store = SafetensorsStore::from_file(path).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true);
-    model.save_into(&mut store).map_err(|e| InteropError { path: path.display().to_string(), reason: e.to_string() })
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    model.save_into(&mut store).map_err(|e| InteropError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Loads weights written by [`export_safetensors`] (or by PyTorch with the same
 /// names) into `model`, which must have the same structure.
 pub fn import_safetensors<M: Module>(mut model: M, path: &Path) -> Result<M, InteropError> {
-    let err = |reason: String| InteropError { path: path.display().to_string(), reason };
-    let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter).skip_enum_variants(true);
+    let err = |reason: String| InteropError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .skip_enum_variants(true);
     let result = model.load_from(&mut store).map_err(|e| err(e.to_string()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(err(format!("{} tensors missing, errors: {:?}", result.missing.len(), result.errors)));
+        return Err(err(format!(
+            "{} tensors missing, errors: {:?}",
+            result.missing.len(),
+            result.errors
+        )));
     }
     Ok(model)
 }
@@ -72,15 +86,34 @@ mod tests {
             let path = tmp.path().join(format!("{name}.safetensors"));
             export_safetensors(&a, &path).unwrap();
             let h = header(&path);
-            let shape = |k: &str| h.get(k).unwrap_or_else(|| panic!("{name}: no `{k}` in {:?}", h.keys().collect::<Vec<_>>()))["shape"].clone();
+            let shape = |k: &str| {
+                h.get(k)
+                    .unwrap_or_else(|| panic!("{name}: no `{k}` in {:?}", h.keys().collect::<Vec<_>>()))["shape"]
+                    .clone()
+            };
             if name.starts_with("mlp") {
-                assert_eq!(shape("hidden.0.linear.weight"), serde_json::json!([16, 784]), "Linear is [out, in]");
-                assert_eq!(shape("hidden.0.norm.weight"), serde_json::json!([16]), "BatchNorm gamma is `weight`");
+                assert_eq!(
+                    shape("hidden.0.linear.weight"),
+                    serde_json::json!([16, 784]),
+                    "Linear is [out, in]"
+                );
+                assert_eq!(
+                    shape("hidden.0.norm.weight"),
+                    serde_json::json!([16]),
+                    "BatchNorm gamma is `weight`"
+                );
                 assert!(h.contains_key("hidden.0.norm.running_var"));
                 assert_eq!(shape("head.weight"), serde_json::json!([10, 16]));
             } else {
-                assert_eq!(shape("stem.conv.weight"), serde_json::json!([16, 1, 3, 3]), "conv is [out, in, kh, kw]");
-                assert_eq!(shape("stages.1.blocks.0.projection.conv.weight"), serde_json::json!([32, 16, 1, 1]));
+                assert_eq!(
+                    shape("stem.conv.weight"),
+                    serde_json::json!([16, 1, 3, 3]),
+                    "conv is [out, in, kh, kw]"
+                );
+                assert_eq!(
+                    shape("stages.1.blocks.0.projection.conv.weight"),
+                    serde_json::json!([32, 16, 1, 1])
+                );
             }
             let b = import_safetensors(preset(name).unwrap().with_seed(2).init(&d).unwrap(), &path).unwrap();
             let x = Tensor::<4>::ones([2, 1, 28, 28], &d);
