@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::probe_point::{ProbePoint, Probed, Taps};
+use crate::probe_point::{ProbePoint, Probed, Recorder, Taps};
 
 /// Normalisation inside a hidden layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -117,4 +117,35 @@ pub trait Network: Module {
     fn probe_points(&self) -> &[ProbePoint];
     /// The output head (which loss to use).
     fn head(&self) -> Head;
+}
+
+/// The one forward pass each architecture writes; [`Network`] derives both the
+/// plain and the probed pass from it, so they cannot drift apart.
+pub(crate) trait Traced: Module {
+    fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2>;
+    fn points(&self) -> &[ProbePoint];
+    fn head_kind(&self) -> Head;
+}
+
+impl<T: Traced> Network for T {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.run(images, &mut Recorder::off())
+    }
+
+    fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
+        let mut rec = Recorder::on(taps);
+        let logits = self.run(images, &mut rec);
+        Probed {
+            logits,
+            traces: rec.finish(),
+        }
+    }
+
+    fn probe_points(&self) -> &[ProbePoint] {
+        self.points()
+    }
+
+    fn head(&self) -> Head {
+        self.head_kind()
+    }
 }

@@ -6,9 +6,9 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
-use crate::common::{Head, ModelError, Network, Norm, NormPlacement, batch_norm};
+use crate::common::{Head, ModelError, Norm, NormPlacement, Traced, batch_norm};
 use crate::init::{Init, linear_weight, param};
-use crate::probe_point::{BlockLinks, PointKind, ProbePoint, Probed, Recorder, Taps};
+use crate::probe_point::{BlockLinks, PointKind, ProbePoint, Recorder};
 
 /// Hidden widths: one size for every layer, or one per layer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -274,7 +274,7 @@ impl MlpConfig {
     }
 }
 
-impl Mlp {
+impl Traced for Mlp {
     fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2> {
         let [batch, ..] = images.dims();
         let mut h: Tensor<2> = images.reshape([batch as i32, -1]);
@@ -293,27 +293,12 @@ impl Mlp {
         let logits = self.head.forward(h);
         rec.point(&logits, logits.clone())
     }
-}
 
-impl Network for Mlp {
-    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.run(images, &mut Recorder::off())
-    }
-
-    fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
-        let mut rec = Recorder::on(taps);
-        let logits = self.run(images, &mut rec);
-        Probed {
-            logits,
-            traces: rec.finish(),
-        }
-    }
-
-    fn probe_points(&self) -> &[ProbePoint] {
+    fn points(&self) -> &[ProbePoint] {
         &self.points
     }
 
-    fn head(&self) -> Head {
+    fn head_kind(&self) -> Head {
         self.head_kind
     }
 }

@@ -9,9 +9,9 @@ use burn::tensor::s;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
-use crate::common::{Head, ModelError, Network, batch_norm};
+use crate::common::{Head, ModelError, Traced, batch_norm};
 use crate::init::{Init, conv_weight, linear_weight, param};
-use crate::probe_point::{BlockLinks, PointKind, ProbePoint, Probed, Recorder, Taps};
+use crate::probe_point::{BlockLinks, PointKind, ProbePoint, Recorder};
 
 /// How a block that changes shape (stride 2, more channels) carries its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -401,7 +401,7 @@ impl ResNetConfig {
     }
 }
 
-impl ResNet {
+impl Traced for ResNet {
     fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2> {
         let a = self.stem.forward(images, rec);
         let mut x = rec.point(&a, self.activation.forward(a.clone()));
@@ -415,27 +415,12 @@ impl ResNet {
         let logits = self.head.forward(pooled);
         rec.point(&logits, logits.clone())
     }
-}
 
-impl Network for ResNet {
-    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.run(images, &mut Recorder::off())
-    }
-
-    fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
-        let mut rec = Recorder::on(taps);
-        let logits = self.run(images, &mut rec);
-        Probed {
-            logits,
-            traces: rec.finish(),
-        }
-    }
-
-    fn probe_points(&self) -> &[ProbePoint] {
+    fn points(&self) -> &[ProbePoint] {
         &self.points
     }
 
-    fn head(&self) -> Head {
+    fn head_kind(&self) -> Head {
         self.head_kind
     }
 }

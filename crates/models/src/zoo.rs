@@ -4,10 +4,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
-use crate::common::{Head, ModelError, Network, Norm};
+use crate::common::{Head, ModelError, Norm, Traced};
 use crate::init::Init;
 use crate::mlp::{Mlp, MlpConfig, Width};
-use crate::probe_point::{ProbePoint, Probed, Taps};
+use crate::probe_point::{ProbePoint, Recorder};
 use crate::resnet::{ResNet, ResNetConfig};
 
 /// The configuration of any network in the zoo (`arch = "mlp"` or `"resnet"` in
@@ -103,32 +103,25 @@ pub enum Model {
     Resnet(ResNet),
 }
 
-impl Network for Model {
-    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+impl Traced for Model {
+    fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2> {
         match self {
-            Model::Mlp(m) => m.forward(images),
-            Model::Resnet(m) => m.forward(images),
+            Model::Mlp(m) => m.run(images, rec),
+            Model::Resnet(m) => m.run(images, rec),
         }
     }
 
-    fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed {
+    fn points(&self) -> &[ProbePoint] {
         match self {
-            Model::Mlp(m) => m.forward_probed(images, taps),
-            Model::Resnet(m) => m.forward_probed(images, taps),
+            Model::Mlp(m) => &m.points,
+            Model::Resnet(m) => &m.points,
         }
     }
 
-    fn probe_points(&self) -> &[ProbePoint] {
+    fn head_kind(&self) -> Head {
         match self {
-            Model::Mlp(m) => m.probe_points(),
-            Model::Resnet(m) => m.probe_points(),
-        }
-    }
-
-    fn head(&self) -> Head {
-        match self {
-            Model::Mlp(m) => m.head(),
-            Model::Resnet(m) => m.head(),
+            Model::Mlp(m) => m.head_kind,
+            Model::Resnet(m) => m.head_kind,
         }
     }
 }
