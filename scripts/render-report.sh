@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-target/render-report}"
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out" && out="$(cd "$out" && pwd)"
 bin="${CARGO_TARGET_DIR:-target}/debug/gradscope"
 [ -x "$bin" ] || cargo build -q -p gradscope-cli
 "$bin" train --preset mlp-sigmoid-6x64 --max-steps 60 --log-every 5 --quiet --out "$out/sigmoid" >/dev/null
@@ -14,7 +14,7 @@ bin="${CARGO_TARGET_DIR:-target}/debug/gradscope"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$out/chromium-profile" --window-size=1000,5200 \
-  --screenshot="$out/report.png" "file://$PWD/$out/report/report.html" 2>/dev/null
+  --screenshot="$out/report.png" "file://$out/report/report.html" 2>/dev/null
 size=$(stat -c %s "$out/report.png")
 if [ "$size" -lt 100000 ]; then
   echo "render-report: $out/report.png is only $size bytes; the page did not render" >&2
