@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out="${1:-target/render-report}"
 rm -rf "$out" && mkdir -p "$out" && out="$(cd "$out" && pwd)"
 bin="${CARGO_TARGET_DIR:-target}/debug/gradscope"
-[ -x "$bin" ] || cargo build -q -p gradscope-cli
+[ -x "$bin" ] || cargo build -q --workspace
 "$bin" train --preset mlp-sigmoid-6x64 --max-steps 60 --log-every 5 --quiet --out "$out/sigmoid" >/dev/null
 "$bin" train --preset mlp-relu-6x64 --max-steps 60 --log-every 5 --quiet --out "$out/relu" >/dev/null
 "$bin" compare "$out/sigmoid" "$out/relu" --out "$out/report" >/dev/null
