@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
 use gradscope_data::{MnistBatch, MnistBatcher, Split, batches_per_epoch, epoch_batches, epoch_order};
 use gradscope_models::{Network, ProbePoint, Taps, Trace};
 
@@ -36,6 +36,20 @@ pub struct StepInfo {
 pub struct TapGrads {
     pub out: Vec<Option<Tensor<2>>>,
     pub norm_in: Vec<Option<Tensor<2>>>,
+}
+
+impl TapGrads {
+    /// Takes the taps' gradients out of a backward pass's gradients.
+    pub fn take(taps: &Taps, grads: &mut Gradients) -> Self {
+        Self {
+            out: taps.out.iter().map(|x| x.grad_remove(grads)).collect(),
+            norm_in: taps
+                .norm_in
+                .iter()
+                .map(|x| x.as_ref().and_then(|x| x.grad_remove(grads)))
+                .collect(),
+        }
+    }
 }
 
 /// What an observer sees right after a backward pass, before the optimiser step.
@@ -382,14 +396,7 @@ impl<M: Network + 'static> Trainer<M> {
             .sum()
             .float();
         let mut raw = loss.backward();
-        let tap_grads = taps.map(|t| TapGrads {
-            out: t.out.iter().map(|x| x.grad_remove(&mut raw)).collect(),
-            norm_in: t
-                .norm_in
-                .iter()
-                .map(|x| x.as_ref().and_then(|x| x.grad_remove(&mut raw)))
-                .collect(),
-        });
+        let tap_grads = taps.map(|t| TapGrads::take(&t, &mut raw));
         let mut grads = GradientsParams::from_grads(raw, &self.model);
         if let Some(max_norm) = self.config.clip_grad_norm {
             grads = clip_global_norm(&self.model, grads, max_norm);
