@@ -560,3 +560,58 @@ fn models_export_writes_pytorch_layout_safetensors() {
     ]);
     assert!(err.contains("already exists"), "{err}");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let child = gradscope()
+        .args([
+            "train",
+            "--preset",
+            "mlp-relu-4x512",
+            "--epochs",
+            "3",
+            "--quiet",
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("metrics.csv").exists()
+        || std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGINT, as Ctrl-C in a terminal sends.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("interrupted at step") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "interrupted");
+    let stopped_at = summary["steps"].as_u64().unwrap();
+    assert!(stopped_at < 189, "stopped early, at {stopped_at}");
+
+    run_ok(&["train", "--resume", run.to_str().unwrap(), "--quiet"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["steps"], 189);
+}

@@ -647,3 +647,48 @@ impl From<FileError> for TrainError {
         TrainError::File(e)
     }
 }
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+    use gradscope_models::{Network, preset};
+
+    fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> f64 {
+        struct Sq<'a>(&'a GradientsParams, f64);
+        impl ModuleVisitor for Sq<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                if let Some(g) = self.0.get::<D>(p.id) {
+                    self.1 += g.powf_scalar(2.0).sum().into_scalar::<f32>() as f64;
+                }
+            }
+        }
+        let mut s = Sq(grads, 0.0);
+        model.visit(&mut s);
+        s.1.sqrt()
+    }
+
+    #[test]
+    fn global_norm_clipping_scales_all_gradients_together() {
+        let device = Device::flex().autodiff();
+        let model = preset("mlp-relu-2x16").unwrap().init(&device).unwrap();
+        let x = Tensor::<4>::ones([4, 1, 28, 28], &device) * 3.0;
+        let loss = model.forward(x).powf_scalar(2.0).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let before = grad_norm(&model, &grads);
+        assert!(before > 0.5, "{before}");
+        let clipped = clip_global_norm(&model, grads, 0.5);
+        assert!(
+            (grad_norm(&model, &clipped) - 0.5).abs() < 1e-4,
+            "{}",
+            grad_norm(&model, &clipped)
+        );
+        // Below the threshold nothing changes.
+        let loss = model
+            .forward(Tensor::<4>::ones([4, 1, 28, 28], &device) * 3.0)
+            .powf_scalar(2.0)
+            .mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let unclipped = clip_global_norm(&model, grads, before * 2.0);
+        assert!((grad_norm(&model, &unclipped) - before).abs() / before < 1e-5);
+    }
+}
