@@ -195,15 +195,16 @@ pub fn grad_flat(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Te
     }
 }
 
-/// Current values of the given parameters, flattened, keyed by position in `ids`.
-pub fn param_values<M: Module>(model: &M, ids: &[ParamId]) -> Vec<Option<Tensor<1>>> {
+/// Current values of the given parameters, flattened, keyed by position in `ids`
+/// (`None` where `ids` has none or the module lacks it).
+pub fn param_values<M: Module>(model: &M, ids: &[Option<ParamId>]) -> Vec<Option<Tensor<1>>> {
     struct Collect<'a> {
-        ids: &'a [ParamId],
+        ids: &'a [Option<ParamId>],
         out: Vec<Option<Tensor<1>>>,
     }
     impl ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(i) = self.ids.iter().position(|id| *id == param.id) {
+            if let Some(i) = self.ids.iter().position(|id| *id == Some(param.id)) {
                 let t = param.val().inner();
                 let n = t.shape().num_elements();
                 self.out[i] = Some(t.reshape([n]));

@@ -51,6 +51,9 @@ struct Pending {
     batch: Batch,
     host: Vec<(usize, &'static str, f64)>,
     hist: bool,
+    /// The points' main weights, by parameter id, and their values before the step.
+    weight_ids: Vec<Option<ParamId>>,
+    weights: Vec<Option<Tensor<1>>>,
 }
 
 /// The gradient probe. Add it to a trainer with `trainer.observe(Box::new(probe))`.
@@ -184,14 +187,12 @@ impl GradientProbe {
                 }
             }
         }
-        // Weight norms before the step (for grad:weight and update:weight ratios).
-        let weight_ids: Vec<ParamId> = ids_weight
-            .iter()
-            .map(|w| w.map_or(ParamId::new(), |(id, _)| id))
-            .collect();
-        for (i, w) in param_values(view.model, &weight_ids).into_iter().enumerate() {
-            if let Some(w) = w.filter(|_| ids_weight[i].is_some()) {
-                batch.push(Some(i), "weight_l2", l2(&w));
+        // Weights before the step: their norms now, their change after the step.
+        let weight_ids: Vec<Option<ParamId>> = ids_weight.iter().map(|w| w.map(|(id, _)| id)).collect();
+        let weights = param_values(view.model, &weight_ids);
+        for (i, w) in weights.iter().enumerate() {
+            if let Some(w) = w {
+                batch.push(Some(i), "weight_l2", l2(w));
             }
         }
         Pending {
@@ -199,24 +200,18 @@ impl GradientProbe {
             batch,
             host,
             hist,
+            weight_ids,
+            weights,
         }
     }
 
-    fn finish_record<M: Network>(
-        &mut self,
-        mut pending: Pending,
-        before: Option<&M>,
-        after: &M,
-    ) -> Result<ProbeRecord, TrainError> {
-        let ids: Vec<Option<(ParamId, usize)>> = self.ids.as_ref().map(|i| i.weight.clone()).unwrap_or_default();
-        let weight_ids: Vec<ParamId> = ids.iter().map(|w| w.map_or(ParamId::new(), |(id, _)| id)).collect();
-        if let Some(before) = before {
-            let old = param_values(before, &weight_ids);
-            let new = param_values(after, &weight_ids);
-            for (i, (o, n)) in old.into_iter().zip(new).enumerate() {
-                if let (Some(o), Some(n)) = (o, n) {
-                    pending.batch.push(Some(i), "update_l2", l2(&(n - o)));
-                }
+    /// Adds the update sizes (weights after the step minus those read in
+    /// [`Self::measure`]), reads everything back in one transfer, and writes the record.
+    fn finish_record<M: Network>(&mut self, mut pending: Pending, after: &M) -> Result<ProbeRecord, TrainError> {
+        let new = param_values(after, &pending.weight_ids);
+        for (i, (o, n)) in std::mem::take(&mut pending.weights).into_iter().zip(new).enumerate() {
+            if let (Some(o), Some(n)) = (o, n) {
+                pending.batch.push(Some(i), "update_l2", l2(&(n - o)));
             }
         }
         let read = pending.batch.read();
@@ -328,12 +323,12 @@ impl<M: Network> Observer<M> for GradientProbe {
         Control::Continue
     }
 
-    fn after_step(&mut self, _info: &StepInfo, before: Option<&M>, after: &M) -> Control {
+    fn after_step(&mut self, _info: &StepInfo, _before: Option<&M>, after: &M) -> Control {
         let Some(pending) = self.pending.take() else {
             return Control::Continue;
         };
         let t = Instant::now();
-        let rec = match self.finish_record(pending, before, after) {
+        let rec = match self.finish_record(pending, after) {
             Ok(r) => r,
             Err(e) => return Control::Diverged(format!("probe could not write its records: {e}")),
         };
