@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::{GradientProbe, ProbeConfig};
+use gradscope_probe::GradientProbe;
 use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -82,11 +82,9 @@ fn measure(preset: &str, backend: Backend, probe: bool, args: &BenchArgs) -> Res
         ..TrainConfig::default()
     };
     let mut trainer = gradscope_train::start(config, &tmp.path().join("run"))?;
-    if probe {
-        trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
-            schedule: ProbeSchedule::Every { n: 1 },
-            ..Default::default()
-        })));
+    // The config's probe schedule (every step or off) decides.
+    if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
+        trainer.observe(Box::new(probe));
     }
     trainer.run()?;
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::{GradientProbe, ProbeConfig};
+use gradscope_probe::GradientProbe;
 use gradscope_report::lab::{ClaimResult, Job, Outcome, Suite, evaluate};
-use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, Status};
+use gradscope_train::{Backend, ModelChoice, Optimizer, Status};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The default suite and its quick variant, compiled in so `gradscope lab`
@@ -96,12 +96,7 @@ fn run_job(job: &Job) -> Result<&'static str> {
             return Ok("reused");
         }
     }
-    let classes = gradscope_train::model_config(&job.config)?.head().outputs().max(2);
-    let probe = GradientProbe::new(ProbeConfig {
-        schedule: job.config.probe,
-        classes,
-        ..ProbeConfig::default()
-    });
+    let probe = GradientProbe::for_run(&job.config)?;
     let (mut trainer, what) = if job.dir.join("checkpoints/latest").exists() {
         (gradscope_train::resume(&job.dir)?, "resumed")
     } else {
@@ -114,7 +109,7 @@ fn run_job(job: &Job) -> Result<&'static str> {
         }
         (gradscope_train::start(job.config.clone(), &job.dir)?, "trained")
     };
-    if job.config.probe != ProbeSchedule::Off {
+    if let Some(probe) = probe {
         trainer.observe(Box::new(probe));
     }
     let (s, _) = trainer.run()?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::{GradientProbe, ProbeConfig};
+use gradscope_probe::GradientProbe;
 use gradscope_train::{Backend, ModelChoice, ProbeSchedule, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -78,10 +78,9 @@ pub fn run(args: ParityArgs) -> Result<()> {
         let dir = out.join(backend.to_string());
         let mut trainer =
             gradscope_train::start(config, &dir).with_context(|| format!("starting the {backend} run"))?;
-        trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
-            schedule: ProbeSchedule::Every { n: 1 },
-            ..Default::default()
-        })));
+        if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
+            trainer.observe(Box::new(probe));
+        }
         trainer.run().with_context(|| format!("training on {backend}"))?;
         dirs.push((backend.to_string(), dir));
     }

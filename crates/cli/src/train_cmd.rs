@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use gradscope_data::Normalization;
-use gradscope_probe::{GradientProbe, ProbeConfig};
+use gradscope_probe::GradientProbe;
 use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, Schedule, Status, TrainConfig};
 
 use crate::progress::Progress;
@@ -284,21 +284,17 @@ pub fn default_run_dir(label: &str) -> PathBuf {
 fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, dir: &Path, quiet: bool) -> Result<()> {
     let epochs = trainer.config.epochs;
     trainer.observe(Box::new(Progress::new(quiet, epochs)));
-    let schedule = trainer.config.probe;
-    if schedule != ProbeSchedule::Off {
-        let classes = gradscope_train::model_config(&trainer.config)?.head().outputs().max(2);
-        trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
-            schedule,
-            classes,
-            ..ProbeConfig::default()
-        })));
-    }
+    let probed = match GradientProbe::for_run(&trainer.config)? {
+        Some(probe) => {
+            trainer.observe(Box::new(probe));
+            true
+        }
+        None => false,
+    };
     let stop = trainer.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let (summary, _) = trainer.run()?;
-    if schedule != ProbeSchedule::Off
-        && let Ok(ins) = gradscope_probe::inspect(dir)
-    {
+    if probed && let Ok(ins) = gradscope_probe::inspect(dir) {
         println!("{}", gradscope_probe::render(&ins));
     }
     match gradscope_report::build(&[dir.to_path_buf()], gradscope_report::ReportOptions::default()) {

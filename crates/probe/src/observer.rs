@@ -11,7 +11,7 @@ use burn::module::ParamId;
 use burn::tensor::Tensor;
 use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::{LineLog, write_atomic};
-use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainError};
+use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
 use crate::measure::{Batch, GradPrefix, activation_stats, grad_flat, grad_stats, l2, log_histogram, param_values};
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
@@ -90,6 +90,20 @@ impl GradientProbe {
             spent: Duration::ZERO,
             started: None,
         }
+    }
+
+    /// The probe a run's configuration asks for: its `probe` schedule and its
+    /// head's class count; `None` when the schedule is `off`.
+    pub fn for_run(config: &TrainConfig) -> Result<Option<Self>, TrainError> {
+        if config.probe == ProbeSchedule::Off {
+            return Ok(None);
+        }
+        let classes = gradscope_train::model_config(config)?.head().outputs().max(2);
+        Ok(Some(Self::new(ProbeConfig {
+            schedule: config.probe,
+            classes,
+            ..ProbeConfig::default()
+        })))
     }
 
     /// The records measured so far.
