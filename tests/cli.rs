@@ -146,6 +146,14 @@ fn models_list_and_show() {
     assert!(show.contains("stage2.block1.conv2") && show.contains("head"), "{show}");
     let (_, err) = run_err(&["models", "show", "mlp-nope"]);
     assert!(err.contains("unknown preset `mlp-nope`"), "{err}");
+    // The layout another framework rebuilds the network from (bench/pytorch/bench.py).
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(&["models", "show", "mlp-tanh-residual-6x32", "--json"])).unwrap();
+    assert_eq!(json["arch"], "mlp");
+    assert_eq!(json["widths"], serde_json::json!([32, 32, 32, 32, 32, 32]));
+    assert_eq!(json["residual_blocks"], serde_json::json!([[1, 2], [3, 4], [5, 5]]));
+    // 784*32+32 + 5*(32*32+32) + 32*10+10
+    assert_eq!(json["trainable_params"], 30730);
 }
 
 #[test]
@@ -293,7 +301,7 @@ fn killed_run_resumes_to_the_same_metrics() {
 fn bad_flags_are_named() {
     let (_, err) = run_err(&["train", "--backend", "tpu"]);
     assert!(
-        err.contains("unknown backend `tpu`; expected flex, ndarray or wgpu"),
+        err.contains("unknown backend `tpu`; expected flex, ndarray, wgpu or cuda"),
         "{err}"
     );
     let (_, err) = run_err(&["train", "--lr=-1", "--out", "/nonexistent/never"]);
@@ -614,4 +622,77 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes() {
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["steps"], 189);
+}
+
+#[test]
+fn bench_writes_a_table_with_probe_overhead_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let table = tmp.path().join("bench.md");
+    let t = table.to_str().unwrap();
+    let args = [
+        "bench",
+        "--presets",
+        "mlp-relu-2x16",
+        "--backends",
+        "flex",
+        "--threads",
+        "1",
+        "--steps",
+        "3",
+        "--reps",
+        "2",
+        "--probe",
+        "--skip-idx",
+        "--out",
+        t,
+    ];
+    let out = run_ok(&args);
+    let written = std::fs::read_to_string(&table).unwrap();
+    assert_eq!(out, written);
+    let rows: Vec<Vec<&str>> = written
+        .lines()
+        .filter(|l| l.starts_with("| mlp-relu-2x16 | flex | 1 |"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "a throughput row and a probe-overhead row in\n{written}");
+    // Throughput: samples/s, min, max, peak RSS.
+    let number = |row: &[&str], col: usize| -> f64 {
+        row[col]
+            .trim_end_matches('%')
+            .parse()
+            .unwrap_or_else(|_| panic!("column {col} of {row:?}"))
+    };
+    assert!(number(&rows[0], 4) > 0.0 && number(&rows[0], 7) > 1.0, "{:?}", rows[0]);
+    // Probe overhead: step ms without and with the probe, and the two overheads (every 10 = a tenth).
+    assert!(written.contains("overhead, probe every step"), "{written}");
+    let (plain, probed) = (number(&rows[1], 4), number(&rows[1], 5));
+    assert!(plain > 0.0 && probed > 0.0, "{:?}", rows[1]);
+    let every = number(&rows[1], 6);
+    // The step times are printed to 0.01 ms; allow for that rounding.
+    let rounding = 100.0 * 0.011 * (1.0 / plain + probed / (plain * plain));
+    assert!(
+        (every - 100.0 * (probed - plain) / plain).abs() < rounding + 0.1,
+        "{:?}",
+        rows[1]
+    );
+    assert!((number(&rows[1], 7) - every / 10.0).abs() < 0.1, "{:?}", rows[1]);
+    // The table a user kept is not overwritten.
+    let (_, err) = run_err(&args);
+    assert!(err.contains("already exists") && err.contains("bench.md"), "{err}");
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), written);
+}
+
+#[test]
+fn bench_pytorch_names_the_missing_interpreter() {
+    let (_, err) = run_err(&["bench", "--pytorch", "--python", "/nonexistent/python3", "--skip-idx"]);
+    assert!(
+        err.contains("--pytorch: cannot run --python `/nonexistent/python3`"),
+        "{err}"
+    );
+    // An interpreter that runs but has no torch.
+    let (_, err) = run_err(&["bench", "--pytorch", "--python", "false", "--skip-idx"]);
+    assert!(
+        err.contains("cannot import torch and numpy") && err.contains("pip install torch numpy"),
+        "{err}"
+    );
 }

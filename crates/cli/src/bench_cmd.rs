@@ -1,10 +1,18 @@
 //! `gradscope bench`: throughput of the real training loop (samples/s, median of
-//! repetitions after warm-up) per preset, backend and thread count, probe
-//! overhead, and the time to load a 60,000-image IDX file. Each configuration
-//! runs in a child process so that the thread count (RAYON_NUM_THREADS) is fixed
-//! before any thread pool starts.
+//! repetitions after warm-up) per preset, backend and thread count, the probe's
+//! overhead, peak memory, and the time to load a 60,000-image IDX file. With
+//! `--pytorch`, the PyTorch reference (`bench/pytorch/bench.py`, bundled into
+//! the binary) trains the same networks in the same loop beside each row, so the
+//! table's gradscope/PyTorch ratios come from one run on one machine; it also
+//! measures the fp32 matmul peak each row's achieved FLOP rate is read against.
+//!
+//! Each configuration runs in a child process so that the thread count
+//! (RAYON_NUM_THREADS, `torch.set_num_threads`) is fixed before any thread pool
+//! starts, and so that each row's peak memory is its own.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -12,6 +20,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use gradscope_probe::GradientProbe;
 use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
+
+/// The PyTorch reference script, shipped inside the binary.
+const PYTORCH_SCRIPT: &str = include_str!("../../../bench/pytorch/bench.py");
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -22,10 +33,10 @@ pub struct BenchArgs {
         default_value = "mlp-sigmoid-8x256,mlp-relu-bn-8x256,mlp-relu-4x512,resnet20-plain,resnet20-residual"
     )]
     pub presets: Vec<String>,
-    /// Backends to measure.
-    #[arg(long, value_delimiter = ',', default_value = "flex,ndarray")]
-    pub backends: Vec<String>,
-    /// Thread counts (RAYON_NUM_THREADS) to measure.
+    /// Backends to measure (flex, ndarray, wgpu, cuda).
+    #[arg(long, value_delimiter = ',', default_value = "flex,ndarray", value_parser = crate::train_cmd::parse_backend)]
+    pub backends: Vec<Backend>,
+    /// CPU thread counts (RAYON_NUM_THREADS) to measure; GPU backends run once.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub threads: Vec<usize>,
     /// Steps per repetition (one more repetition runs first as warm-up).
@@ -36,30 +47,99 @@ pub struct BenchArgs {
     pub reps: u64,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Also measure with the probe on every step (probe overhead).
+    /// Also measure the probe's overhead (probed and unprobed steps alternating in one process).
     #[arg(long)]
     pub probe: bool,
-    /// Measure only the IDX load time.
+    /// Run the PyTorch reference beside every row (needs `pip install torch numpy`).
     #[arg(long)]
+    pub pytorch: bool,
+    /// The Python interpreter that has PyTorch.
+    #[arg(long, default_value = "python3", env = "GRADSCOPE_PYTHON")]
+    pub python: PathBuf,
+    /// Also measure Burn's matmul (flex) at the shapes an `8x256` MLP step
+    /// multiplies, beside PyTorch's with --pytorch: where the training gap comes from.
+    #[arg(long)]
+    pub matmul: bool,
+    /// Measure only the matmul table (implies --matmul): the smallest
+    /// reproduction of the MLP gap.
+    #[arg(long)]
+    pub matmul_only: bool,
+    /// Measure only the IDX load time.
+    #[arg(long, conflicts_with = "skip_idx")]
     pub idx_only: bool,
+    /// Skip the IDX load time.
+    #[arg(long)]
+    pub skip_idx: bool,
+    /// Also write the table (Markdown) to this file; an existing file is refused.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Internal: run one configuration in this process and print its result as JSON.
     #[arg(long, hide = true)]
     pub child: Option<String>,
 }
 
-/// One measured configuration.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Measured {
-    preset: String,
-    backend: String,
-    threads: usize,
-    probe: bool,
-    median: f64,
-    samples: Vec<f64>,
+/// What a child process measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// Throughput without the probe: samples/s per repetition.
+    Throughput,
+    /// Probe overhead: the probe runs on every second step and every step is
+    /// logged, so probed and unprobed steps alternate in one process and are
+    /// compared pairwise, free of the 10-20% drift between processes here.
+    ProbePaired,
 }
 
-fn measure(preset: &str, backend: Backend, probe: bool, args: &BenchArgs) -> Result<Vec<f64>> {
+impl Mode {
+    fn spec(self) -> &'static str {
+        match self {
+            Mode::Throughput => "off",
+            Mode::ProbePaired => "paired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(Mode::Throughput),
+            "paired" => Ok(Mode::ProbePaired),
+            _ => bail!("bad mode `{s}`"),
+        }
+    }
+}
+
+/// One measured configuration, as a child process reports it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Measured {
+    median: f64,
+    samples: Vec<f64>,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    peak_rss_mib: Option<f64>,
+    /// Paired mode: median seconds of an unprobed and of a probed step.
+    plain_step_s: Option<f64>,
+    probed_step_s: Option<f64>,
+}
+
+/// What the PyTorch reference script prints.
+#[derive(Debug, serde::Deserialize)]
+struct Reference {
+    median: f64,
+    flops_per_sample: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+/// The fp32 matmul peak the script measures.
+#[derive(Debug, serde::Deserialize)]
+struct Peak {
+    gflops: f64,
+}
+
+/// Trains `preset` in this process; returns the metrics rows after the warm-up
+/// as `(step, samples/s)`.
+fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Result<Vec<(u64, f64)>> {
     let tmp = tempfile::tempdir()?;
+    let (steps, log_every, probe) = match mode {
+        Mode::Throughput => (args.steps * (args.reps + 1), args.steps, ProbeSchedule::Off),
+        Mode::ProbePaired => (2 * args.steps * (args.reps + 1), 1, ProbeSchedule::Every { n: 2 }),
+    };
     let config = TrainConfig {
         model: ModelChoice::Preset {
             preset: preset.to_owned(),
@@ -72,25 +152,39 @@ fn measure(preset: &str, backend: Backend, probe: bool, args: &BenchArgs) -> Res
         },
         batch_size: args.batch_size,
         epochs: 1000,
-        max_steps: Some(args.steps * (args.reps + 1)),
-        log_every: args.steps,
-        probe: if probe {
-            ProbeSchedule::Every { n: 1 }
-        } else {
-            ProbeSchedule::Off
-        },
+        max_steps: Some(steps),
+        log_every,
+        probe,
         ..TrainConfig::default()
     };
     let mut trainer = gradscope_train::start(config, &tmp.path().join("run"))?;
-    // The config's probe schedule (every step or off) decides.
     if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
         trainer.observe(Box::new(probe));
     }
     trainer.run()?;
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
         .map_err(anyhow::Error::msg)?;
-    // Row 0 is the untrained evaluation, row 1 the warm-up repetition.
-    Ok(rows.iter().skip(2).filter_map(|r| r.samples_per_s).collect())
+    // Row 0 is the untrained evaluation; the first `steps / (reps + 1)` steps are the warm-up.
+    let warm_up = steps / (args.reps + 1);
+    Ok(rows
+        .iter()
+        .filter(|r| r.step > warm_up)
+        .filter_map(|r| Some((r.step, r.samples_per_s?)))
+        .collect())
+}
+
+/// This process's peak resident set size, MiB (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -137,81 +231,432 @@ fn idx_load_seconds() -> Result<(f64, f64)> {
     Ok((time(&plain)?, time(&gz)?))
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(spec) = &args.child {
-        let parts: Vec<&str> = spec.split(':').collect();
-        let [preset, backend, threads, probe] = parts[..] else {
+fn is_gpu(backend: Backend) -> bool {
+    matches!(backend, Backend::Wgpu | Backend::Cuda)
+}
+
+/// The PyTorch side: the script, the bundled training split as IDX files, and
+/// the models' layouts, in a temporary directory.
+struct PyTorch {
+    version: String,
+    python: PathBuf,
+    dir: tempfile::TempDir,
+    /// Results per (preset, threads, device), measured once each.
+    references: HashMap<(String, usize, &'static str), Result<Reference, String>>,
+}
+
+impl PyTorch {
+    fn new(python: &Path) -> Result<Self> {
+        let check = Command::new(python)
+            .args(["-c", "import torch, numpy; print(torch.__version__)"])
+            .output();
+        let version = match check {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            Ok(out) => bail!(
+                "--pytorch: `{}` cannot import torch and numpy ({}); install them with `pip install torch numpy`, \
+                 or name another interpreter with --python",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("no output")
+                    .trim()
+            ),
+            Err(e) => bail!("--pytorch: cannot run --python `{}`: {e}", python.display()),
+        };
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("bench.py"), PYTORCH_SCRIPT)?;
+        let train = gradscope_data::MnistLike::bundled()?.train;
+        std::fs::write(
+            dir.path().join("images.idx"),
+            gradscope_data::idx::encode_images(&train.images),
+        )?;
+        std::fs::write(
+            dir.path().join("labels.idx"),
+            gradscope_data::idx::encode_labels(&train.labels),
+        )?;
+        Ok(Self {
+            version,
+            python: python.to_owned(),
+            dir,
+            references: HashMap::new(),
+        })
+    }
+
+    fn script(&self, threads: usize, device: &str) -> Command {
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(self.dir.path().join("bench.py"))
+            .args(["--threads", &threads.to_string(), "--device", device]);
+        cmd
+    }
+
+    fn run_json<T: serde::de::DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+                .to_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))
+    }
+
+    fn peak_gflops(&self, threads: usize, device: &str) -> Result<f64, String> {
+        let mut cmd = self.script(threads, device);
+        cmd.arg("--peak");
+        Self::run_json::<Peak>(cmd).map(|p| p.gflops)
+    }
+
+    fn reference(
+        &mut self,
+        preset: &str,
+        threads: usize,
+        device: &'static str,
+        args: &BenchArgs,
+    ) -> &Result<Reference, String> {
+        let key = (preset.to_owned(), threads, device);
+        if !self.references.contains_key(&key) {
+            let result = (|| {
+                let model = self.dir.path().join(format!("{preset}.json"));
+                let layout = crate::models_cmd::layout_json(preset).map_err(|e| e.to_string())?;
+                std::fs::write(&model, layout.to_string()).map_err(|e| e.to_string())?;
+                let mut cmd = self.script(threads, device);
+                cmd.arg("--model")
+                    .arg(&model)
+                    .arg("--images")
+                    .arg(self.dir.path().join("images.idx"))
+                    .arg("--labels")
+                    .arg(self.dir.path().join("labels.idx"))
+                    .args(["--steps", &args.steps.to_string(), "--reps", &args.reps.to_string()])
+                    .args(["--batch-size", &args.batch_size.to_string()]);
+                Self::run_json::<Reference>(cmd)
+            })();
+            self.references.insert(key.clone(), result);
+        }
+        &self.references[&key]
+    }
+}
+
+/// Runs one configuration in a child process.
+fn run_child(preset: &str, backend: Backend, threads: usize, mode: Mode, args: &BenchArgs) -> Result<Measured> {
+    let spec = format!("{preset}:{backend}:{threads}:{}", mode.spec());
+    let out = Command::new(std::env::current_exe()?)
+        .args(["bench", "--child", &spec, "--skip-idx"])
+        .args(["--steps", &args.steps.to_string(), "--reps", &args.reps.to_string()])
+        .args(["--batch-size", &args.batch_size.to_string()])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("BURN_DEVICE", backend.burn_device_name())
+        .output()
+        .with_context(|| format!("running {spec}"))?;
+    if !out.status.success() {
+        bail!(
+            "{}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed")
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the result of {spec}"))
+}
+
+/// `[m, k] @ [k, n]` shapes of one training step of a 784-256-...-10 MLP at
+/// batch 128: forward, weight gradient (`x^T dy`), input gradient (`dy W^T`).
+const MATMUL_SHAPES: [(usize, usize, usize, &str); 4] = [
+    (128, 784, 256, "forward, first layer"),
+    (128, 256, 256, "forward, hidden layer"),
+    (256, 128, 256, "weight gradient, hidden layer"),
+    (784, 128, 256, "weight gradient, first layer"),
+];
+
+/// GFLOP/s of Burn's `[m, k] @ [k, n]` on `backend` (median of 7 timings).
+fn matmul_gflops(backend: Backend, m: usize, k: usize, n: usize) -> Result<f64> {
+    use burn::tensor::{Distribution, Tensor};
+    let device = backend.device()?;
+    let a = Tensor::<2>::random([m, k], Distribution::Default, &device);
+    let b = Tensor::<2>::random([k, n], Distribution::Default, &device);
+    let reps = (1e10 / (2 * m * k * n) as f64).max(10.0) as usize;
+    let mut times = Vec::new();
+    for _ in 0..8 {
+        let start = Instant::now();
+        let mut out = None;
+        for _ in 0..reps {
+            out = Some(a.clone().matmul(b.clone()));
+        }
+        // Reading one product waits for all of them (GPU queues run in order).
+        let _ = out.map(|o| o.slice([0..1, 0..1]).into_data());
+        times.push(start.elapsed().as_secs_f64() / reps as f64);
+    }
+    Ok(2.0 * (m * k * n) as f64 / median(&mut times[1..]) / 1e9)
+}
+
+fn child(spec: &str, args: &BenchArgs) -> Result<()> {
+    if let Some(rest) = spec.strip_prefix("matmul:") {
+        let [backend, m, k, n] = rest.split(':').collect::<Vec<_>>()[..] else {
             bail!("bad --child spec `{spec}`")
         };
-        let b: Backend = toml::Value::String(backend.into()).try_into().context("backend")?;
-        let mut samples = measure(preset, b, probe == "probe", &args)?;
-        let m = Measured {
-            preset: preset.into(),
-            backend: backend.into(),
-            threads: threads.parse()?,
-            probe: probe == "probe",
-            median: median(&mut samples.clone()),
-            samples: std::mem::take(&mut samples),
+        let backend = crate::train_cmd::parse_backend(backend).map_err(anyhow::Error::msg)?;
+        let gflops = matmul_gflops(backend, m.parse()?, k.parse()?, n.parse()?)?;
+        println!("{}", serde_json::json!({ "gflops": gflops }));
+        return Ok(());
+    }
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [preset, backend, _threads, mode] = parts[..] else {
+        bail!("bad --child spec `{spec}`")
+    };
+    let backend = crate::train_cmd::parse_backend(backend).map_err(anyhow::Error::msg)?;
+    let mode = Mode::parse(mode)?;
+    let rows = measure(preset, backend, mode, args)?;
+    let mut samples: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    let (mut plain_step_s, mut probed_step_s) = (None, None);
+    if mode == Mode::ProbePaired {
+        // The row at step s timed step s - 1, which the probe (every 2nd step from 0) saw when s - 1 is even.
+        let secs = |probed: bool| {
+            let mut t: Vec<f64> = rows
+                .iter()
+                .filter(|(s, _)| (s - 1).is_multiple_of(2) == probed)
+                .map(|(_, sps)| args.batch_size as f64 / sps)
+                .collect();
+            median(&mut t)
         };
-        println!("{}", serde_json::to_string(&m)?);
-        return Ok(());
+        plain_step_s = Some(secs(false));
+        probed_step_s = Some(secs(true));
     }
-    let (plain, gz) = idx_load_seconds()?;
-    println!(
-        "IDX load, 60,000 x 28 x 28 images (median of 5): plain {:.1} ms, gzip {:.1} ms\n",
-        plain * 1e3,
-        gz * 1e3
-    );
-    if args.idx_only {
-        return Ok(());
+    let m = Measured {
+        median: median(&mut samples.clone()),
+        samples: std::mem::take(&mut samples),
+        peak_rss_mib: peak_rss_mib(),
+        plain_step_s,
+        probed_step_s,
+    };
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(String::new, |v| format!("{v:.digits$}"))
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(spec) = &args.child {
+        return child(spec, &args);
     }
-    let exe = std::env::current_exe()?;
-    println!(
-        "| preset | backend | threads | probe | samples/s (median of {}) | min | max |",
+    if let Some(out) = &args.out
+        && out.exists()
+    {
+        bail!("--out {}: the file already exists; choose another name", out.display());
+    }
+    let mut table = String::new();
+    if !args.skip_idx {
+        let (plain, gz) = idx_load_seconds()?;
+        let line = format!(
+            "IDX load, 60,000 x 28 x 28 images (median of 5): plain {:.1} ms, gzip {:.1} ms\n",
+            plain * 1e3,
+            gz * 1e3
+        );
+        emit(&mut table, &line);
+        if args.idx_only {
+            return write_out(&args, &table);
+        }
+    }
+    let mut pytorch = if args.pytorch {
+        Some(PyTorch::new(&args.python)?)
+    } else {
+        None
+    };
+    // The fp32 matmul roof per (threads, device), when PyTorch can measure it.
+    let mut peaks: HashMap<(usize, &'static str), Result<f64, String>> = HashMap::new();
+
+    let header = format!(
+        "| preset | backend | threads | samples/s (median of {}) | min | max | peak RSS MiB | \
+         PyTorch samples/s | gradscope / PyTorch | GFLOP/s | % of fp32 matmul peak |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         args.reps
     );
-    println!("|---|---|---|---|---:|---:|---:|");
-    let probes: &[bool] = if args.probe { &[false, true] } else { &[false] };
-    for preset in &args.presets {
-        for backend in &args.backends {
+    if !args.matmul_only {
+        emit(&mut table, &header);
+    }
+    let mut overhead_rows = Vec::new();
+    let presets: &[String] = if args.matmul_only { &[] } else { &args.presets };
+    for preset in presets {
+        for &backend in &args.backends {
+            let (threads_list, device): (&[usize], &'static str) = if is_gpu(backend) {
+                (&args.threads[..1], "cuda")
+            } else {
+                (&args.threads, "cpu")
+            };
+            for &threads in threads_list {
+                let threads_label = if is_gpu(backend) {
+                    "-".to_owned()
+                } else {
+                    threads.to_string()
+                };
+                let mut row = format!("| {preset} | {backend} | {threads_label} |");
+                match run_child(preset, backend, threads, Mode::Throughput, &args) {
+                    Ok(m) => {
+                        let lo = m.samples.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = m.samples.iter().copied().fold(0.0, f64::max);
+                        let _ = write!(
+                            row,
+                            " {:.0} | {lo:.0} | {hi:.0} | {} |",
+                            m.median,
+                            fmt_opt(m.peak_rss_mib, 0)
+                        );
+                        match pytorch.as_mut() {
+                            Some(py) => {
+                                let peak = peaks
+                                    .entry((threads, device))
+                                    .or_insert_with(|| py.peak_gflops(threads, device))
+                                    .clone();
+                                match py.reference(preset, threads, device, &args) {
+                                    Ok(r) => {
+                                        let gflops = m.median * r.flops_per_sample / 1e9;
+                                        let _ = write!(
+                                            row,
+                                            " {:.0} | {:.2} | {gflops:.1} | {} |",
+                                            r.median,
+                                            m.median / r.median,
+                                            peak.map_or_else(|e| e, |p| format!("{:.1}", 100.0 * gflops / p))
+                                        );
+                                    }
+                                    Err(e) => {
+                                        let _ = write!(row, " failed: {e} | | | |");
+                                    }
+                                }
+                            }
+                            None => row.push_str(" | | | |"),
+                        }
+                    }
+                    Err(e) => {
+                        let _ = write!(row, " failed: {e} | | | | | | | |");
+                    }
+                }
+                emit(&mut table, &row);
+                if args.probe {
+                    let row = match run_child(preset, backend, threads, Mode::ProbePaired, &args) {
+                        Ok(Measured {
+                            plain_step_s: Some(plain),
+                            probed_step_s: Some(probed),
+                            ..
+                        }) => {
+                            let extra = (probed - plain) / plain;
+                            format!(
+                                "| {preset} | {backend} | {threads_label} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
+                                plain * 1e3,
+                                probed * 1e3,
+                                100.0 * extra,
+                                10.0 * extra
+                            )
+                        }
+                        Ok(_) => format!("| {preset} | {backend} | {threads_label} | failed: no paired steps | | | |"),
+                        Err(e) => format!("| {preset} | {backend} | {threads_label} | failed: {e} | | | |"),
+                    };
+                    overhead_rows.push(row);
+                }
+            }
+        }
+    }
+    if args.probe && !args.matmul_only {
+        emit(
+            &mut table,
+            &format!(
+                "\nProbe overhead: the full per-layer probe on every second step, every step logged, \
+                 so probed and unprobed steps alternate in one process ({} pairs after warm-up; medians). \
+                 Every step costs the probed step's extra time; every 10th step a tenth of it.\n\n\
+                 | preset | backend | threads | step ms, no probe | step ms, probed | overhead, probe every step | \
+                 overhead, probe every 10 steps |\n|---|---|---|---:|---:|---:|---:|",
+                args.steps * args.reps
+            ),
+        );
+        for row in &overhead_rows {
+            emit(&mut table, row);
+        }
+    }
+    if args.matmul || args.matmul_only {
+        emit(
+            &mut table,
+            "\nMatmul alone, `[m, k] @ [k, n]` at the shapes of an 8x256 MLP step (batch 128), GFLOP/s:\n\n\
+             | m x k x n | what | backend | threads | Burn | PyTorch | Burn / PyTorch |\n|---|---|---|---|---:|---:|---:|",
+        );
+        for &backend in args.backends.iter().filter(|b| !is_gpu(**b)) {
             for &threads in &args.threads {
-                for &probe in probes {
-                    let spec = format!("{preset}:{backend}:{threads}:{}", if probe { "probe" } else { "off" });
-                    let out = Command::new(&exe)
+                for (m, k, n, what) in MATMUL_SHAPES {
+                    let out = Command::new(std::env::current_exe()?)
                         .args([
                             "bench",
+                            "--skip-idx",
                             "--child",
-                            &spec,
-                            "--steps",
-                            &args.steps.to_string(),
-                            "--reps",
-                            &args.reps.to_string(),
-                            "--batch-size",
-                            &args.batch_size.to_string(),
+                            &format!("matmul:{backend}:{m}:{k}:{n}"),
                         ])
                         .env("RAYON_NUM_THREADS", threads.to_string())
-                        .env("BURN_DEVICE", backend)
-                        .output()
-                        .with_context(|| format!("running {spec}"))?;
-                    if !out.status.success() {
-                        println!(
-                            "| {preset} | {backend} | {threads} | {probe} | failed: {} | | |",
-                            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-                        );
-                        continue;
-                    }
-                    let m: Measured =
-                        serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the result of {spec}"))?;
-                    let lo = m.samples.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = m.samples.iter().copied().fold(0.0, f64::max);
-                    println!(
-                        "| {preset} | {backend} | {threads} | {} | {:.0} | {lo:.0} | {hi:.0} |",
-                        if probe { "every step" } else { "off" },
-                        m.median
+                        .output()?;
+                    let burn = serde_json::from_slice::<Peak>(&out.stdout).map(|p| p.gflops).ok();
+                    let torch = pytorch.as_ref().and_then(|py| {
+                        let mut cmd = py.script(threads, "cpu");
+                        cmd.args(["--matmul", &format!("{m}x{k}x{n}")]);
+                        PyTorch::run_json::<Peak>(cmd).ok().map(|p| p.gflops)
+                    });
+                    let ratio = burn.zip(torch).map(|(b, t)| b / t);
+                    emit(
+                        &mut table,
+                        &format!(
+                            "| {m}x{k}x{n} | {what} | {backend} | {threads} | {} | {} | {} |",
+                            fmt_opt(burn, 1),
+                            fmt_opt(torch, 1),
+                            fmt_opt(ratio, 2)
+                        ),
                     );
                 }
             }
         }
+    }
+    if let Some(py) = &pytorch {
+        let mut lines = vec![
+            String::new(),
+            format!("PyTorch {} reference (same network, same loop):", py.version),
+        ];
+        let mut keys: Vec<_> = py.references.keys().collect();
+        keys.sort();
+        for key in keys {
+            if let Ok(r) = &py.references[key] {
+                lines.push(format!(
+                    "- {} on {} with {} thread(s): {:.0} samples/s, {:.2} MFLOP per sample (forward + backward), \
+                     peak RSS {} MiB",
+                    key.0,
+                    key.2,
+                    key.1,
+                    r.median,
+                    r.flops_per_sample / 1e6,
+                    fmt_opt(r.peak_rss_mib, 0)
+                ));
+            }
+        }
+        let mut peak_keys: Vec<_> = peaks.iter().collect();
+        peak_keys.sort_by_key(|(k, _)| **k);
+        for ((threads, device), p) in peak_keys {
+            lines.push(format!(
+                "- fp32 matmul peak on {device} with {threads} thread(s): {}",
+                p.as_ref()
+                    .map_or_else(|e| format!("failed: {e}"), |g| format!("{g:.1} GFLOP/s"))
+            ));
+        }
+        for l in &lines {
+            emit(&mut table, l);
+        }
+    }
+    write_out(&args, &table)
+}
+
+/// Prints a line and keeps it for `--out`.
+fn emit(table: &mut String, line: &str) {
+    println!("{line}");
+    table.push_str(line);
+    table.push('\n');
+}
+
+fn write_out(args: &BenchArgs, table: &str) -> Result<()> {
+    if let Some(out) = &args.out {
+        gradscope_train::files::write_atomic(out, table.as_bytes())
+            .with_context(|| format!("writing --out {}", out.display()))?;
+        eprintln!("table written to {}", out.display());
     }
     Ok(())
 }

@@ -13,6 +13,10 @@ pub enum ModelsCommand {
     Show {
         /// Preset name, e.g. `mlp-sigmoid-10x128` or `resnet20-residual`.
         name: String,
+        /// Print the resolved model config and its layout as JSON instead (what
+        /// `bench/pytorch/bench.py --model` reads), with `trainable_params`.
+        #[arg(long)]
+        json: bool,
     },
     /// Export a run's latest checkpoint as safetensors in PyTorch's layout
     /// (Linear `[out, in]`, conv `[out, in, kh, kw]`, BatchNorm `weight`/`bias`).
@@ -23,6 +27,15 @@ pub enum ModelsCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+}
+
+/// A preset's [`ModelConfig::to_layout_json`](gradscope_models::ModelConfig::to_layout_json)
+/// with its trainable parameter count, which a re-implementation checks itself against.
+pub fn layout_json(name: &str) -> Result<serde_json::Value> {
+    let config = preset(name)?;
+    let mut value = config.to_layout_json()?;
+    value["trainable_params"] = gradscope_models::trainable_params(&config.init(&Device::flex())?).into();
+    Ok(value)
 }
 
 pub fn run(cmd: ModelsCommand) -> Result<()> {
@@ -53,7 +66,8 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
                 "\nAlso accepted: mlp-ACT[-bn][-residual]-DEPTHxWIDTH[-INIT] and resnetN-plain|residual (N = 6n+2)."
             );
         }
-        ModelsCommand::Show { name } => {
+        ModelsCommand::Show { name, json: true } => println!("{}", layout_json(&name)?),
+        ModelsCommand::Show { name, json: false } => {
             let model = preset(&name)?.init(&device)?;
             let params = named_params(&model);
             let size_of = |path: &String| params.iter().find(|p| &p.path == path).map_or(0, |p| p.numel());

@@ -42,7 +42,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
         .map(|b| {
             toml::Value::String(b.clone())
                 .try_into()
-                .map_err(|_| anyhow::anyhow!("--backends: unknown backend `{b}`; expected flex, ndarray or wgpu"))
+                .map_err(|_| anyhow::anyhow!("--backends: unknown backend `{b}`; expected flex, ndarray, wgpu or cuda"))
         })
         .collect::<Result<_>>()?;
     if backends.len() < 2 {

@@ -123,7 +123,7 @@ fn parse_probe(s: &str) -> Result<ProbeSchedule, String> {
 pub fn parse_backend(s: &str) -> Result<Backend, String> {
     toml::Value::String(s.to_owned())
         .try_into()
-        .map_err(|_| format!("unknown backend `{s}`; expected flex, ndarray or wgpu"))
+        .map_err(|_| format!("unknown backend `{s}`; expected flex, ndarray, wgpu or cuda"))
 }
 
 fn parse_normalization(s: &str) -> Result<Normalization, String> {

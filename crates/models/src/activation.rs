@@ -43,6 +43,16 @@ fn default_alpha() -> f64 {
     1.0
 }
 
+/// The error function (Rust's std has none): Abramowitz & Stegun 7.1.26,
+/// absolute error below 1.5e-7, plenty for a diagnostic derivative.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x >= 0.0 { y } else { -y }
+}
+
 /// Which activation regime the probe measures for a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +115,34 @@ impl Activation {
                 cdf + a * phi
             }
             Activation::Identity => a.ones_like(),
+        }
+    }
+
+    /// `f'(a)` for one value: the same function as [`Self::derivative`], for code
+    /// that reduces host memory in one pass (the probe on CPU backends).
+    pub fn derivative_at(&self, a: f32) -> f32 {
+        const SELU_ALPHA: f32 = 1.673_263_2;
+        const SELU_SCALE: f32 = 1.050_701;
+        let pos = |slope: f32| if a > 0.0 { 1.0 } else { slope };
+        match *self {
+            Activation::Sigmoid => {
+                let s = 1.0 / (1.0 + (-a).exp());
+                s * (1.0 - s)
+            }
+            Activation::Tanh => {
+                let t = a.tanh();
+                1.0 - t * t
+            }
+            Activation::Relu => pos(0.0),
+            Activation::LeakyRelu { slope } => pos(slope as f32),
+            Activation::Elu { alpha } => pos(a.exp() * alpha as f32),
+            Activation::Selu => SELU_SCALE * pos(a.exp() * SELU_ALPHA),
+            Activation::Gelu => {
+                let a = a as f64;
+                let phi = (-0.5 * a * a).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                (0.5 * (1.0 + erf(a / std::f64::consts::SQRT_2)) + a * phi) as f32
+            }
+            Activation::Identity => 1.0,
         }
     }
 
@@ -262,6 +300,13 @@ mod tests {
                 let fd = (plus[i] - minus[i]) / (2.0 * h);
                 assert!((fd - d[i]).abs() < 2e-2, "{name} at {}: fd {fd} vs {}", xs[i], d[i]);
                 assert!(d[i] as f64 <= a.max_derivative() + 1e-6, "{name}: {} > max", d[i]);
+                let scalar = a.derivative_at(xs[i]);
+                assert!(
+                    (scalar - d[i]).abs() <= 1e-6 * d[i].abs().max(1.0),
+                    "{name} at {}: derivative_at {scalar} vs tensor {}",
+                    xs[i],
+                    d[i]
+                );
             }
         }
     }

@@ -5,8 +5,13 @@
 //! the rule-based vanishing/exploding verdicts with their evidence. It plugs into
 //! the training loop as an observer and writes tidy files into the run directory;
 //! it knows nothing about datasets, optimisers or how results are drawn.
+//! Statistics are reduced on the device ([`measure`]), or on flex in one fused
+//! host pass per tensor ([`fused`]); [`module`] offers
+//! the weight-gradient half for any Burn module, e.g. inside burn-train.
 
+pub mod fused;
 pub mod measure;
+pub mod module;
 pub mod observer;
 pub mod parity;
 pub mod record;
@@ -14,7 +19,8 @@ pub mod table;
 pub mod verdict;
 
 pub use gradscope_train::ProbeSchedule;
-pub use observer::{GradientProbe, ProbeConfig};
+pub use module::{ModuleGrads, ParamGrad};
+pub use observer::{GradientProbe, ProbeConfig, Reductions};
 pub use record::{ProbeRecord, read_probe_csv};
 pub use table::{Inspection, inspect, render};
 pub use verdict::{Alert, Verdicts, judge};

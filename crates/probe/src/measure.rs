@@ -7,7 +7,8 @@
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, s};
-use gradscope_models::{Activation, Regime};
+use gradscope_models::{Activation, ProbePoint, Regime, Trace};
+use gradscope_train::TapGrads;
 
 /// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
 pub const HIST_LO: f64 = -20.0;
@@ -17,19 +18,28 @@ pub const HIST_WIDTH: f64 = 0.5;
 pub const HIST_BINS: usize = 44;
 
 /// A statistic waiting on the device: `(probe point index or None for the
-/// whole model, metric name, value)`.
+/// whole model, metric name, value)`, plus per-point vectors (histograms,
+/// per-unit activity).
 pub struct Batch {
     keys: Vec<(Option<usize>, &'static str)>,
     values: Vec<Tensor<1>>,
-    hists: Vec<(usize, Tensor<1>)>,
+    vectors: Vec<(usize, VectorKind, usize, Tensor<1>)>,
+}
+
+/// What a queued vector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorKind {
+    /// |g| counts per log10 bin, then the exact zeros ([`log_histogram`]).
+    Histogram,
+    /// Per-unit max |activation| over the batch (0 = dead on this batch).
+    UnitMaxAbs,
 }
 
 /// Values read back from the device.
 #[derive(Debug, Clone, Default)]
 pub struct Read {
     pub values: Vec<(Option<usize>, &'static str, f64)>,
-    /// `(point, counts per bin)`; the last extra slot counts exact zeros.
-    pub hists: Vec<(usize, Vec<f64>)>,
+    pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
 }
 
 impl Batch {
@@ -37,7 +47,7 @@ impl Batch {
         Self {
             keys: Vec::new(),
             values: Vec::new(),
-            hists: Vec::new(),
+            vectors: Vec::new(),
         }
     }
 
@@ -47,24 +57,25 @@ impl Batch {
         self.values.push(value.reshape([1]));
     }
 
-    /// Queues a histogram.
-    pub fn push_hist(&mut self, point: usize, counts: Tensor<1>) {
-        self.hists.push((point, counts));
+    /// Queues a vector.
+    pub fn push_vector(&mut self, point: usize, kind: VectorKind, v: Tensor<1>) {
+        let n = v.dims()[0];
+        self.vectors.push((point, kind, n, v));
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values.is_empty() && self.vectors.is_empty()
     }
 
     /// Reads everything back in one transfer.
     pub fn read(self) -> Read {
-        if self.values.is_empty() {
+        if self.is_empty() {
             return Read::default();
         }
         let n_scalars = self.values.len();
         let mut all = self.values;
-        let hist_points: Vec<usize> = self.hists.iter().map(|(p, _)| *p).collect();
-        all.extend(self.hists.into_iter().map(|(_, h)| h));
+        let layout: Vec<(usize, VectorKind, usize)> = self.vectors.iter().map(|(p, k, n, _)| (*p, *k, *n)).collect();
+        all.extend(self.vectors.into_iter().map(|(.., v)| v));
         let flat: Vec<f32> = Tensor::cat(all, 0)
             .into_data()
             .convert::<f32>()
@@ -76,24 +87,93 @@ impl Batch {
             .zip(&flat[..n_scalars])
             .map(|((p, m), &v)| (p, m, v as f64))
             .collect();
-        let hists = hist_points
+        let mut start = n_scalars;
+        let vectors = layout
             .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let start = n_scalars + i * (HIST_BINS + 1);
-                (
-                    p,
-                    flat[start..start + HIST_BINS + 1].iter().map(|&c| c as f64).collect(),
-                )
+            .map(|(p, k, n)| {
+                start += n;
+                (p, k, flat[start - n..start].to_vec())
             })
             .collect();
-        Read { values, hists }
+        Read { values, vectors }
     }
 }
 
 impl Default for Batch {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Everything one probe step reads: the probe points, the taps' gradients, the
+/// forward traces, the parameter gradients, and which parameters are each
+/// point's weight and bias (`(id, rank)`).
+pub struct StepView<'a> {
+    pub points: &'a [ProbePoint],
+    pub taps: &'a TapGrads,
+    pub traces: &'a [Trace],
+    pub grads: &'a GradientsParams,
+    pub weight: &'a [Option<(ParamId, usize)>],
+    pub bias: &'a [Option<(ParamId, usize)>],
+    /// Whether this step also takes |g| histograms.
+    pub hist: bool,
+}
+
+/// A probe step's statistics: values already on the host, and a device batch
+/// still to be read (empty on the host path).
+#[derive(Default)]
+pub struct StepStats {
+    pub values: Vec<(Option<usize>, &'static str, f64)>,
+    pub batch: Batch,
+    pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
+}
+
+/// Queues every statistic of a probe step as device-side reductions (the GPU path).
+pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
+    let batch = &mut out.batch;
+    for (i, p) in view.points.iter().enumerate() {
+        if let Some(g) = &view.taps.out[i] {
+            let flat = g.clone().flatten::<1>(0, 1);
+            batch.push(Some(i), "signal_l2", l2(&flat));
+            batch.push(Some(i), "signal_rms", flat.clone().powf_scalar(2.0).mean().sqrt());
+            if let Some(act) = p.activation {
+                let pre = view.traces[i].pre.clone().inner();
+                batch.push(
+                    Some(i),
+                    "preact_signal_l2",
+                    l2(&(act.derivative(pre) * g.clone()).flatten::<1>(0, 1)),
+                );
+            }
+        }
+        if let Some(g) = &view.taps.norm_in[i] {
+            batch.push(Some(i), "bn_in_signal_l2", l2(&g.clone().flatten::<1>(0, 1)));
+        }
+        if let Some((id, rank)) = view.weight[i]
+            && let Some(g) = grad_flat(view.grads, id, rank)
+        {
+            grad_stats(batch, i, &g, GradPrefix::Weight);
+            out.values.push((Some(i), "weight_numel", g.dims()[0] as f64));
+            if view.hist {
+                batch.push_vector(i, VectorKind::Histogram, log_histogram(&g));
+            }
+        }
+        if let Some((id, rank)) = view.bias[i]
+            && let Some(g) = grad_flat(view.grads, id, rank)
+        {
+            grad_stats(batch, i, &g, GradPrefix::Bias);
+        }
+        let (pre, post) = (view.traces[i].pre.clone().inner(), view.traces[i].post.clone().inner());
+        if let Some(alive) = activation_stats(batch, i, p.activation, &pre, &post) {
+            batch.push_vector(i, VectorKind::UnitMaxAbs, alive);
+        }
+        if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
+            && let (Some(total), Some(skip)) = (&view.taps.out[links.input], &view.taps.out[links.branch])
+        {
+            let skip = skip.clone().flatten::<1>(0, 1);
+            let branch = total.clone().flatten::<1>(0, 1) - skip.clone();
+            let (s, b) = (l2(&skip), l2(&branch));
+            batch.push(Some(i), "skip_share", s.clone() / (s + b + 1e-30));
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::{LineLog, write_atomic};
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
-use crate::measure::{Batch, GradPrefix, activation_stats, grad_flat, grad_stats, l2, log_histogram, param_values};
+use crate::fused::{self, host_step};
+use crate::measure::{StepStats, StepView, VectorKind, device_step, l2, param_values};
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
 use crate::verdict::{WINDOW, judge};
 use gradscope_train::ProbeSchedule;
@@ -29,6 +30,36 @@ pub struct ProbeConfig {
     pub hist_every: u64,
     /// Number of classes (for the initial-loss audit).
     pub classes: usize,
+    /// Where the statistics are reduced.
+    pub reductions: Reductions,
+}
+
+/// Where a probe step's statistics are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reductions {
+    /// As Burn reductions on the device, read back in one transfer per probe
+    /// step: right for GPUs, where reading tensors back crosses PCIe.
+    #[default]
+    Device,
+    /// Each tensor read to the host once and every statistic taken in one fused
+    /// pass ([`crate::fused`]): right for flex, where the device is the host, a
+    /// read back is a `memcpy`, and each Burn op is a full pass over memory plus
+    /// a dispatch. (Not for ndarray: its read back converts element by element;
+    /// measured there, a probed 8x256 MLP step cost +84 ms on the host path
+    /// against +16 ms with device reductions.)
+    Host,
+}
+
+impl Reductions {
+    /// The faster choice for a backend (measured with `gradscope bench --probe`).
+    pub fn for_backend(backend: gradscope_train::Backend) -> Self {
+        match backend {
+            gradscope_train::Backend::Flex => Reductions::Host,
+            gradscope_train::Backend::Ndarray | gradscope_train::Backend::Wgpu | gradscope_train::Backend::Cuda => {
+                Reductions::Device
+            }
+        }
+    }
 }
 
 impl Default for ProbeConfig {
@@ -37,6 +68,7 @@ impl Default for ProbeConfig {
             schedule: ProbeSchedule::Default,
             hist_every: 10,
             classes: 10,
+            reductions: Reductions::Device,
         }
     }
 }
@@ -48,9 +80,10 @@ struct Ids {
 
 struct Pending {
     step: u64,
-    batch: Batch,
-    host: Vec<(usize, &'static str, f64)>,
+    stats: StepStats,
     hist: bool,
+    /// This probe step closes a dead-unit window.
+    window_end: bool,
     /// The points' main weights, by parameter id, and their values before the step.
     weight_ids: Vec<Option<ParamId>>,
     weights: Vec<Option<Tensor<1>>>,
@@ -63,7 +96,8 @@ pub struct GradientProbe {
     points: Vec<ProbePoint>,
     ids: Option<Ids>,
     pending: Option<Pending>,
-    alive: Vec<Option<Tensor<1>>>,
+    /// Per unit, max |activation| over the probed batches of the current window.
+    alive: Vec<Option<Vec<f32>>>,
     probes: u64,
     records: Vec<ProbeRecord>,
     recent: VecDeque<ProbeRecord>,
@@ -102,6 +136,7 @@ impl GradientProbe {
         Ok(Some(Self::new(ProbeConfig {
             schedule: config.probe,
             classes,
+            reductions: Reductions::for_backend(config.backend),
             ..ProbeConfig::default()
         })))
     }
@@ -140,112 +175,105 @@ impl GradientProbe {
             unreachable!("called on probed steps")
         };
         let hist = self.probes.is_multiple_of(self.config.hist_every.max(1));
-        let mut batch = Batch::new();
-        let mut host = Vec::new();
-        batch.push(None, "loss", view.loss.clone().inner());
-        let ids_weight: Vec<_> = self.ids_for(view.model).weight.clone();
-        let ids_bias: Vec<_> = self.ids.as_ref().expect("ids set").bias.clone();
-        for (i, p) in self.points.iter().enumerate() {
-            if let Some(g) = &taps.out[i] {
-                let flat = g.clone().flatten::<1>(0, 1);
-                batch.push(Some(i), "signal_l2", l2(&flat));
-                batch.push(Some(i), "signal_rms", flat.clone().powf_scalar(2.0).mean().sqrt());
-                if let Some(act) = p.activation {
-                    let pre = traces[i].pre.clone().inner();
-                    batch.push(
-                        Some(i),
-                        "preact_signal_l2",
-                        l2(&(act.derivative(pre) * g.clone()).flatten::<1>(0, 1)),
-                    );
-                }
-            }
-            if let Some(g) = &taps.norm_in[i] {
-                batch.push(Some(i), "bn_in_signal_l2", l2(&g.clone().flatten::<1>(0, 1)));
-            }
-            if let Some((id, rank)) = ids_weight[i]
-                && let Some(g) = grad_flat(view.grads, id, rank)
-            {
-                grad_stats(&mut batch, i, &g, GradPrefix::Weight);
-                host.push((i, "weight_numel", g.dims()[0] as f64));
-                if hist {
-                    batch.push_hist(i, log_histogram(&g));
-                }
-            }
-            if let Some((id, rank)) = ids_bias[i]
-                && let Some(g) = grad_flat(view.grads, id, rank)
-            {
-                grad_stats(&mut batch, i, &g, GradPrefix::Bias);
-            }
-            let (pre, post) = (traces[i].pre.clone().inner(), traces[i].post.clone().inner());
-            if let Some(alive) = activation_stats(&mut batch, i, p.activation, &pre, &post) {
-                let acc = match self.alive[i].take() {
-                    Some(a) => a.max_pair(alive),
-                    None => alive,
-                };
-                self.alive[i] = Some(acc);
-            }
-            if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
-                && let (Some(total), Some(skip)) = (&taps.out[links.input], &taps.out[links.branch])
-            {
-                let skip = skip.clone().flatten::<1>(0, 1);
-                let branch = total.clone().flatten::<1>(0, 1) - skip.clone();
-                let (s, b) = (l2(&skip), l2(&branch));
-                batch.push(Some(i), "skip_share", s.clone() / (s + b + 1e-30));
-            }
-        }
         self.probes += 1;
-        if self.probes.is_multiple_of(WINDOW as u64) {
-            for (i, acc) in self.alive.iter_mut().enumerate() {
-                if let Some(a) = acc.take() {
-                    batch.push(Some(i), "dead_window_frac", a.equal_elem(0.0).float().mean());
-                }
+        let window_end = self.probes.is_multiple_of(WINDOW as u64);
+        let ids = self.ids_for(view.model);
+        let (weight, bias) = (ids.weight.clone(), ids.bias.clone());
+        let step = StepView {
+            points: &self.points,
+            taps,
+            traces,
+            grads: view.grads,
+            weight: &weight,
+            bias: &bias,
+            hist,
+        };
+        let mut stats = StepStats::default();
+        match self.config.reductions {
+            Reductions::Device => {
+                stats.batch.push(None, "loss", view.loss.clone().inner());
+                device_step(&step, &mut stats);
+            }
+            Reductions::Host => {
+                stats
+                    .values
+                    .push((None, "loss", view.loss.clone().inner().into_scalar::<f32>() as f64));
+                host_step(&step, &mut stats);
             }
         }
-        // Weights before the step: their norms now, their change after the step.
-        let weight_ids: Vec<Option<ParamId>> = ids_weight.iter().map(|w| w.map(|(id, _)| id)).collect();
+        // Weights before the step: their norms and their change after the step
+        // are measured in `finish_record`.
+        let weight_ids: Vec<Option<ParamId>> = weight.iter().map(|w| w.map(|(id, _)| id)).collect();
         let weights = param_values(view.model, &weight_ids);
-        for (i, w) in weights.iter().enumerate() {
-            if let Some(w) = w {
-                batch.push(Some(i), "weight_l2", l2(w));
-            }
-        }
         Pending {
             step: view.info.step,
-            batch,
-            host,
+            stats,
             hist,
+            window_end,
             weight_ids,
             weights,
         }
     }
 
-    /// Adds the update sizes (weights after the step minus those read in
-    /// [`Self::measure`]), reads everything back in one transfer, and writes the record.
-    fn finish_record<M: Network>(&mut self, mut pending: Pending, after: &M) -> Result<ProbeRecord, TrainError> {
-        let new = param_values(after, &pending.weight_ids);
-        for (i, (o, n)) in std::mem::take(&mut pending.weights).into_iter().zip(new).enumerate() {
-            if let (Some(o), Some(n)) = (o, n) {
-                pending.batch.push(Some(i), "update_l2", l2(&(n - o)));
+    /// Adds the weight norms and update sizes (weights after the step minus those
+    /// kept in [`Self::measure`]), reads the device batch back in one transfer,
+    /// and writes the record.
+    fn finish_record<M: Network>(&mut self, pending: Pending, after: &M) -> Result<ProbeRecord, TrainError> {
+        let Pending {
+            step,
+            mut stats,
+            hist,
+            window_end,
+            weight_ids,
+            weights,
+        } = pending;
+        let new = param_values(after, &weight_ids);
+        for (i, (o, n)) in weights.into_iter().zip(new).enumerate() {
+            let (Some(o), Some(n)) = (o, n) else { continue };
+            match self.config.reductions {
+                Reductions::Device => {
+                    stats.batch.push(Some(i), "weight_l2", l2(&o));
+                    stats.batch.push(Some(i), "update_l2", l2(&(n - o)));
+                }
+                Reductions::Host => {
+                    let (update, weight) = fused::diff_l2(&fused::host(&n), &fused::host(&o));
+                    stats.values.push((Some(i), "weight_l2", weight));
+                    stats.values.push((Some(i), "update_l2", update));
+                }
             }
         }
-        let read = pending.batch.read();
+        let read = std::mem::take(&mut stats.batch).read();
+        stats.values.extend(read.values);
+        stats.vectors.extend(read.vectors);
         let mut rec = ProbeRecord {
-            step: pending.step,
+            step,
             model: BTreeMap::new(),
             layers: vec![BTreeMap::new(); self.points.len()],
         };
-        for (p, m, v) in read.values {
+        for (p, m, v) in stats.values {
             match p {
-                None => {
-                    rec.model.insert(m.to_owned(), v);
-                }
-                Some(i) => {
-                    rec.layers[i].insert(m.to_owned(), v);
+                None => rec.model.insert(m.to_owned(), v),
+                Some(i) => rec.layers[i].insert(m.to_owned(), v),
+            };
+        }
+        let mut hists = Vec::new();
+        for (i, kind, v) in stats.vectors {
+            match kind {
+                VectorKind::Histogram => hists.push((i, v.into_iter().map(f64::from).collect::<Vec<_>>())),
+                VectorKind::UnitMaxAbs => {
+                    let acc = self.alive[i].get_or_insert_with(|| vec![0.0; v.len()]);
+                    acc.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
                 }
             }
         }
-        for (i, m, v) in pending.host {
-            rec.layers[i].insert(m.to_owned(), v);
+        if window_end {
+            // Units that stayed at zero for every sample of every probed batch in the window.
+            for (i, acc) in self.alive.iter_mut().enumerate() {
+                if let Some(a) = acc.take() {
+                    let dead = a.iter().filter(|&&x| x == 0.0).count();
+                    rec.layers[i].insert("dead_window_frac".into(), dead as f64 / a.len().max(1) as f64);
+                }
+            }
         }
         for layer in &mut rec.layers {
             // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
@@ -265,9 +293,8 @@ impl GradientProbe {
         let csv = self.csv.as_mut().expect("started");
         let lines = rec.csv_lines(&self.points);
         csv.line(lines.trim_end_matches('\n'))?;
-        if pending.hist {
-            let text: String = read
-                .hists
+        if hist {
+            let text: String = hists
                 .iter()
                 .map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts))
                 .collect();
@@ -371,14 +398,25 @@ impl<M: Network> Observer<M> for GradientProbe {
         write_atomic(&self.dir.join("verdicts.json"), text.as_bytes())?;
         let total = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let spent = self.spent.as_secs_f64();
+        // The trainer's paired step times: probed steps (taps, probe, writes) against plain ones.
+        let times = &summary.extra.get("step_seconds");
+        let median = |k: &str| times.and_then(|t| t[k].as_f64());
+        let per_probed_step = match (median("plain_median_s"), median("probed_median_s")) {
+            (Some(plain), Some(probed)) if plain > 0.0 => Some(probed / plain - 1.0),
+            _ => None,
+        };
         summary.extra.insert(
             "probe".into(),
             serde_json::json!({
                 "schedule": self.config.schedule.to_string(),
+                "reductions": format!("{:?}", self.config.reductions).to_lowercase(),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
-                "overhead_fraction": if total > spent { spent / (total - spent) } else { 0.0 },
-                "overhead_note": "time in the probe's own reductions, transfer and writes; excludes the taps' share of forward/backward",
+                "probe_share_of_run": if total > 0.0 { spent / total } else { 0.0 },
+                "overhead_per_probed_step": per_probed_step,
+                "overhead_note": "overhead_per_probed_step: median probed step time / median unprobed step time - 1 \
+                                  (taps included; null without both kinds of step); seconds_in_probe: the probe's \
+                                  own reductions, transfers and writes",
                 "verdict": verdicts.verdict,
             }),
         );

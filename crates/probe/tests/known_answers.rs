@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, Verdicts, judge};
+use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, Reductions, Verdicts, judge};
 use gradscope_train::{ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
 
 /// Trains `preset` for `steps` SGD steps, probing every step; returns the verdicts.
@@ -26,6 +26,7 @@ fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) 
     let mut trainer = gradscope_train::start(config, &run).unwrap();
     trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
         schedule: ProbeSchedule::Every { n: 1 },
+        reductions: Reductions::Host,
         ..Default::default()
     })));
     trainer.run().unwrap();
@@ -179,4 +180,71 @@ fn hidden_signal_matches_the_hand_computed_gradient() {
         (measured_hidden / want_hidden - 1.0).abs() < 1e-4,
         "{measured_hidden} vs {want_hidden}"
     );
+}
+
+/// Trains `preset` for `steps` steps with the probe reducing on `reductions`;
+/// returns its records.
+fn records(preset: &str, reductions: Reductions, dir: &Path) -> Vec<ProbeRecord> {
+    let run = dir.join(format!("{preset}-{reductions:?}"));
+    let config = TrainConfig {
+        model: ModelChoice::Preset { preset: preset.into() },
+        batch_size: 32,
+        max_steps: Some(12),
+        log_every: 12,
+        probe: ProbeSchedule::Every { n: 1 },
+        ..TrainConfig::default()
+    };
+    let mut trainer = gradscope_train::start(config, &run).unwrap();
+    trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
+        schedule: ProbeSchedule::Every { n: 1 },
+        hist_every: 3,
+        reductions,
+        ..Default::default()
+    })));
+    trainer.run().unwrap();
+    let hist = std::fs::read_to_string(run.join("probe_hist.csv")).unwrap();
+    assert!(hist.lines().count() > 1, "{preset}: no histograms");
+    gradscope_probe::inspect(&run).unwrap().records
+}
+
+#[test]
+fn host_and_device_reductions_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Saturation, dead units (and a dead-unit window), negative fractions,
+    // BatchNorm taps, residual skip shares, convolutions.
+    for preset in [
+        "mlp-sigmoid-4x32",
+        "mlp-relu-4x32",
+        "mlp-leaky_relu-bn-4x32",
+        "mlp-tanh-residual-6x32",
+        "resnet8-residual",
+    ] {
+        let host = records(preset, Reductions::Host, tmp.path());
+        let device = records(preset, Reductions::Device, tmp.path());
+        assert_eq!(host.len(), 12, "{preset}");
+        let mut compared = 0;
+        for (h, d) in host.iter().zip(&device) {
+            assert_eq!(h.step, d.step);
+            assert_eq!(h.model.keys().collect::<Vec<_>>(), d.model.keys().collect::<Vec<_>>());
+            for (i, (hl, dl)) in h.layers.iter().zip(&d.layers).enumerate() {
+                assert_eq!(
+                    hl.keys().collect::<Vec<_>>(),
+                    dl.keys().collect::<Vec<_>>(),
+                    "{preset} step {} layer {i}",
+                    h.step
+                );
+                for (k, hv) in hl {
+                    let dv = dl[k];
+                    let tol = 1e-4 * hv.abs().max(dv.abs()) + 1e-7;
+                    assert!(
+                        (hv - dv).abs() <= tol,
+                        "{preset} step {} layer {i} {k}: host {hv} vs device {dv}",
+                        h.step
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 12 * 20, "{preset}: only {compared} values compared");
+    }
 }

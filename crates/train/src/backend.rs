@@ -15,40 +15,57 @@ pub struct BackendError {
 }
 
 impl Backend {
-    /// Every backend compiled into this build.
-    pub const ALL: [Backend; 3] = [Backend::Flex, Backend::Ndarray, Backend::Wgpu];
+    /// Every backend compiled into this build (`cuda` only with the `cuda` feature).
+    pub const ALL: &'static [Backend] = &[
+        Backend::Flex,
+        Backend::Ndarray,
+        Backend::Wgpu,
+        #[cfg(feature = "cuda")]
+        Backend::Cuda,
+    ];
 
-    /// The plain (non-autodiff) device. For wgpu, a tiny computation runs first so
-    /// that a missing adapter is reported here, as an error, rather than as a panic
-    /// deep inside training.
+    /// The plain (non-autodiff) device. For the GPU backends a tiny computation
+    /// runs first so that a missing adapter or driver is reported here, as an
+    /// error, rather than as a panic deep inside training.
     pub fn device(self) -> Result<Device, BackendError> {
         let device = match self {
-            Backend::Flex => Device::flex(),
+            Backend::Flex => return Ok(Device::flex()),
             #[allow(deprecated)] // burn-ndarray is deprecated upstream; kept for parity checks
-            Backend::Ndarray => Device::ndarray(),
+            Backend::Ndarray => return Ok(Device::ndarray()),
             Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
-        };
-        if self == Backend::Wgpu {
-            let probe = device.clone();
-            // Burn panics when wgpu has no adapter; keep that panic quiet and turn it into an error.
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(|_| {}));
-            let ok = std::panic::catch_unwind(move || {
-                let t = Tensor::<1>::ones([4], &probe);
-                t.sum().into_scalar::<f32>() == 4.0
-            });
-            std::panic::set_hook(previous);
-            if !matches!(ok, Ok(true)) {
-                return Err(BackendError {
-                    backend: self,
-                    reason: "wgpu found no usable adapter (no GPU driver, and no Vulkan software \
-                             rasteriser such as Mesa llvmpipe: `apt-get install mesa-vulkan-drivers libvulkan1`)"
-                        .into(),
-                    available: "flex, ndarray".into(),
-                });
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Device::cuda(0),
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => {
+                return Err(self.unavailable(
+                    "this gradscope was built without CUDA support; rebuild it with \
+                     `cargo build --release --features cuda` on a machine with the CUDA toolkit",
+                ));
             }
+        };
+        if smoke_test(&device) {
+            return Ok(device);
         }
-        Ok(device)
+        Err(self.unavailable(match self {
+            Backend::Wgpu => {
+                "wgpu found no usable adapter (no GPU driver, and no Vulkan software \
+                 rasteriser such as Mesa llvmpipe: `apt-get install mesa-vulkan-drivers libvulkan1`)"
+            }
+            _ => "CUDA found no usable GPU (is the NVIDIA driver loaded and `nvidia-smi` working?)",
+        }))
+    }
+
+    fn unavailable(self, reason: &str) -> BackendError {
+        let cpu = [Backend::Flex, Backend::Ndarray];
+        let gpu = Backend::ALL.iter().filter(|b| !cpu.contains(b) && **b != self);
+        // GPU backends other than this one are listed as "maybe": they were not tried.
+        let mut available: Vec<String> = cpu.iter().map(ToString::to_string).collect();
+        available.extend(gpu.map(|b| format!("{b} (not tried)")));
+        BackendError {
+            backend: self,
+            reason: reason.into(),
+            available: available.join(", "),
+        }
     }
 
     /// The name Burn's `BURN_DEVICE` variable uses for this backend.
@@ -57,6 +74,42 @@ impl Backend {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
         }
+    }
+}
+
+/// Sum four ones on `device`. Burn panics when a GPU runtime finds no adapter;
+/// that panic is kept quiet and turned into `false`.
+fn smoke_test(device: &Device) -> bool {
+    let device = device.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(move || Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>() == 4.0);
+    std::panic::set_hook(previous);
+    matches!(ok, Ok(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_backends_always_work() {
+        for b in [Backend::Flex, Backend::Ndarray] {
+            assert!(smoke_test(&b.device().unwrap()), "{b}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        let err = Backend::Cuda.device().unwrap_err().to_string();
+        assert!(err.starts_with("--backend cuda: "), "{err}");
+        assert!(err.contains("--features cuda"), "{err}");
+        assert!(
+            err.ends_with("available on this machine: flex, ndarray, wgpu (not tried)"),
+            "{err}"
+        );
     }
 }

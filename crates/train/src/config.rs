@@ -16,6 +16,9 @@ pub enum Backend {
     Ndarray,
     /// wgpu: Vulkan/Metal/DX12 GPUs, or Mesa's llvmpipe on a CPU-only machine.
     Wgpu,
+    /// NVIDIA CUDA through CubeCL. Needs a build with the `cuda` cargo feature;
+    /// the variant always exists so that a saved config reads the same in every build.
+    Cuda,
 }
 
 impl std::fmt::Display for Backend {
@@ -24,6 +27,7 @@ impl std::fmt::Display for Backend {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
         })
     }
 }

@@ -86,9 +86,68 @@ pub struct Summary {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Wall time of every optimiser step of this process, split by whether an
+/// observer probed it: the run's own paired measure of what probing costs,
+/// taps and all. (On GPU backends a step's time is its submission plus any
+/// wait it triggers; per-step splits there are indicative.)
+#[derive(Debug, Clone, Default)]
+pub struct StepTimes {
+    plain: Vec<f64>,
+    probed: Vec<f64>,
+}
+
+impl StepTimes {
+    pub fn record(&mut self, probed: bool, seconds: f64) {
+        if probed { &mut self.probed } else { &mut self.plain }.push(seconds);
+    }
+
+    /// Median seconds and count of the unprobed and of the probed steps.
+    pub fn medians(&self) -> [Option<MedianTime>; 2] {
+        fn median(v: &[f64]) -> Option<MedianTime> {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            (!v.is_empty()).then(|| MedianTime {
+                seconds: v[v.len() / 2],
+                steps: v.len(),
+            })
+        }
+        [median(&self.plain), median(&self.probed)]
+    }
+
+    /// For `summary.json`: medians and counts of both kinds of step.
+    pub fn to_json(&self) -> serde_json::Value {
+        let [plain, probed] = self.medians();
+        serde_json::json!({
+            "plain_median_s": plain.map(|p| p.seconds),
+            "plain_steps": plain.map_or(0, |p| p.steps),
+            "probed_median_s": probed.map(|p| p.seconds),
+            "probed_steps": probed.map_or(0, |p| p.steps),
+        })
+    }
+}
+
+/// The median duration of one kind of step, and how many there were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MedianTime {
+    pub seconds: f64,
+    pub steps: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_times_split_by_probe() {
+        let mut t = StepTimes::default();
+        for (probed, s) in [(false, 1.0), (true, 3.0), (false, 2.0), (false, 9.0), (true, 4.0)] {
+            t.record(probed, s);
+        }
+        let m = |seconds, steps| Some(MedianTime { seconds, steps });
+        assert_eq!(t.medians(), [m(2.0, 3), m(4.0, 2)]);
+        assert_eq!(t.to_json()["probed_steps"], 2);
+        assert_eq!(StepTimes::default().medians(), [None, None]);
+    }
 
     #[test]
     fn csv_row_leaves_missing_values_empty() {

@@ -16,7 +16,7 @@ use crate::TrainError;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::files::{FileError, LineLog, write_atomic};
-use crate::metrics::{Divergence, MetricsRow, Status, Summary};
+use crate::metrics::{Divergence, MetricsRow, Status, StepTimes, Summary};
 use crate::optim::build_optimizer;
 use crate::run_dir::{RunDir, event};
 
@@ -136,6 +136,7 @@ pub struct Trainer<M: Network + 'static> {
     events: LineLog,
     summary: Summary,
     resumed_at: Option<u64>,
+    step_times: StepTimes,
 }
 
 impl<M: Network + 'static> Trainer<M> {
@@ -197,6 +198,7 @@ impl<M: Network + 'static> Trainer<M> {
             events,
             summary,
             resumed_at: None,
+            step_times: StepTimes::default(),
         })
     }
 
@@ -369,6 +371,7 @@ impl<M: Network + 'static> Trainer<M> {
 
     /// One optimiser step. Returns a divergence cause if an observer saw one.
     fn train_step(&mut self, batch: MnistBatch, window: &mut Window) -> Result<Option<String>, TrainError> {
+        let started = Instant::now();
         let total = self.total_steps();
         let info = StepInfo {
             step: self.state.step,
@@ -431,6 +434,7 @@ impl<M: Network + 'static> Trainer<M> {
         window.losses.push(loss.inner().reshape([1]));
         window.correct.push(correct.reshape([1]));
         window.samples += info.batch_size;
+        self.step_times.record(probe, started.elapsed().as_secs_f64());
         Ok(diverged)
     }
 
@@ -543,6 +547,9 @@ impl<M: Network + 'static> Trainer<M> {
         self.summary.steps = self.state.step;
         self.summary.epochs = self.state.step as f64 / self.steps_per_epoch() as f64;
         self.summary.wall_s = self.state.wall_s;
+        self.summary
+            .extra
+            .insert("step_seconds".into(), self.step_times.to_json());
         for o in &mut self.observers {
             o.on_finish(&mut self.summary)?;
         }
