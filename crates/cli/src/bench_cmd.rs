@@ -608,7 +608,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    if let Some(py) = &pytorch {
+    if let Some(py) = pytorch.as_ref().filter(|py| !py.references.is_empty()) {
         let mut lines = vec![
             String::new(),
             format!("PyTorch {} reference (same network, same loop):", py.version),
