@@ -55,25 +55,23 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+# gradscope's `Activation` (serde: {"kind": ..., parameters}) -> the torch module.
+ACTIVATIONS = {
+    "sigmoid": lambda s: nn.Sigmoid(),
+    "tanh": lambda s: nn.Tanh(),
+    "relu": lambda s: nn.ReLU(),
+    "leaky_relu": lambda s: nn.LeakyReLU(s["slope"]),
+    "elu": lambda s: nn.ELU(s["alpha"]),
+    "selu": lambda s: nn.SELU(),
+    "gelu": lambda s: nn.GELU(),
+    "identity": lambda s: nn.Identity(),
+}
+
+
 def activation(spec):
-    kind = spec["kind"]
-    if kind == "sigmoid":
-        return nn.Sigmoid()
-    if kind == "tanh":
-        return nn.Tanh()
-    if kind == "relu":
-        return nn.ReLU()
-    if kind == "leaky_relu":
-        return nn.LeakyReLU(spec["slope"])
-    if kind == "elu":
-        return nn.ELU(spec["alpha"])
-    if kind == "selu":
-        return nn.SELU()
-    if kind == "gelu":
-        return nn.GELU()
-    if kind == "identity":
-        return nn.Identity()
-    sys.exit(f"unknown activation {spec}")
+    if spec["kind"] not in ACTIVATIONS:
+        sys.exit(f"unknown activation {spec}")
+    return ACTIVATIONS[spec["kind"]](spec)
 
 
 def classes(cfg):

@@ -231,10 +231,6 @@ fn idx_load_seconds() -> Result<(f64, f64)> {
     Ok((time(&plain)?, time(&gz)?))
 }
 
-fn is_gpu(backend: Backend) -> bool {
-    matches!(backend, Backend::Wgpu | Backend::Cuda)
-}
-
 /// The PyTorch side: the script, the bundled training split as IDX files, and
 /// the models' layouts, in a temporary directory.
 struct PyTorch {
@@ -478,13 +474,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let presets: &[String] = if args.matmul_only { &[] } else { &args.presets };
     for preset in presets {
         for &backend in &args.backends {
-            let (threads_list, device): (&[usize], &'static str) = if is_gpu(backend) {
+            let (threads_list, device): (&[usize], &'static str) = if backend.is_gpu() {
                 (&args.threads[..1], "cuda")
             } else {
                 (&args.threads, "cpu")
             };
             for &threads in threads_list {
-                let threads_label = if is_gpu(backend) {
+                let threads_label = if backend.is_gpu() {
                     "-".to_owned()
                 } else {
                     threads.to_string()
@@ -576,7 +572,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "\nMatmul alone, `[m, k] @ [k, n]` at the shapes of an 8x256 MLP step (batch 128), GFLOP/s:\n\n\
              | m x k x n | what | backend | threads | Burn | PyTorch | Burn / PyTorch |\n|---|---|---|---|---:|---:|---:|",
         );
-        for &backend in args.backends.iter().filter(|b| !is_gpu(**b)) {
+        for &backend in args.backends.iter().filter(|b| !b.is_gpu()) {
             for &threads in &args.threads {
                 for (m, k, n, what) in MATMUL_SHAPES {
                     let out = Command::new(std::env::current_exe()?)

@@ -66,6 +66,17 @@ pub struct MnistBatcher {
     pub affine: Affine,
 }
 
+impl MnistBatcher {
+    /// The batcher for `train`'s image size with `normalization` fitted on `train`.
+    pub fn fitted(train: &Split, normalization: Normalization) -> Self {
+        Self {
+            rows: train.images.rows,
+            cols: train.images.cols,
+            affine: normalization.fit(train),
+        }
+    }
+}
+
 impl Batcher<MnistItem, MnistBatch> for MnistBatcher {
     fn batch(&self, items: Vec<MnistItem>, device: &Device) -> MnistBatch {
         let n = items.len();

@@ -84,11 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut optim = SgdConfig::new().init();
 
     let data = MnistLike::bundled()?;
-    let batcher = gradscope_data::MnistBatcher {
-        rows: 28,
-        cols: 28,
-        affine: Normalization::Standard.fit(&data.train),
-    };
+    let batcher = gradscope_data::MnistBatcher::fitted(&data.train, Normalization::Standard);
     let order = epoch_order(data.train.len(), 0, 0, true);
     let steps = 20;
     // burn-train's `Learner` runs this same pair of calls for every batch.

@@ -23,7 +23,7 @@
 use burn::tensor::Tensor;
 use gradscope_models::{Activation, Regime};
 
-use crate::measure::{HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
+use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
 
 /// A tensor's values on the host (a copy: the tensor stays usable).
 pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
@@ -66,32 +66,18 @@ pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
         if let Some(g) = &view.taps.norm_in[i] {
             push(i, "bn_in_signal_l2", Moments::of(&host(g)).l2());
         }
-        let params = [
-            (
-                view.weight[i],
-                ["grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"],
-            ),
-            (
-                view.bias[i],
-                [
-                    "bias_grad_l2",
-                    "bias_grad_max",
-                    "bias_grad_zero_frac",
-                    "bias_grad_nonfinite",
-                ],
-            ),
-        ];
-        for (k, (id, names)) in params.into_iter().enumerate() {
+        for (id, prefix) in [(view.weight[i], GradPrefix::Weight), (view.bias[i], GradPrefix::Bias)] {
             let Some(g) = id.and_then(|(id, rank)| grad_flat(view.grads, id, rank)) else {
                 continue;
             };
             let g = host(&g);
             let m = Moments::of(&g);
-            push(i, names[0], m.l2());
-            push(i, names[1], m.max_abs_or_nan());
-            push(i, names[2], m.zero_frac());
-            push(i, names[3], m.nonfinite as f64);
-            if k == 0 {
+            let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
+            push(i, l2_name, m.l2());
+            push(i, max_name, m.max_abs_or_nan());
+            push(i, zero_name, m.zero_frac());
+            push(i, nonfinite_name, m.nonfinite as f64);
+            if matches!(prefix, GradPrefix::Weight) {
                 push(i, "weight_numel", g.len() as f64);
                 if view.hist {
                     let counts = log_histogram(&g).into_iter().map(|c| c as f32).collect();
@@ -140,7 +126,41 @@ pub struct Moments {
 impl Moments {
     /// Moments of `x` in one pass.
     pub fn of(x: &[f32]) -> Self {
-        moments_kernel(x)
+        let mut m = Moments {
+            n: x.len(),
+            ..Moments::default()
+        };
+        for block in x.chunks(BLOCK) {
+            let mut sum = [0f32; LANES];
+            let mut sq = [0f32; LANES];
+            let mut max = [0f32; LANES];
+            let mut zeros = [0u32; LANES];
+            let mut bad = [0u32; LANES];
+            let mut lanes = block.chunks_exact(LANES);
+            for c in &mut lanes {
+                for l in 0..LANES {
+                    let v = c[l];
+                    sum[l] += v;
+                    sq[l] += v * v;
+                    max[l] = max[l].max(v.abs());
+                    zeros[l] = zeros[l].wrapping_add((v == 0.0) as u32);
+                    bad[l] = bad[l].wrapping_add((!v.is_finite()) as u32);
+                }
+            }
+            for &v in lanes.remainder() {
+                sum[0] += v;
+                sq[0] += v * v;
+                max[0] = max[0].max(v.abs());
+                zeros[0] += (v == 0.0) as u32;
+                bad[0] += (!v.is_finite()) as u32;
+            }
+            m.sum += sum.iter().map(|&s| s as f64).sum::<f64>();
+            m.sum_sq += sq.iter().map(|&s| s as f64).sum::<f64>();
+            m.max_abs = max.iter().fold(m.max_abs, |a, &b| a.max(b));
+            m.zeros += zeros.iter().sum::<u32>() as usize;
+            m.nonfinite += bad.iter().sum::<u32>() as usize;
+        }
+        m
     }
 
     pub fn l2(&self) -> f64 {
@@ -168,45 +188,6 @@ impl Moments {
             self.max_abs as f64
         }
     }
-}
-
-#[inline(always)]
-fn moments_kernel(x: &[f32]) -> Moments {
-    let mut m = Moments {
-        n: x.len(),
-        ..Moments::default()
-    };
-    for block in x.chunks(BLOCK) {
-        let mut sum = [0f32; LANES];
-        let mut sq = [0f32; LANES];
-        let mut max = [0f32; LANES];
-        let mut zeros = [0u32; LANES];
-        let mut bad = [0u32; LANES];
-        let mut lanes = block.chunks_exact(LANES);
-        for c in &mut lanes {
-            for l in 0..LANES {
-                let v = c[l];
-                sum[l] += v;
-                sq[l] += v * v;
-                max[l] = max[l].max(v.abs());
-                zeros[l] = zeros[l].wrapping_add((v == 0.0) as u32);
-                bad[l] = bad[l].wrapping_add((!v.is_finite()) as u32);
-            }
-        }
-        for &v in lanes.remainder() {
-            sum[0] += v;
-            sq[0] += v * v;
-            max[0] = max[0].max(v.abs());
-            zeros[0] += (v == 0.0) as u32;
-            bad[0] += (!v.is_finite()) as u32;
-        }
-        m.sum += sum.iter().map(|&s| s as f64).sum::<f64>();
-        m.sum_sq += sq.iter().map(|&s| s as f64).sum::<f64>();
-        m.max_abs = max.iter().fold(m.max_abs, |a, &b| a.max(b));
-        m.zeros += zeros.iter().sum::<u32>() as usize;
-        m.nonfinite += bad.iter().sum::<u32>() as usize;
-    }
-    m
 }
 
 /// `e^x` for f32 in plain arithmetic (so it vectorises, unlike libm's `expf`):

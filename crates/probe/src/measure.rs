@@ -185,15 +185,7 @@ pub fn l2(t: &Tensor<1>) -> Tensor<1> {
 /// Gradient statistics of one parameter: L2, max |g|, fraction exactly zero,
 /// number of non-finite entries.
 pub fn grad_stats(batch: &mut Batch, point: usize, g: &Tensor<1>, prefix: GradPrefix) {
-    let (l2_name, max_name, zero_name, nonfinite_name) = match prefix {
-        GradPrefix::Weight => ("grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"),
-        GradPrefix::Bias => (
-            "bias_grad_l2",
-            "bias_grad_max",
-            "bias_grad_zero_frac",
-            "bias_grad_nonfinite",
-        ),
-    };
+    let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
     batch.push(Some(point), l2_name, l2(g));
     batch.push(Some(point), max_name, g.clone().abs().max());
     batch.push(Some(point), zero_name, g.clone().equal_elem(0.0).float().mean());
@@ -206,6 +198,21 @@ pub fn grad_stats(batch: &mut Batch, point: usize, g: &Tensor<1>, prefix: GradPr
 pub enum GradPrefix {
     Weight,
     Bias,
+}
+
+impl GradPrefix {
+    /// Metric names of the L2 norm, max |g|, zero fraction and non-finite count.
+    pub fn names(self) -> [&'static str; 4] {
+        match self {
+            GradPrefix::Weight => ["grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"],
+            GradPrefix::Bias => [
+                "bias_grad_l2",
+                "bias_grad_max",
+                "bias_grad_zero_frac",
+                "bias_grad_nonfinite",
+            ],
+        }
+    }
 }
 
 /// Counts of |g| per log10 bin (`HIST_BINS` bins of `HIST_WIDTH` decades from

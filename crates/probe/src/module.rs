@@ -10,6 +10,8 @@
 //!
 //! [`Network`]: gradscope_models::Network
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -63,13 +65,13 @@ impl ModuleGrads {
             batch.push(Some(i), "weight_l2", l2(w));
             kept.push(i);
         }
-        let read = batch.read();
-        let value = |i: usize, m: &str| {
-            read.values
-                .iter()
-                .find(|(p, k, _)| *p == Some(i) && *k == m)
-                .map_or(f64::NAN, |v| v.2)
-        };
+        let read: BTreeMap<(usize, &'static str), f64> = batch
+            .read()
+            .values
+            .into_iter()
+            .filter_map(|(p, k, v)| Some(((p?, k), v)))
+            .collect();
+        let value = |i: usize, m: &'static str| read.get(&(i, m)).copied().unwrap_or(f64::NAN);
         let params = kept
             .iter()
             .map(|&i| {

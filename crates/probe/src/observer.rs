@@ -53,11 +53,10 @@ pub enum Reductions {
 impl Reductions {
     /// The faster choice for a backend (measured with `gradscope bench --probe`).
     pub fn for_backend(backend: gradscope_train::Backend) -> Self {
-        match backend {
-            gradscope_train::Backend::Flex => Reductions::Host,
-            gradscope_train::Backend::Ndarray | gradscope_train::Backend::Wgpu | gradscope_train::Backend::Cuda => {
-                Reductions::Device
-            }
+        if backend == gradscope_train::Backend::Flex {
+            Reductions::Host
+        } else {
+            Reductions::Device
         }
     }
 }

@@ -57,7 +57,7 @@ impl Backend {
 
     fn unavailable(self, reason: &str) -> BackendError {
         let cpu = [Backend::Flex, Backend::Ndarray];
-        let gpu = Backend::ALL.iter().filter(|b| !cpu.contains(b) && **b != self);
+        let gpu = Backend::ALL.iter().filter(|b| b.is_gpu() && **b != self);
         // GPU backends other than this one are listed as "maybe": they were not tried.
         let mut available: Vec<String> = cpu.iter().map(ToString::to_string).collect();
         available.extend(gpu.map(|b| format!("{b} (not tried)")));
@@ -66,6 +66,11 @@ impl Backend {
             reason: reason.into(),
             available: available.join(", "),
         }
+    }
+
+    /// Whether the backend runs on a GPU (wgpu, cuda) rather than the host CPU.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Backend::Wgpu | Backend::Cuda)
     }
 
     /// The name Burn's `BURN_DEVICE` variable uses for this backend.

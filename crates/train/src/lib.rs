@@ -116,11 +116,7 @@ pub fn prepare_data(config: &TrainConfig) -> Result<Data, TrainError> {
     if config.batch_size == 0 {
         return Err(TrainError::Invalid("--batch-size must be at least 1; found 0".into()));
     }
-    let batcher = gradscope_data::MnistBatcher {
-        rows: train.images.rows,
-        cols: train.images.cols,
-        affine: config.normalization.fit(&train),
-    };
+    let batcher = gradscope_data::MnistBatcher::fitted(&train, config.normalization);
     Ok(Data { train, test, batcher })
 }
 
