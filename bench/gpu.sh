@@ -14,14 +14,19 @@ log() { echo "== $*" | tee -a "$out/log.txt"; }
 log "machine"
 { nvidia-smi -L; nproc; python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } 2>&1 | tee -a "$out/log.txt"
 
+# The probe's statistics on the GPU (device reductions, the default there)
+# against reading every tensor back and reducing on the host (flex's path).
+for r in device host; do
+    log "probe overhead on wgpu, $r reductions (paired)"
+    GRADSCOPE_PROBE_REDUCTIONS=$r timeout 170 "$gs" bench --backends wgpu --steps 20 --reps 3 --skip-idx --probe \
+        --presets mlp-sigmoid-8x256,resnet20-residual --out "$out/probe-$r.md" 2>&1 | tee -a "$out/log.txt"
+done
+
+
 log "throughput, wgpu vs PyTorch CUDA"
-"$gs" bench --backends wgpu --steps 20 --reps 5 --skip-idx --pytorch \
+timeout 170 "$gs" bench --backends wgpu --steps 20 --reps 5 --skip-idx --pytorch \
     --presets mlp-sigmoid-8x256,mlp-relu-bn-8x256,mlp-relu-4x512,resnet20-plain,resnet20-residual \
     --out "$out/throughput.md" 2>&1 | tee -a "$out/log.txt"
 
-log "probe overhead on wgpu"
-"$gs" bench --backends wgpu --steps 20 --reps 5 --skip-idx --probe \
-    --presets mlp-sigmoid-8x256,resnet20-residual --out "$out/probe.md" 2>&1 | tee -a "$out/log.txt"
-
 log "parity flex vs wgpu"
-"$gs" parity --preset mlp-sigmoid-8x256 --backends flex,wgpu 2>&1 | tee "$out/parity.txt" | tee -a "$out/log.txt"
+timeout 40 "$gs" parity --preset mlp-sigmoid-8x256 --backends flex,wgpu 2>&1 | tee "$out/parity.txt" | tee -a "$out/log.txt"

@@ -44,7 +44,7 @@ impl<M> Observer<M> for Progress {
         Ok(())
     }
 
-    fn after_step(&mut self, info: &StepInfo, _before: Option<&M>, _after: &M) -> Control {
+    fn after_step(&mut self, info: &StepInfo, _after: &M) -> Control {
         let done = info.step + 1;
         if done.is_multiple_of(self.steps_per_epoch) {
             self.bar.set_position(self.steps_per_epoch);

@@ -62,9 +62,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             traces: Some(&probed.traces),
         };
         probe.after_backward(&view);
-        let before = model.clone();
         model = optim.step(info.lr, model, grads);
-        probe.after_step(&info, Some(&before), &model);
+        probe.after_step(&info, &model);
     }
 
     let verdicts = judge(model.probe_points(), probe.records(), 10);

@@ -10,24 +10,72 @@
 //!
 //! Accumulation: f32 lanes over blocks of [`BLOCK`] values, summed into f64, so
 //! the error stays near f32 rounding of a block rather than growing with the
-//! tensor's size. The loops are written over fixed-width lane arrays with no
-//! data-dependent branches so that LLVM vectorises them for the baseline x86-64
-//! target; builds of the same loops for AVX2 and AVX-512 (runtime-dispatched
-//! `#[target_feature]` copies) measured no faster on this machine, where these
-//! passes are bound by memory bandwidth (about 5 GB/s), so they were dropped.
-//! Lane counters use `wrapping_add`: a lane counts at most `BLOCK / LANES`
-//! values, so they never wrap, and the explicit form keeps the loops
-//! vectorised in builds with overflow checks (the dev profile), which
-//! otherwise made them 3-10x slower.
+//! tensor's size. Every loop has the one shape LLVM reliably vectorises: one
+//! accumulator array of [`LANES`] lanes fed by a branch-free function of each
+//! value ([`lane_sum`], [`lane_sum2`]). A statistic is one such loop over a
+//! block; the block (4 KiB) stays in L1 for the next. (One loop feeding several
+//! accumulator arrays at once, the obvious fusion, was left scalar by LLVM:
+//! 3-10x slower, `cargo bench --workspace --profile dev --bench fused`.)
+//! Counts are accumulated as f32, exact up to 2^24 per lane per block.
+//! The kernels are compiled for each SIMD level (AVX-512, AVX2, ...) and
+//! picked at run time ([`multiversion`]): AVX-512 is 3x faster than the
+//! baseline x86-64 build here, since the probe's inputs are in cache.
 
-use burn::tensor::Tensor;
+use std::ops::Deref;
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor};
 use gradscope_models::{Activation, Regime};
+use multiversion::multiversion;
 
 use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
 
-/// A tensor's values on the host (a copy: the tensor stays usable).
-pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.to_data().convert::<f32>().try_into_vec().expect("f32 tensor")
+/// A float tensor's values on the host, read without copying where possible.
+///
+/// On flex a contiguous f32 tensor is borrowed in place: the view holds a
+/// reference to the tensor's buffer (an `Arc`), so the tensor stays usable and
+/// nothing is copied. Burn's own read back (`into_data`) copies whenever the
+/// buffer is shared, and every tensor the probe reads is shared (gradients go
+/// on to the optimiser, activations to the backward pass): copying them cost
+/// the probe about half of its time on an 8x256 MLP. Other backends, and
+/// strided or non-f32 flex tensors, get a copy.
+///
+/// Drop the view before the optimiser step: while it lives the buffer is
+/// shared, and flex's in-place updates fall back to allocating.
+pub enum HostValues {
+    /// Borrowed from a flex tensor (contiguous, offset 0, f32, aligned).
+    Flex(FlexTensor),
+    /// Copied out through `into_data`.
+    Copied(Vec<f32>),
+}
+
+impl Deref for HostValues {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            HostValues::Flex(t) => {
+                let n = t.layout().num_elements();
+                // Checked in `host`: contiguous from offset 0, f32, 4-byte aligned.
+                &bytemuck::cast_slice(t.bytes())[..n]
+            }
+            HostValues::Copied(v) => v,
+        }
+    }
+}
+
+/// A tensor's values on the host (borrowed on flex, else copied; see [`HostValues`]).
+pub fn host<const D: usize>(t: &Tensor<D>) -> HostValues {
+    if let Ok(flex) = t.clone().try_into_primitive::<Flex>()
+        && flex.dtype() == DType::F32
+        && flex.is_contiguous()
+        && flex.layout().start_offset() == 0
+        && bytemuck::try_cast_slice::<u8, f32>(flex.bytes()).is_ok_and(|v| v.len() >= flex.layout().num_elements())
+    {
+        return HostValues::Flex(flex);
+    }
+    HostValues::Copied(t.to_data().convert::<f32>().try_into_vec().expect("f32 tensor"))
 }
 
 /// Every statistic of a probe step, each tensor read once (the flex path; see
@@ -35,15 +83,15 @@ pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
 pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
     let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
     // Each tap is read once even when two points use it (skip shares).
-    let taps: Vec<Option<Vec<f32>>> = view.taps.out.iter().map(|t| t.as_ref().map(host)).collect();
+    let taps: Vec<Option<HostValues>> = view.taps.out.iter().map(|t| t.as_ref().map(host)).collect();
     for (i, p) in view.points.iter().enumerate() {
         let post_t = view.traces[i].post.clone().inner();
         let post = host(&post_t);
         let g = taps[i].as_deref();
         if let Some(g) = g {
-            let m = Moments::of(g);
-            push(i, "signal_l2", m.l2());
-            push(i, "signal_rms", m.rms());
+            let norm = l2(g);
+            push(i, "signal_l2", norm);
+            push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
         }
         if let Some(act) = p.activation {
             // The activation's input: read only where there is an activation.
@@ -64,7 +112,7 @@ pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
             }
         }
         if let Some(g) = &view.taps.norm_in[i] {
-            push(i, "bn_in_signal_l2", Moments::of(&host(g)).l2());
+            push(i, "bn_in_signal_l2", l2(&host(g)));
         }
         for (id, prefix) in [(view.weight[i], GradPrefix::Weight), (view.bias[i], GradPrefix::Bias)] {
             let Some(g) = id.and_then(|(id, rank)| grad_flat(view.grads, id, rank)) else {
@@ -108,8 +156,10 @@ pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
 }
 
 /// Values per block whose partial sums are carried in f32.
-pub const BLOCK: usize = 1024;
-const LANES: usize = 16;
+pub const BLOCK: usize = 8192;
+/// f32 lanes per accumulator array: four AVX-512 registers, so that four
+/// independent add chains hide the adder's latency (one register measured 3x slower).
+const LANES: usize = 64;
 
 /// First and second moments and the counts the probe needs, from one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -126,41 +176,7 @@ pub struct Moments {
 impl Moments {
     /// Moments of `x` in one pass.
     pub fn of(x: &[f32]) -> Self {
-        let mut m = Moments {
-            n: x.len(),
-            ..Moments::default()
-        };
-        for block in x.chunks(BLOCK) {
-            let mut sum = [0f32; LANES];
-            let mut sq = [0f32; LANES];
-            let mut max = [0f32; LANES];
-            let mut zeros = [0u32; LANES];
-            let mut bad = [0u32; LANES];
-            let mut lanes = block.chunks_exact(LANES);
-            for c in &mut lanes {
-                for l in 0..LANES {
-                    let v = c[l];
-                    sum[l] += v;
-                    sq[l] += v * v;
-                    max[l] = max[l].max(v.abs());
-                    zeros[l] = zeros[l].wrapping_add((v == 0.0) as u32);
-                    bad[l] = bad[l].wrapping_add((!v.is_finite()) as u32);
-                }
-            }
-            for &v in lanes.remainder() {
-                sum[0] += v;
-                sq[0] += v * v;
-                max[0] = max[0].max(v.abs());
-                zeros[0] += (v == 0.0) as u32;
-                bad[0] += (!v.is_finite()) as u32;
-            }
-            m.sum += sum.iter().map(|&s| s as f64).sum::<f64>();
-            m.sum_sq += sq.iter().map(|&s| s as f64).sum::<f64>();
-            m.max_abs = max.iter().fold(m.max_abs, |a, &b| a.max(b));
-            m.zeros += zeros.iter().sum::<u32>() as usize;
-            m.nonfinite += bad.iter().sum::<u32>() as usize;
-        }
-        m
+        moments(x)
     }
 
     pub fn l2(&self) -> f64 {
@@ -190,153 +206,203 @@ impl Moments {
     }
 }
 
+/// [`Moments::of`], compiled for each SIMD level and picked at run time.
+#[multiversion(targets = "simd")]
+fn moments(x: &[f32]) -> Moments {
+    let mut m = Moments {
+        n: x.len(),
+        ..Moments::default()
+    };
+    // The exception to one accumulator per loop: five interleaved chains of 16
+    // lanes vectorise here, and beat five passes of `lane_sum` by 2x.
+    const L: usize = 16;
+    for block in x.chunks(BLOCK) {
+        let (mut sum, mut sq, mut max) = ([0f32; L], [0f32; L], [0f32; L]);
+        let (mut zeros, mut bad) = ([0u32; L], [0u32; L]);
+        let (body, tail) = block.as_chunks::<L>();
+        for c in body {
+            for l in 0..L {
+                let v = c[l];
+                sum[l] += v;
+                sq[l] += v * v;
+                max[l] = max[l].max(v.abs());
+                zeros[l] = zeros[l].wrapping_add((v == 0.0) as u32);
+                bad[l] = bad[l].wrapping_add((!v.is_finite()) as u32);
+            }
+        }
+        for &v in tail {
+            sum[0] += v;
+            sq[0] += v * v;
+            max[0] = max[0].max(v.abs());
+            zeros[0] = zeros[0].wrapping_add((v == 0.0) as u32);
+            bad[0] = bad[0].wrapping_add((!v.is_finite()) as u32);
+        }
+        m.sum += sum.iter().map(|&s| s as f64).sum::<f64>();
+        m.sum_sq += sq.iter().map(|&s| s as f64).sum::<f64>();
+        m.max_abs = max.iter().fold(m.max_abs, |a, &b| a.max(b));
+        m.zeros += zeros.iter().sum::<u32>() as usize;
+        m.nonfinite += bad.iter().sum::<u32>() as usize;
+    }
+    m
+}
+
+/// `Σ f(v)` over `x` in [`LANES`] f32 lanes, summed into f64 at the end: the
+/// loop shape that vectorises. Call it on blocks of at most [`BLOCK`] values.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let (body, tail) = x.as_chunks::<LANES>();
+    let mut acc = [0f32; LANES];
+    for c in body {
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
+        }
+    }
+    let tail: f32 = tail.iter().map(|&v| f(v)).sum();
+    acc.iter().map(|&s| s as f64).sum::<f64>() + tail as f64
+}
+
+/// [`lane_sum`] of `f(a, b)` over two slices of the same length.
+#[inline(always)]
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let ((xa, ta), (xb, tb)) = (a.as_chunks::<LANES>(), b.as_chunks::<LANES>());
+    let mut acc = [0f32; LANES];
+    for (x, y) in xa.iter().zip(xb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    let tail: f32 = ta.iter().zip(tb).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().map(|&s| s as f64).sum::<f64>() + tail as f64
+}
+
+/// `||x||_2`, the one statistic of a back-propagated signal or a weight that the
+/// probe needs every step.
+#[multiversion(targets = "simd")]
+pub fn l2(x: &[f32]) -> f64 {
+    x.chunks(BLOCK).map(|b| lane_sum(b, |v| v * v)).sum::<f64>().sqrt()
+}
+
 /// `e^x` for f32 in plain arithmetic (so it vectorises, unlike libm's `expf`):
 /// `x = n ln2 + r` with |r| <= ln2/2, a degree-6 polynomial for `e^r`, and `2^n`
 /// built in the exponent bits. Relative error below 2e-7 on [-87, 88]; clamped
 /// outside, where f32 under- or overflows anyway.
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
-    // Round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2
-    // arithmetic, where `f32::round` would be a libm call per element.
+    // Round to nearest by adding 1.5 * 2^23: plain arithmetic, where
+    // `f32::round` would be a libm call per element. The sum's low mantissa
+    // bits then hold n itself, so 2^n is built from integer bits: a float to
+    // int `as` cast (saturating in Rust) would not vectorise.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     // Cody-Waite split of ln 2 keeps r accurate.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32).wrapping_add(127) as u32).wrapping_shl(23))
-}
-
-/// [`through_derivative`] for sigmoid (`tanh == false`) or tanh, with [`exp_fast`].
-#[inline(always)]
-fn sigmoid_pass_kernel(pre: &[f32], g: Option<&[f32]>, threshold: f32, tanh: bool) -> (f64, usize) {
-    let d = |a: f32| {
-        if tanh {
-            // tanh(a) = 1 - 2 / (e^(2a) + 1); tanh' = 1 - tanh^2.
-            let t = 1.0 - 2.0 / (exp_fast(2.0 * a) + 1.0);
-            1.0 - t * t
-        } else {
-            let s = 1.0 / (1.0 + exp_fast(-a));
-            s * (1.0 - s)
-        }
-    };
-    derivative_kernel(pre, g, d, threshold)
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23))
 }
 
 /// Population standard deviation about a known mean (a second pass: the one-pass
 /// formula loses everything to cancellation when |mean| >> std, as for sigmoid outputs).
+#[multiversion(targets = "simd")]
 pub fn std_about(x: &[f32], mean: f64) -> f64 {
     let mean = mean as f32;
-    let mut total = 0f64;
-    for block in x.chunks(BLOCK) {
-        let mut acc = [0f32; LANES];
-        let mut lanes = block.chunks_exact(LANES);
-        for c in &mut lanes {
-            for l in 0..LANES {
-                let d = c[l] - mean;
-                acc[l] += d * d;
-            }
-        }
-        for &v in lanes.remainder() {
-            acc[0] += (v - mean) * (v - mean);
-        }
-        total += acc.iter().map(|&s| s as f64).sum::<f64>();
-    }
+    let total: f64 = x.chunks(BLOCK).map(|b| lane_sum(b, |v| (v - mean) * (v - mean))).sum();
     (total / x.len().max(1) as f64).sqrt()
 }
 
 /// `(||a - b||_2, ||b||_2)` in one pass: an update's size and the norm of the
 /// weights it started from; also the share of a gradient not on the skip path.
+#[multiversion(targets = "simd")]
 pub fn diff_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len(), "diff_l2 of tensors of different sizes");
     let (mut diff, mut norm) = (0f64, 0f64);
     for (ca, cb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
-        let mut d2 = [0f32; LANES];
-        let mut b2 = [0f32; LANES];
-        let mut la = ca.chunks_exact(LANES);
-        let mut lb = cb.chunks_exact(LANES);
-        for (x, y) in (&mut la).zip(&mut lb) {
-            for l in 0..LANES {
-                let d = x[l] - y[l];
-                d2[l] += d * d;
-                b2[l] += y[l] * y[l];
-            }
-        }
-        for (x, y) in la.remainder().iter().zip(lb.remainder()) {
-            d2[0] += (x - y) * (x - y);
-            b2[0] += y * y;
-        }
-        diff += d2.iter().map(|&s| s as f64).sum::<f64>();
-        norm += b2.iter().map(|&s| s as f64).sum::<f64>();
+        diff += lane_sum2(ca, cb, |x, y| (x - y) * (x - y));
+        norm += lane_sum(cb, |y| y * y);
     }
     (diff.sqrt(), norm.sqrt())
 }
 
 /// `||f'(pre) * g||_2` and the number of units with `f'(pre) < threshold`, in one
-/// pass: the signal below a layer's activation, and its saturation. Sigmoid and
-/// tanh, the activations this matters most for, take a vectorised path.
+/// pass: the signal below a layer's activation, and its saturation.
+///
+/// Each activation's derivative is written out here branch-free with
+/// [`exp_fast`] so that the pass vectorises (tested against
+/// [`Activation::derivative_at`], the reference); GELU, which needs `erf`,
+/// uses the reference per value.
+#[multiversion(targets = "simd")]
 pub fn through_derivative(pre: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32) -> (f64, usize) {
-    let tanh = match act {
-        Activation::Sigmoid => false,
-        Activation::Tanh => true,
-        _ => return derivative_kernel(pre, g, |a| act.derivative_at(a), threshold),
-    };
-    sigmoid_pass_kernel(pre, g, threshold, tanh)
+    const SELU_ALPHA: f32 = 1.673_263_2;
+    const SELU_SCALE: f32 = 1.050_701;
+    match act {
+        Activation::Sigmoid => derivative_kernel(
+            pre,
+            g,
+            |a| {
+                let s = 1.0 / (1.0 + exp_fast(-a));
+                s * (1.0 - s)
+            },
+            threshold,
+        ),
+        Activation::Tanh => derivative_kernel(
+            pre,
+            g,
+            |a| {
+                // tanh(a) = 1 - 2 / (e^(2a) + 1); tanh' = 1 - tanh^2.
+                let t = 1.0 - 2.0 / (exp_fast(2.0 * a) + 1.0);
+                1.0 - t * t
+            },
+            threshold,
+        ),
+        Activation::Relu => derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { 0.0 }, threshold),
+        Activation::LeakyRelu { slope } => {
+            let slope = slope as f32;
+            derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { slope }, threshold)
+        }
+        Activation::Elu { alpha } => {
+            let alpha = alpha as f32;
+            derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { alpha * exp_fast(a) }, threshold)
+        }
+        Activation::Selu => derivative_kernel(
+            pre,
+            g,
+            |a| SELU_SCALE * if a > 0.0 { 1.0 } else { SELU_ALPHA * exp_fast(a) },
+            threshold,
+        ),
+        Activation::Identity => derivative_kernel(pre, g, |_| 1.0, threshold),
+        Activation::Gelu => derivative_kernel(pre, g, |a| act.derivative_at(a), threshold),
+    }
 }
 
+/// The pass behind [`through_derivative`] for a derivative `d`: per block,
+/// `d` of every value into a buffer (a map, which vectorises with `d` inlined),
+/// then the signal and the count as [`lane_sum`]s over it.
 #[inline(always)]
 fn derivative_kernel(pre: &[f32], g: Option<&[f32]>, d: impl Fn(f32) -> f32, threshold: f32) -> (f64, usize) {
-    let mut total = 0f64;
-    let mut below = 0usize;
-    // Lane arrays with no data-dependent branches, so that LLVM vectorises `d` too.
-    let mut block = |pb: &[f32], gb: Option<&[f32]>| {
-        let mut acc = [0f32; LANES];
-        let mut count = [0u32; LANES];
-        let mut pc = pb.chunks_exact(LANES);
-        match gb {
-            Some(gb) => {
-                let mut gc = gb.chunks_exact(LANES);
-                for (p, q) in (&mut pc).zip(&mut gc) {
-                    for l in 0..LANES {
-                        let da = d(p[l]);
-                        count[l] = count[l].wrapping_add((da < threshold) as u32);
-                        acc[l] += (da * q[l]) * (da * q[l]);
-                    }
-                }
-                for (&a, &q) in pc.remainder().iter().zip(gc.remainder()) {
-                    let da = d(a);
-                    count[0] += (da < threshold) as u32;
-                    acc[0] += (da * q) * (da * q);
-                }
-            }
-            None => {
-                for p in &mut pc {
-                    for l in 0..LANES {
-                        count[l] = count[l].wrapping_add((d(p[l]) < threshold) as u32);
-                    }
-                }
-                for &a in pc.remainder() {
-                    count[0] += (d(a) < threshold) as u32;
-                }
-            }
-        }
-        total += acc.iter().map(|&s| s as f64).sum::<f64>();
-        below += count.iter().sum::<u32>() as usize;
-    };
-    match g {
-        Some(g) => {
-            assert_eq!(pre.len(), g.len(), "activation and signal of different sizes");
-            pre.chunks(BLOCK)
-                .zip(g.chunks(BLOCK))
-                .for_each(|(p, q)| block(p, Some(q)));
-        }
-        None => pre.chunks(BLOCK).for_each(|p| block(p, None)),
+    let (mut total, mut below) = (0f64, 0f64);
+    let mut buf = [0f32; BLOCK];
+    if let Some(g) = g {
+        assert_eq!(pre.len(), g.len(), "activation and signal of different sizes");
     }
-    (total.sqrt(), below)
+    for (k, pb) in pre.chunks(BLOCK).enumerate() {
+        let da = &mut buf[..pb.len()];
+        for (o, &a) in da.iter_mut().zip(pb) {
+            *o = d(a);
+        }
+        below += lane_sum(da, |v| (v < threshold) as u32 as f32);
+        if let Some(g) = g {
+            let gb = &g[k * BLOCK..k * BLOCK + pb.len()];
+            total += lane_sum2(da, gb, |v, q| (v * q) * (v * q));
+        }
+    }
+    (total.sqrt(), below as usize)
 }
 
 /// Per-unit max |x| over the batch of a row-major `[batch, features]` buffer:
 /// a unit is dead on this batch when its value is 0.
+#[multiversion(targets = "simd")]
 pub fn unit_max_abs(x: &[f32], features: usize) -> Vec<f32> {
     let mut out = vec![0f32; features];
     for row in x.chunks_exact(features) {
@@ -348,47 +414,92 @@ pub fn unit_max_abs(x: &[f32], features: usize) -> Vec<f32> {
 }
 
 /// The number of values below zero.
+#[multiversion(targets = "simd")]
 pub fn count_negative(x: &[f32]) -> usize {
-    x.iter().map(|&v| (v < 0.0) as usize).sum()
+    x.chunks(BLOCK)
+        .map(|b| lane_sum(b, |v| (v < 0.0) as u32 as f32))
+        .sum::<f64>() as usize
+}
+
+/// Where |x| falls among the histogram's bins, looked up by the top 16 bits of
+/// its float (the sign cleared: 8 exponent and 7 mantissa bits). Each entry
+/// holds the bin of the smallest float with those bits, and in its top bit
+/// whether a bin edge falls inside the entry's range (it spans 2^-7 of a
+/// binade, 0.0034 decades, so at most one edge): then one comparison with
+/// that edge decides.
+struct BinTable {
+    entry: Vec<u8>,
+    /// The bins' edges, `edges[i]` the lower edge of bin `i`.
+    edges: [f32; HIST_BINS + 1],
+}
+
+const STRADDLES: u8 = 0x80;
+
+impl BinTable {
+    fn get() -> &'static BinTable {
+        static TABLE: std::sync::OnceLock<BinTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| {
+            let edges: [f32; HIST_BINS + 1] =
+                std::array::from_fn(|i| 10f64.powf(HIST_LO + i as f64 * HIST_WIDTH) as f32);
+            // Values below the first inner edge fall in bin 0, above the last in the last bin.
+            let exact = |a: f32| edges[1..HIST_BINS].iter().take_while(|&&e| a >= e).count();
+            let entry = (0u32..1 << 15)
+                .map(|k| {
+                    let (lo, hi) = (f32::from_bits(k << 16), f32::from_bits((k << 16) | 0xffff));
+                    if lo.is_nan() || lo.is_infinite() {
+                        // Infinity falls in the last bin; NaN is sorted out by the caller.
+                        return (HIST_BINS - 1) as u8;
+                    }
+                    let (a, b) = (exact(lo), exact(hi));
+                    debug_assert!(b - a <= 1, "a bin narrower than a table entry");
+                    a as u8 | if b > a { STRADDLES } else { 0 }
+                })
+                .collect();
+            BinTable { entry, edges }
+        })
+    }
 }
 
 /// Counts of |x| per log10 bin, as [`crate::measure::log_histogram`]: `HIST_BINS`
 /// bins of `HIST_WIDTH` decades from 1e`HIST_LO` (values outside fall in the end
 /// bins), then the exact zeros. NaN falls in no bin.
 ///
-/// No logarithm per value: the bin is estimated from the float's exponent and
-/// mantissa (`log2 x ~ e + (m - 1)`, off by less than 0.09 in log2, well under a
-/// bin) and then corrected against the exact bin edges.
+/// No logarithm per value: a table lookup on the float's top bits, exact at
+/// every edge (see [`BinTable`]). Four interleaved sets of counters keep
+/// increments of neighbouring values (gradients cluster in a few bins) from
+/// waiting on each other.
+#[multiversion(targets = "simd")]
 pub fn log_histogram(x: &[f32]) -> Vec<f64> {
-    let edges: Vec<f32> = (0..=HIST_BINS)
-        .map(|i| 10f64.powf(HIST_LO + i as f64 * HIST_WIDTH) as f32)
-        .collect();
-    let last = HIST_BINS - 1;
-    let mut counts = vec![0u64; HIST_BINS + 1];
-    for &v in x {
-        let a = v.abs();
-        if a == 0.0 {
-            counts[HIST_BINS] += 1;
-            continue;
+    let table = BinTable::get();
+    // Slots: the bins, then exact zeros, then NaN (discarded).
+    const ZERO: usize = HIST_BINS;
+    const NAN: usize = HIST_BINS + 1;
+    let slot = |v: f32| {
+        let bits = v.to_bits() & 0x7fff_ffff;
+        let e = table.entry[(bits >> 16) as usize];
+        let bin = (e & !STRADDLES) as usize;
+        let up = (e & STRADDLES != 0) & (f32::from_bits(bits) >= table.edges[(bin + 1).min(HIST_BINS)]);
+        if bits == 0 {
+            ZERO
+        } else if bits > 0x7f80_0000 {
+            NAN
+        } else {
+            bin + up as usize
         }
-        if a.is_nan() {
-            continue;
+    };
+    let mut counts = [[0u64; HIST_BINS + 2]; 4];
+    let (quads, tail) = x.as_chunks::<4>();
+    for q in quads {
+        for (c, &v) in counts.iter_mut().zip(q) {
+            c[slot(v)] += 1;
         }
-        let bits = a.to_bits();
-        let exponent = ((bits >> 23) & 0xff) as f32 - 127.0;
-        let mantissa = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-        let log10 = (exponent + mantissa - 1.0) * std::f32::consts::LOG10_2;
-        // Truncation is floor here: negative positions clamp to bin 0 first.
-        let position = ((log10 as f64 - HIST_LO) / HIST_WIDTH).max(0.0);
-        let mut bin = (position as usize).min(last);
-        if bin > 0 && a < edges[bin] {
-            bin -= 1;
-        } else if bin < last && a >= edges[bin + 1] {
-            bin += 1;
-        }
-        counts[bin] += 1;
     }
-    counts.into_iter().map(|c| c as f64).collect()
+    for &v in tail {
+        counts[0][slot(v)] += 1;
+    }
+    (0..=HIST_BINS)
+        .map(|i| counts.iter().map(|c| c[i]).sum::<u64>() as f64)
+        .collect()
 }
 
 #[cfg(test)]
@@ -481,7 +592,16 @@ mod tests {
         // The vectorised sigmoid and tanh paths against the scalar reference.
         let pre: Vec<f32> = (0..3001).map(|i| (i as f32 - 1500.0) / 100.0).collect();
         let g: Vec<f32> = (0..3001).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
-        for act in [Activation::Sigmoid, Activation::Tanh] {
+        for act in [
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::LeakyRelu { slope: 0.01 },
+            Activation::Elu { alpha: 1.0 },
+            Activation::Selu,
+            Activation::Gelu,
+            Activation::Identity,
+        ] {
             let t = (0.01 * act.max_derivative()) as f32;
             let fast = through_derivative(&pre, Some(&g), act, t);
             let reference = derivative_kernel(&pre, Some(&g), |a| act.derivative_at(a), t);
@@ -505,6 +625,45 @@ mod tests {
         }
         let h = log_histogram(&[f32::INFINITY, 1e-45, f32::NAN]);
         assert_eq!((h[HIST_BINS - 1], h[0], h.iter().sum::<f64>()), (1.0, 1.0, 2.0));
+    }
+
+    #[test]
+    fn host_borrows_flex_buffers_and_copies_the_rest() {
+        use burn::tensor::{Device, Tensor, TensorData};
+        let x: Vec<f32> = (0..12).map(|i| i as f32 - 3.5).collect();
+        let data = TensorData::new(x.clone(), [3, 4]);
+        let t = Tensor::<2>::from_data(data.clone(), &Device::flex());
+        let view = host(&t);
+        assert!(
+            matches!(view, HostValues::Flex(_)),
+            "a contiguous flex tensor is read in place"
+        );
+        assert_eq!(&*view, &x[..]);
+        drop(view);
+        // Still usable, unchanged.
+        assert_eq!(t.clone().into_data().try_to_vec::<f32>().unwrap(), x);
+        // A transposed view is strided: copied, in logical order.
+        let tt = t.clone().transpose();
+        let want = tt.clone().into_data().try_to_vec::<f32>().unwrap();
+        let view = host(&tt);
+        assert!(matches!(view, HostValues::Copied(_)));
+        assert_eq!(&*view, &want[..]);
+        // Another backend: copied.
+        let ndarray = gradscope_train::Backend::Ndarray
+            .device()
+            .expect("ndarray is compiled in");
+        let nd = Tensor::<2>::from_data(data, &ndarray);
+        let view = host(&nd);
+        assert!(matches!(view, HostValues::Copied(_)));
+        assert_eq!(&*view, &x[..]);
+    }
+
+    #[test]
+    fn l2_matches_naive() {
+        let x: Vec<f32> = (0..20_001).map(|i| ((i % 13) as f32 - 6.0) * 0.25).collect();
+        let want = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((l2(&x) - want).abs() <= 1e-6 * want);
+        assert_eq!(l2(&[]), 0.0);
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub const FORENSICS_DEPTH: usize = 20;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeConfig {
     pub schedule: ProbeSchedule,
-    /// Histograms of |g| on every `hist_every`th probed step (and the first).
+    /// Histograms of |g| and update sizes on every `hist_every`th probed step
+    /// (and the first). Update sizes need a copy of every weight kept across
+    /// the optimiser step and a second pass over both: on flex that was a third
+    /// of the probe's time at every step, for a ratio that moves slowly.
     pub hist_every: u64,
     /// Number of classes (for the initial-loss audit).
     pub classes: usize,
@@ -51,12 +54,30 @@ pub enum Reductions {
 }
 
 impl Reductions {
+    /// Environment variable that overrides [`Reductions::for_backend`] in
+    /// [`GradientProbe::for_run`]: `device` or `host`. For measuring one against
+    /// the other (`GRADSCOPE_PROBE_REDUCTIONS=host gradscope bench --probe ...`).
+    pub const ENV: &'static str = "GRADSCOPE_PROBE_REDUCTIONS";
+
     /// The faster choice for a backend (measured with `gradscope bench --probe`).
     pub fn for_backend(backend: gradscope_train::Backend) -> Self {
         if backend == gradscope_train::Backend::Flex {
             Reductions::Host
         } else {
             Reductions::Device
+        }
+    }
+
+    /// [`Self::for_backend`], unless [`Self::ENV`] says otherwise.
+    pub fn for_run(backend: gradscope_train::Backend) -> Result<Self, TrainError> {
+        match std::env::var(Self::ENV).as_deref() {
+            Err(_) => Ok(Self::for_backend(backend)),
+            Ok("device") => Ok(Reductions::Device),
+            Ok("host") => Ok(Reductions::Host),
+            Ok(other) => Err(TrainError::Invalid(format!(
+                "{} must be `device` or `host`; found `{other}`",
+                Self::ENV
+            ))),
         }
     }
 }
@@ -83,8 +104,10 @@ struct Pending {
     hist: bool,
     /// This probe step closes a dead-unit window.
     window_end: bool,
-    /// The points' main weights, by parameter id, and their values before the step.
+    /// The points' main weights, by parameter id.
     weight_ids: Vec<Option<ParamId>>,
+    /// Their values before the step (device path; the host path keeps copies in
+    /// [`GradientProbe::before`]).
     weights: Vec<Option<Tensor<1>>>,
 }
 
@@ -95,6 +118,11 @@ pub struct GradientProbe {
     points: Vec<ProbePoint>,
     ids: Option<Ids>,
     pending: Option<Pending>,
+    /// Host path: each point's weight before the step, in buffers reused from
+    /// one probe step to the next. A copy rather than a second reference to the
+    /// tensor, because a shared tensor makes the optimiser allocate a new one
+    /// instead of updating in place.
+    before: Vec<Vec<f32>>,
     /// Per unit, max |activation| over the probed batches of the current window.
     alive: Vec<Option<Vec<f32>>>,
     probes: u64,
@@ -114,6 +142,7 @@ impl GradientProbe {
             points: Vec::new(),
             ids: None,
             pending: None,
+            before: Vec::new(),
             alive: Vec::new(),
             probes: 0,
             records: Vec::new(),
@@ -135,7 +164,7 @@ impl GradientProbe {
         Ok(Some(Self::new(ProbeConfig {
             schedule: config.probe,
             classes,
-            reductions: Reductions::for_backend(config.backend),
+            reductions: Reductions::for_run(config.backend)?,
             ..ProbeConfig::default()
         })))
     }
@@ -200,10 +229,37 @@ impl GradientProbe {
                 host_step(&step, &mut stats);
             }
         }
-        // Weights before the step: their norms and their change after the step
-        // are measured in `finish_record`.
+        // Weight norms now; on update steps (`hist`) also the weights themselves,
+        // whose change across the optimiser step `finish_record` measures.
         let weight_ids: Vec<Option<ParamId>> = weight.iter().map(|w| w.map(|(id, _)| id)).collect();
-        let weights = param_values(view.model, &weight_ids);
+        let mut weights = param_values(view.model, &weight_ids);
+        match self.config.reductions {
+            Reductions::Device => {
+                for (i, w) in weights.iter_mut().enumerate() {
+                    if let Some(t) = w {
+                        stats.batch.push(Some(i), "weight_l2", l2(t));
+                    }
+                    if !hist {
+                        *w = None;
+                    }
+                }
+            }
+            Reductions::Host => {
+                self.before.resize_with(weights.len(), Vec::new);
+                for (i, w) in weights.iter_mut().enumerate() {
+                    let before = &mut self.before[i];
+                    before.clear();
+                    let Some(t) = w.take() else { continue };
+                    let values = fused::host(&t);
+                    if hist {
+                        // Its norm comes with the update size.
+                        before.extend_from_slice(&values);
+                    } else {
+                        stats.values.push((Some(i), "weight_l2", fused::l2(&values)));
+                    }
+                }
+            }
+        }
         Pending {
             step: view.info.step,
             stats,
@@ -226,18 +282,24 @@ impl GradientProbe {
             weight_ids,
             weights,
         } = pending;
-        let new = param_values(after, &weight_ids);
-        for (i, (o, n)) in weights.into_iter().zip(new).enumerate() {
-            let (Some(o), Some(n)) = (o, n) else { continue };
+        if hist {
+            let new = param_values(after, &weight_ids);
             match self.config.reductions {
                 Reductions::Device => {
-                    stats.batch.push(Some(i), "weight_l2", l2(&o));
-                    stats.batch.push(Some(i), "update_l2", l2(&(n - o)));
+                    for (i, (o, n)) in weights.into_iter().zip(new).enumerate() {
+                        let (Some(o), Some(n)) = (o, n) else { continue };
+                        stats.batch.push(Some(i), "update_l2", l2(&(n - o)));
+                    }
                 }
                 Reductions::Host => {
-                    let (update, weight) = fused::diff_l2(&fused::host(&n), &fused::host(&o));
-                    stats.values.push((Some(i), "weight_l2", weight));
-                    stats.values.push((Some(i), "update_l2", update));
+                    for (i, n) in new.iter().enumerate() {
+                        let (Some(n), Some(o)) = (n, self.before.get(i).filter(|b| !b.is_empty())) else {
+                            continue;
+                        };
+                        let (update, weight) = fused::diff_l2(&fused::host(n), o);
+                        stats.values.push((Some(i), "weight_l2", weight));
+                        stats.values.push((Some(i), "update_l2", update));
+                    }
                 }
             }
         }
@@ -363,7 +425,7 @@ impl<M: Network> Observer<M> for GradientProbe {
         Control::Continue
     }
 
-    fn after_step(&mut self, _info: &StepInfo, _before: Option<&M>, after: &M) -> Control {
+    fn after_step(&mut self, _info: &StepInfo, after: &M) -> Control {
         let Some(pending) = self.pending.take() else {
             return Control::Continue;
         };

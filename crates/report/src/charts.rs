@@ -453,7 +453,14 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
             let layers: Vec<usize> = (0..run.points.len())
                 .filter(|&i| run.probe.iter().any(|r| r.get(i, metric).is_some()))
                 .collect();
-            let steps = run.probe.len();
+            // Columns: the probed steps that measured the metric (update sizes
+            // are measured on every 10th probed step only).
+            let recs: Vec<_> = run
+                .probe
+                .iter()
+                .filter(|r| layers.iter().any(|&i| r.get(i, metric).is_some()))
+                .collect();
+            let steps = recs.len();
             let mut chart = ChartBuilder::on(area)
                 .caption(&run.label, ("sans-serif", 14))
                 .margin(6)
@@ -462,7 +469,7 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
                 .build_cartesian_2d(0f64..steps.max(1) as f64, 0f64..layers.len().max(1) as f64)
                 .map_err(draw_err)?;
             let names: Vec<String> = layers.iter().map(|&i| run.points[i].name.clone()).collect();
-            let step_of: Vec<u64> = run.probe.iter().map(|r| r.step).collect();
+            let step_of: Vec<u64> = recs.iter().map(|r| r.step).collect();
             chart
                 .configure_mesh()
                 .disable_mesh()
@@ -474,7 +481,7 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
                 .draw()
                 .map_err(draw_err)?;
             let mut cells = Vec::new();
-            for (col, rec) in run.probe.iter().enumerate() {
+            for (col, rec) in recs.iter().enumerate() {
                 for (row, &i) in layers.iter().enumerate() {
                     let Some(v) = rec.get(i, metric).filter(|v| *v > 0.0 && v.is_finite()) else {
                         continue;

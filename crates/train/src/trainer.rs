@@ -94,8 +94,11 @@ pub trait Observer<M> {
     fn after_backward(&mut self, _view: &BackwardView<'_, M>) -> Control {
         Control::Continue
     }
-    /// `before` is the model before the step, on probed steps only.
-    fn after_step(&mut self, _info: &StepInfo, _before: Option<&M>, _after: &M) -> Control {
+    /// Called after the optimiser step with the updated model. (The model
+    /// before the step is not offered: holding it would share every parameter
+    /// and make the optimiser copy them instead of updating in place; an
+    /// observer that needs old values copies what it needs in `after_backward`.)
+    fn after_step(&mut self, _info: &StepInfo, _after: &M) -> Control {
         Control::Continue
     }
     fn on_log(&mut self, _row: &MetricsRow) {}
@@ -121,11 +124,17 @@ struct Window {
     started: Instant,
 }
 
+const HELD: &str = "the trainer holds its model outside the optimiser step";
+
 /// The training loop over a model `M`.
 pub struct Trainer<M: Network + 'static> {
     pub config: TrainConfig,
     device: Device,
-    model: M,
+    /// Always `Some`, except during the optimiser step, which takes the model
+    /// by value: were the trainer to keep a clone meanwhile, every parameter
+    /// buffer would be shared and flex would copy it instead of updating it in
+    /// place.
+    model: Option<M>,
     optim: ModuleOptimizer,
     data: Arc<Data>,
     run: RunDir,
@@ -183,7 +192,7 @@ impl<M: Network + 'static> Trainer<M> {
         Ok(Self {
             config,
             device,
-            model,
+            model: Some(model),
             optim,
             data: Arc::new(data),
             run,
@@ -210,7 +219,9 @@ impl<M: Network + 'static> Trainer<M> {
         let model_path = dir.join(checkpoint::MODEL_FILE);
         self.model = self
             .model
-            .try_load_file(&model_path)
+            .take()
+            .map(|m| m.try_load_file(&model_path))
+            .transpose()
             .map_err(|e| TrainError::Checkpoint {
                 path: model_path.clone(),
                 reason: e.to_string(),
@@ -245,6 +256,10 @@ impl<M: Network + 'static> Trainer<M> {
         Arc::clone(&self.stop)
     }
 
+    fn model(&self) -> &M {
+        self.model.as_ref().expect(HELD)
+    }
+
     /// The run directory.
     pub fn dir(&self) -> &Path {
         self.run.dir()
@@ -264,7 +279,7 @@ impl<M: Network + 'static> Trainer<M> {
     pub fn run(mut self) -> Result<(Summary, M), TrainError> {
         let run_info = RunInfo {
             dir: self.run.dir().to_owned(),
-            points: self.model.probe_points().to_vec(),
+            points: self.model().probe_points().to_vec(),
             steps_per_epoch: self.steps_per_epoch(),
             total_steps: self.total_steps(),
             resumed_at: self.resumed_at,
@@ -290,7 +305,8 @@ impl<M: Network + 'static> Trainer<M> {
         };
         self.summary.status = status;
         self.finish()?;
-        Ok((self.summary, self.model))
+        let model = self.model.take().expect(HELD);
+        Ok((self.summary, model))
     }
 
     fn train_loop(&mut self, run: &RunInfo) -> Result<Status, TrainError> {
@@ -383,13 +399,14 @@ impl<M: Network + 'static> Trainer<M> {
             .observers
             .iter_mut()
             .fold(false, |any, o| o.wants_probe(info.step) | any); // ask every observer
-        let head = self.model.head();
-        let taps = probe.then(|| Taps::zeros(self.model.probe_points(), info.batch_size, &self.device));
+        let model = self.model.as_ref().expect(HELD);
+        let head = model.head();
+        let taps = probe.then(|| Taps::zeros(model.probe_points(), info.batch_size, &self.device));
         let (logits, traces) = if probe {
-            let p = self.model.forward_probed(batch.images, taps.as_ref());
+            let p = model.forward_probed(batch.images, taps.as_ref());
             (p.logits, Some(p.traces))
         } else {
-            (self.model.forward(batch.images), None)
+            (model.forward(batch.images), None)
         };
         let loss = head.loss(logits.clone(), batch.targets.clone());
         let correct = head
@@ -400,15 +417,15 @@ impl<M: Network + 'static> Trainer<M> {
             .float();
         let mut raw = loss.backward();
         let tap_grads = taps.map(|t| TapGrads::take(&t, &mut raw));
-        let mut grads = GradientsParams::from_grads(raw, &self.model);
+        let mut grads = GradientsParams::from_grads(raw, model);
         if let Some(max_norm) = self.config.clip_grad_norm {
-            grads = clip_global_norm(&self.model, grads, max_norm);
+            grads = clip_global_norm(model, grads, max_norm);
         }
         let mut diverged = None;
         {
             let view = BackwardView {
                 info: &info,
-                model: &self.model,
+                model,
                 loss: &loss,
                 grads: &grads,
                 taps: tap_grads.as_ref(),
@@ -423,11 +440,10 @@ impl<M: Network + 'static> Trainer<M> {
         if diverged.is_some() {
             return Ok(diverged);
         }
-        let before = probe.then(|| self.model.clone());
-        let model = self.model.clone();
-        self.model = self.optim.step(info.lr, model, grads);
+        let model = self.model.take().expect(HELD);
+        let model = self.model.insert(self.optim.step(info.lr, model, grads));
         for o in &mut self.observers {
-            if let Control::Diverged(cause) = o.after_step(&info, before.as_ref(), &self.model) {
+            if let Control::Diverged(cause) = o.after_step(&info, model) {
                 diverged.get_or_insert(cause);
             }
         }
@@ -517,7 +533,7 @@ impl<M: Network + 'static> Trainer<M> {
     /// running statistics), in one device read.
     pub fn evaluate(&self) -> (f64, f64) {
         evaluate(
-            &self.model,
+            self.model(),
             &self.data.test,
             &self.data.batcher,
             &self.device.clone().inner(),
@@ -525,7 +541,7 @@ impl<M: Network + 'static> Trainer<M> {
     }
 
     fn save_checkpoint(&mut self) -> Result<(), TrainError> {
-        let dir = checkpoint::save(&self.run, &self.model, &self.optim, &self.state, &self.summary)?;
+        let dir = checkpoint::save(&self.run, self.model(), &self.optim, &self.state, &self.summary)?;
         self.events.line(&event(
             "checkpoint",
             serde_json::json!({ "step": self.state.step, "dir": dir.display().to_string() }),
