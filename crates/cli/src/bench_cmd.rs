@@ -187,9 +187,9 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The median, NaN when there is nothing to take it of.
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    gradscope_train::median(v).unwrap_or(f64::NAN)
 }
 
 fn idx_load_seconds() -> Result<(f64, f64)> {

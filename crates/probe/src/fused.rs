@@ -1,24 +1,24 @@
-//! One-pass statistics over host memory, for the flex backend.
+//! Statistics over host memory, for the flex backend.
 //!
-//! On flex the "device" is the host: a tensor read back is a `memcpy`, and
-//! every Burn op is a full pass over memory plus an allocation and a dispatch.
-//! Measuring a layer with Burn ops costs about 40 such passes; here each tensor
-//! is read once and every statistic of it (sum, sum of squares, max |x|, exact
-//! zeros, non-finite values) comes out of the same loop. The other backends
-//! keep the device-side reductions of [`crate::measure`]: on a GPU a read back
-//! crosses PCIe, and the one-transfer-per-step rule matters.
+//! On flex the "device" is the host: every Burn op is a full pass over memory
+//! plus an allocation and a dispatch, and measuring a layer with Burn ops costs
+//! about 40 of them. Here each tensor is borrowed in place ([`host`], no copy)
+//! and its statistics are taken by vectorised loops over it. The other
+//! backends keep the device-side reductions of [`crate::measure`]: on a GPU a
+//! read back crosses PCIe, and the one-transfer-per-step rule matters.
 //!
 //! Accumulation: f32 lanes over blocks of [`BLOCK`] values, summed into f64, so
 //! the error stays near f32 rounding of a block rather than growing with the
-//! tensor's size. Every loop has the one shape LLVM reliably vectorises: one
+//! tensor's size. Most loops have the one shape LLVM reliably vectorises: one
 //! accumulator array of [`LANES`] lanes fed by a branch-free function of each
-//! value ([`lane_sum`], [`lane_sum2`]). A statistic is one such loop over a
-//! block; the block (4 KiB) stays in L1 for the next. (One loop feeding several
-//! accumulator arrays at once, the obvious fusion, was left scalar by LLVM:
-//! 3-10x slower, `cargo bench --workspace --profile dev --bench fused`.)
-//! Counts are accumulated as f32, exact up to 2^24 per lane per block.
+//! value ([`lane_sum`], [`lane_sum2`]), one such loop per statistic over a
+//! block (32 KiB, which stays in L1 for the next). Loops feeding two
+//! accumulator arrays were left scalar by LLVM (3-10x slower); [`Moments::of`]'s
+//! five interleaved 16-lane chains are the exception that does vectorise.
+//! Counts are accumulated as f32 or u32 lanes, exact at these block sizes.
+//! Timings: `cargo bench --workspace --profile dev --bench fused`.
 //! The kernels are compiled for each SIMD level (AVX-512, AVX2, ...) and
-//! picked at run time ([`multiversion`]): AVX-512 is 3x faster than the
+//! picked at run time ([`multiversion`]): AVX-512 is about 3x faster than the
 //! baseline x86-64 build here, since the probe's inputs are in cache.
 
 use std::ops::Deref;
@@ -139,11 +139,10 @@ pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
         push(i, "act_std", std_about(&post, mean));
         if p.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
             let [_, features] = post_t.dims();
-            let alive = unit_max_abs(&post, features);
-            let dead = alive.iter().filter(|&&a| a == 0.0).count();
-            push(i, "dead_frac", dead as f64 / features.max(1) as f64);
+            // `dead_frac` is derived from this vector when the record is written.
             push(i, "zero_frac", m.zero_frac());
-            out.vectors.push((i, VectorKind::UnitMaxAbs, alive));
+            out.vectors
+                .push((i, VectorKind::UnitMaxAbs, unit_max_abs(&post, features)));
         }
         if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
             && let (Some(total), Some(skip)) = (&taps[links.input], &taps[links.branch])
@@ -181,10 +180,6 @@ impl Moments {
 
     pub fn l2(&self) -> f64 {
         self.sum_sq.sqrt()
-    }
-
-    pub fn rms(&self) -> f64 {
-        (self.sum_sq / self.n.max(1) as f64).sqrt()
     }
 
     pub fn mean(&self) -> f64 {

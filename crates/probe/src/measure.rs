@@ -134,8 +134,10 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     for (i, p) in view.points.iter().enumerate() {
         if let Some(g) = &view.taps.out[i] {
             let flat = g.clone().flatten::<1>(0, 1);
-            batch.push(Some(i), "signal_l2", l2(&flat));
-            batch.push(Some(i), "signal_rms", flat.clone().powf_scalar(2.0).mean().sqrt());
+            let norm = l2(&flat);
+            let n = flat.dims()[0].max(1) as f64;
+            batch.push(Some(i), "signal_rms", norm.clone().div_scalar(n.sqrt()));
+            batch.push(Some(i), "signal_l2", norm);
             if let Some(act) = p.activation {
                 let pre = view.traces[i].pre.clone().inner();
                 batch.push(
@@ -259,7 +261,7 @@ pub fn activation_stats(
         Regime::Rectifying => {
             let [_, features] = post.dims();
             let alive = post.clone().abs().max_dim(0).reshape([features]);
-            batch.push(Some(point), "dead_frac", alive.clone().equal_elem(0.0).float().mean());
+            // `dead_frac` is derived from `alive` on the host, with the window's.
             batch.push(Some(point), "zero_frac", post.clone().equal_elem(0.0).float().mean());
             Some(alive)
         }

@@ -322,6 +322,8 @@ impl GradientProbe {
             match kind {
                 VectorKind::Histogram => hists.push((i, v.into_iter().map(f64::from).collect::<Vec<_>>())),
                 VectorKind::UnitMaxAbs => {
+                    // Units at zero for every sample of this batch.
+                    rec.layers[i].insert("dead_frac".into(), dead_fraction(&v));
                     let acc = self.alive[i].get_or_insert_with(|| vec![0.0; v.len()]);
                     acc.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
                 }
@@ -331,8 +333,7 @@ impl GradientProbe {
             // Units that stayed at zero for every sample of every probed batch in the window.
             for (i, acc) in self.alive.iter_mut().enumerate() {
                 if let Some(a) = acc.take() {
-                    let dead = a.iter().filter(|&&x| x == 0.0).count();
-                    rec.layers[i].insert("dead_window_frac".into(), dead as f64 / a.len().max(1) as f64);
+                    rec.layers[i].insert("dead_window_frac".into(), dead_fraction(&a));
                 }
             }
         }
@@ -389,6 +390,11 @@ impl GradientProbe {
         write_atomic(&self.dir.join("forensics.json"), text.as_bytes())?;
         Ok(cause)
     }
+}
+
+/// The fraction of units whose max |activation| is 0: dead on every sample seen.
+fn dead_fraction(max_abs: &[f32]) -> f64 {
+    max_abs.iter().filter(|&&a| a == 0.0).count() as f64 / max_abs.len().max(1) as f64
 }
 
 impl<M: Network> Observer<M> for GradientProbe {

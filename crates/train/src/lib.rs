@@ -23,7 +23,7 @@ use gradscope_models::{Head, Model, ModelConfig, ModelError};
 pub use backend::BackendError;
 pub use config::{Backend, ModelChoice, Optimizer, Schedule, TrainConfig};
 pub use files::FileError;
-pub use metrics::{MetricsRow, Status, StepTimes, Summary};
+pub use metrics::{MetricsRow, Status, StepTimes, Summary, median};
 pub use run_dir::RunDir;
 pub use schedule::ProbeSchedule;
 pub use trainer::{BackwardView, Control, Data, Observer, RunInfo, StepInfo, TapGrads, Trainer, evaluate};

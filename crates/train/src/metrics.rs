@@ -103,15 +103,13 @@ impl StepTimes {
 
     /// Median seconds and count of the unprobed and of the probed steps.
     pub fn medians(&self) -> [Option<MedianTime>; 2] {
-        fn median(v: &[f64]) -> Option<MedianTime> {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            (!v.is_empty()).then(|| MedianTime {
-                seconds: v[v.len() / 2],
+        let of = |v: &[f64]| {
+            median(&mut v.to_vec()).map(|seconds| MedianTime {
+                seconds,
                 steps: v.len(),
             })
-        }
-        [median(&self.plain), median(&self.probed)]
+        };
+        [of(&self.plain), of(&self.probed)]
     }
 
     /// For `summary.json`: medians and counts of both kinds of step.
@@ -124,6 +122,13 @@ impl StepTimes {
             "probed_steps": probed.map_or(0, |p| p.steps),
         })
     }
+}
+
+/// The median of `v` (the upper one for an even count; NaN sorts last), or
+/// `None` when it is empty. Sorts `v` in place.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// The median duration of one kind of step, and how many there were.

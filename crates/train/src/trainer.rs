@@ -217,15 +217,11 @@ impl<M: Network + 'static> Trainer<M> {
     pub fn resume(mut self) -> Result<Self, TrainError> {
         let (dir, state) = checkpoint::latest(&self.run)?;
         let model_path = dir.join(checkpoint::MODEL_FILE);
-        self.model = self
-            .model
-            .take()
-            .map(|m| m.try_load_file(&model_path))
-            .transpose()
-            .map_err(|e| TrainError::Checkpoint {
-                path: model_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let model = self.model.take().expect(HELD).try_load_file(&model_path);
+        self.model = Some(model.map_err(|e| TrainError::Checkpoint {
+            path: model_path.clone(),
+            reason: e.to_string(),
+        })?);
         let optim_path = dir.join(checkpoint::OPTIM_FILE);
         self.optim = self.optim.load(&optim_path).map_err(|e| TrainError::Checkpoint {
             path: optim_path.clone(),
