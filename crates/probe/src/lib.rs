@@ -5,8 +5,8 @@
 //! the rule-based vanishing/exploding verdicts with their evidence. It plugs into
 //! the training loop as an observer and writes tidy files into the run directory;
 //! it knows nothing about datasets, optimisers or how results are drawn.
-//! Statistics are reduced on the device ([`measure`]), or on flex in one fused
-//! host pass per tensor ([`fused`]); [`module`] offers
+//! Statistics are taken on the host from one read per probe step ([`fused`]),
+//! or as device reductions ([`measure`], the cross-check); [`module`] offers
 //! the weight-gradient half for any Burn module, e.g. inside burn-train.
 
 pub mod fused;

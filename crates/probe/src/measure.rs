@@ -109,6 +109,8 @@ impl Default for Batch {
 /// forward traces, the parameter gradients, and which parameters are each
 /// point's weight and bias (`(id, rank)`).
 pub struct StepView<'a> {
+    /// The step's loss (read with everything else).
+    pub loss: Tensor<1>,
     pub points: &'a [ProbePoint],
     pub taps: &'a TapGrads,
     pub traces: &'a [Trace],
@@ -128,9 +130,11 @@ pub struct StepStats {
     pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
 }
 
-/// Queues every statistic of a probe step as device-side reductions (the GPU path).
+/// Queues every statistic of a probe step as device-side reductions (the
+/// cross-check of [`crate::fused::host_step`]; `GRADSCOPE_PROBE_REDUCTIONS=device`).
 pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
+    batch.push(None, "loss", view.loss.clone());
     for (i, p) in view.points.iter().enumerate() {
         if let Some(g) = &view.taps.out[i] {
             let flat = g.clone().flatten::<1>(0, 1);
