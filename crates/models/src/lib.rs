@@ -23,6 +23,7 @@
 //! ```
 
 pub mod activation;
+pub mod capture;
 pub mod common;
 pub mod init;
 pub mod interop;
@@ -33,6 +34,7 @@ pub mod resnet;
 pub mod zoo;
 
 pub use activation::{Activation, Regime};
+pub use capture::{GradSlot, capture};
 pub use common::{Head, ModelError, Network, Norm, NormPlacement};
 pub use init::Init;
 pub use interop::{InteropError, export_safetensors, import_safetensors};

@@ -2,14 +2,15 @@
 //! records them during a forward pass.
 //!
 //! A probed forward pass records, per probe point, the pre-activation and
-//! post-activation tensors (flattened to `[batch, features]`) and adds a zero
-//! "tap" leaf to the point's output. Because the tap is a leaf that requires a
-//! gradient, autodiff returns `dL/dh` for it; because it is zero, it changes
-//! neither the loss nor any parameter gradient (`h + 0 == h` exactly).
+//! post-activation tensors (flattened to `[batch, features]`) and passes the
+//! point's output through [`capture`], an identity in the autodiff graph whose
+//! backward step keeps `dL/dh` in the point's [`GradSlot`]. The forward values,
+//! the loss and every parameter gradient are exactly those of the unprobed pass.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 use crate::activation::Activation;
+use crate::capture::{GradSlot, capture};
 
 /// What kind of layer a probe point is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,33 +71,34 @@ impl ProbePoint {
     }
 }
 
-/// Zero leaves, one per probe point (plus one per BatchNorm input), whose
-/// gradients are `dL/dh` at those points after `backward`.
+/// Gradient slots, one per probe point (plus one per BatchNorm input), that
+/// hold `dL/dh` at those points after the probed pass's `backward`.
 #[derive(Debug, Clone)]
 pub struct Taps {
-    /// Added to each point's output.
-    pub out: Vec<Tensor<2>>,
-    /// Added to the input of each point's BatchNorm (`None` where it has none).
-    pub norm_in: Vec<Option<Tensor<2>>>,
+    /// Each point's output.
+    pub out: Vec<GradSlot>,
+    /// The input of each point's BatchNorm (`None` where it has none).
+    pub norm_in: Vec<Option<GradSlot>>,
 }
 
 impl Taps {
-    /// Fresh zero leaves that require gradients, for a batch of `batch` examples.
-    pub fn zeros(points: &[ProbePoint], batch: usize, device: &Device) -> Self {
-        let leaf = |p: &ProbePoint| Tensor::<2>::zeros([batch, p.features()], device).require_grad();
+    /// Empty slots for `points`. They can be reused from one step to the next:
+    /// each backward pass refills them.
+    pub fn new(points: &[ProbePoint]) -> Self {
         Self {
-            out: points.iter().map(leaf).collect(),
-            norm_in: points.iter().map(|p| p.has_norm.then(|| leaf(p))).collect(),
+            out: points.iter().map(|_| GradSlot::default()).collect(),
+            norm_in: points.iter().map(|p| p.has_norm.then(GradSlot::default)).collect(),
         }
     }
 }
 
-/// What a probed forward pass saw at one probe point, flattened to `[batch, features]`.
+/// What a probed forward pass saw at one probe point, flattened to `[batch, features]`
+/// and detached from autodiff (values only).
 #[derive(Debug, Clone)]
 pub struct Trace {
     /// The activation's input (equal to `post` where there is no activation).
     pub pre: Tensor<2>,
-    /// The point's output (before the tap is added).
+    /// The point's output.
     pub post: Tensor<2>,
 }
 
@@ -124,33 +126,28 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// Adds the norm-input tap of the current point (if any) to `x`.
+    /// Captures `dL/dx` at the current point's BatchNorm input (if it has one).
     pub(crate) fn norm_input<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
         match self.taps.and_then(|t| t.norm_in[self.next].as_ref()) {
-            Some(tap) => {
-                let dims = x.dims();
-                x + tap.clone().reshape(dims)
-            }
+            Some(slot) => capture(x, slot),
             None => x,
         }
     }
 
-    /// Records the current point's pre-activation and output, adds its tap to the
-    /// output, and moves on to the next point.
+    /// Records the current point's pre-activation and output, captures `dL/dh`
+    /// at its output, and moves on to the next point.
     pub(crate) fn point<const D: usize>(&mut self, pre: &Tensor<D>, post: Tensor<D>) -> Tensor<D> {
         let i = self.next;
         self.next += 1;
         if let Some(traces) = self.traces.as_mut() {
+            // Without autodiff: the traces are only read, never differentiated.
             traces.push(Trace {
-                pre: flatten(pre.clone()),
-                post: flatten(post.clone()),
+                pre: flatten(pre.clone().inner()),
+                post: flatten(post.clone().inner()),
             });
         }
         match self.taps.map(|t| &t.out[i]) {
-            Some(tap) => {
-                let dims = post.dims();
-                post + tap.clone().reshape(dims)
-            }
+            Some(slot) => capture(post, slot),
             None => post,
         }
     }

@@ -46,12 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             lr: 0.1,
             batch_size: 64,
         };
-        // Zero taps on every probe point: their gradients are dL/dh.
-        let taps = Taps::zeros(model.probe_points(), info.batch_size, &device);
+        // A gradient slot on every probe point: after backward each holds dL/dh.
+        let taps = Taps::new(model.probe_points());
         let probed = model.forward_probed(batch.images, Some(&taps));
         let loss = model.head().loss(probed.logits.clone(), batch.targets);
-        let mut raw = loss.backward();
-        let tap_grads = TapGrads::take(&taps, &mut raw);
+        let raw = loss.backward();
+        let tap_grads = TapGrads::take(&taps);
         let grads = GradientsParams::from_grads(raw, &model);
         let view = BackwardView {
             info: &info,

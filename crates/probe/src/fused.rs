@@ -140,11 +140,11 @@ pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
             let grad = |id: Option<(ParamId, usize)>| id.and_then(|(id, rank)| grad_flat(view.grads, id, rank));
             let (weight, bias) = (grad(view.weight[i]), grad(view.bias[i]));
             At {
-                post: gather.add(view.traces[i].post.clone().inner()),
+                post: gather.add(view.traces[i].post.clone()),
                 // The activation's input: read only where there is an activation.
                 pre: view.points[i]
                     .activation
-                    .map(|_| gather.add(view.traces[i].pre.clone().inner())),
+                    .map(|_| gather.add(view.traces[i].pre.clone())),
                 norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
                 grads: [
                     (weight.map(|g| gather.add(g)), GradPrefix::Weight),

@@ -143,7 +143,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
             batch.push(Some(i), "signal_rms", norm.clone().div_scalar(n.sqrt()));
             batch.push(Some(i), "signal_l2", norm);
             if let Some(act) = p.activation {
-                let pre = view.traces[i].pre.clone().inner();
+                let pre = view.traces[i].pre.clone();
                 batch.push(
                     Some(i),
                     "preact_signal_l2",
@@ -168,7 +168,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
         {
             grad_stats(batch, i, &g, GradPrefix::Bias);
         }
-        let (pre, post) = (view.traces[i].pre.clone().inner(), view.traces[i].post.clone().inner());
+        let (pre, post) = (view.traces[i].pre.clone(), view.traces[i].post.clone());
         if let Some(alive) = activation_stats(batch, i, p.activation, &pre, &post) {
             batch.push_vector(i, VectorKind::UnitMaxAbs, alive);
         }

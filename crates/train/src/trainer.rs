@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Gradients, Tensor};
+use burn::tensor::{Device, Tensor};
 use gradscope_data::{MnistBatch, MnistBatcher, Split, batches_per_epoch, epoch_batches, epoch_order};
-use gradscope_models::{Network, ProbePoint, Taps, Trace};
+use gradscope_models::{GradSlot, Network, ProbePoint, Taps, Trace};
 
 use crate::TrainError;
 use crate::checkpoint::{self, TrainState};
@@ -39,14 +39,14 @@ pub struct TapGrads {
 }
 
 impl TapGrads {
-    /// Takes the taps' gradients out of a backward pass's gradients.
-    pub fn take(taps: &Taps, grads: &mut Gradients) -> Self {
+    /// Takes the gradients a backward pass left in the taps.
+    pub fn take(taps: &Taps) -> Self {
         Self {
-            out: taps.out.iter().map(|x| x.grad_remove(grads)).collect(),
+            out: taps.out.iter().map(GradSlot::take).collect(),
             norm_in: taps
                 .norm_in
                 .iter()
-                .map(|x| x.as_ref().and_then(|x| x.grad_remove(grads)))
+                .map(|x| x.as_ref().and_then(GradSlot::take))
                 .collect(),
         }
     }
@@ -397,7 +397,7 @@ impl<M: Network + 'static> Trainer<M> {
             .fold(false, |any, o| o.wants_probe(info.step) | any); // ask every observer
         let model = self.model.as_ref().expect(HELD);
         let head = model.head();
-        let taps = probe.then(|| Taps::zeros(model.probe_points(), info.batch_size, &self.device));
+        let taps = probe.then(|| Taps::new(model.probe_points()));
         let (logits, traces) = if probe {
             let p = model.forward_probed(batch.images, taps.as_ref());
             (p.logits, Some(p.traces))
@@ -411,8 +411,8 @@ impl<M: Network + 'static> Trainer<M> {
             .int()
             .sum()
             .float();
-        let mut raw = loss.backward();
-        let tap_grads = taps.map(|t| TapGrads::take(&t, &mut raw));
+        let raw = loss.backward();
+        let tap_grads = taps.map(|t| TapGrads::take(&t));
         let mut grads = GradientsParams::from_grads(raw, model);
         if let Some(max_norm) = self.config.clip_grad_norm {
             grads = clip_global_norm(model, grads, max_norm);
