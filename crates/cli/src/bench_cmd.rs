@@ -19,7 +19,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gradscope_probe::GradientProbe;
-use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
+use gradscope_train::{
+    Backend, BackwardView, Control, ModelChoice, Observer, Optimizer, ProbeSchedule, RunInfo, StepInfo, Summary,
+    TrainConfig, TrainError,
+};
 
 /// The PyTorch reference script, shipped inside the binary.
 const PYTORCH_SCRIPT: &str = include_str!("../../../bench/pytorch/bench.py");
@@ -83,24 +86,64 @@ pub struct BenchArgs {
 enum Mode {
     /// Throughput without the probe: samples/s per repetition.
     Throughput,
-    /// Probe overhead: the probe runs on every second step and every step is
-    /// logged, so probed and unprobed steps alternate in one process and are
-    /// compared pairwise, free of the 10-20% drift between processes here.
-    ProbePaired,
+    /// Probe overhead: blocks of [`BLOCK`] steps probed at every step alternate
+    /// with blocks of as many unprobed steps in one process (free of the 10-20%
+    /// drift between processes here), every step logged. The probe takes its
+    /// statistics on its own thread while the next step trains, so a probed
+    /// step's cost shows partly in the step after it: blocks, each drained of
+    /// the probe's work before the next begins, account for all of it.
+    ProbeBlocks,
+}
+
+/// Steps per block in [`Mode::ProbeBlocks`].
+const BLOCK: u64 = 20;
+
+/// Pairs of blocks (probed, unprobed) per repetition: `--steps` probed steps, rounded up to whole blocks.
+fn block_pairs(args: &BenchArgs) -> u64 {
+    args.steps.div_ceil(BLOCK).max(1)
+}
+
+/// Whether `step` falls in a probed block.
+fn in_probed_block(step: u64) -> bool {
+    (step / BLOCK).is_multiple_of(2)
+}
+
+/// The probe on blocks of steps ([`Mode::ProbeBlocks`]), drained at the end of each.
+struct ProbeInBlocks(GradientProbe);
+
+impl<M: gradscope_models::Network> Observer<M> for ProbeInBlocks {
+    fn on_start(&mut self, run: &RunInfo) -> Result<(), TrainError> {
+        Observer::<M>::on_start(&mut self.0, run)
+    }
+    fn wants_probe(&mut self, step: u64) -> bool {
+        in_probed_block(step)
+    }
+    fn after_backward(&mut self, view: &BackwardView<'_, M>) -> Control {
+        self.0.after_backward(view)
+    }
+    fn after_step(&mut self, info: &StepInfo, after: &M) -> Control {
+        match self.0.after_step(info, after) {
+            Control::Continue if !in_probed_block(info.step + 1) => self.0.drain(),
+            control => control,
+        }
+    }
+    fn on_finish(&mut self, summary: &mut Summary) -> Result<(), TrainError> {
+        Observer::<M>::on_finish(&mut self.0, summary)
+    }
 }
 
 impl Mode {
     fn spec(self) -> &'static str {
         match self {
             Mode::Throughput => "off",
-            Mode::ProbePaired => "paired",
+            Mode::ProbeBlocks => "blocks",
         }
     }
 
     fn parse(s: &str) -> Result<Self> {
         match s {
             "off" => Ok(Mode::Throughput),
-            "paired" => Ok(Mode::ProbePaired),
+            "blocks" => Ok(Mode::ProbeBlocks),
             _ => bail!("bad mode `{s}`"),
         }
     }
@@ -113,7 +156,7 @@ struct Measured {
     samples: Vec<f64>,
     /// Peak resident memory of the process (VmHWM), MiB.
     peak_rss_mib: Option<f64>,
-    /// Paired mode: median seconds of an unprobed and of a probed step.
+    /// Blocks mode: median over blocks of the mean seconds per step, unprobed and probed.
     plain_step_s: Option<f64>,
     probed_step_s: Option<f64>,
 }
@@ -138,7 +181,11 @@ fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Resu
     let tmp = tempfile::tempdir()?;
     let (steps, log_every, probe) = match mode {
         Mode::Throughput => (args.steps * (args.reps + 1), args.steps, ProbeSchedule::Off),
-        Mode::ProbePaired => (2 * args.steps * (args.reps + 1), 1, ProbeSchedule::Every { n: 2 }),
+        Mode::ProbeBlocks => (
+            2 * BLOCK * block_pairs(args) * (args.reps + 1),
+            1,
+            ProbeSchedule::Every { n: 1 },
+        ),
     };
     let config = TrainConfig {
         model: ModelChoice::Preset {
@@ -159,7 +206,10 @@ fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Resu
     };
     let mut trainer = gradscope_train::start(config, &tmp.path().join("run"))?;
     if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
-        trainer.observe(Box::new(probe));
+        match mode {
+            Mode::ProbeBlocks => trainer.observe(Box::new(ProbeInBlocks(probe))),
+            Mode::Throughput => trainer.observe(Box::new(probe)),
+        }
     }
     trainer.run()?;
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
@@ -403,13 +453,21 @@ fn child(spec: &str, args: &BenchArgs) -> Result<()> {
     let rows = measure(preset, backend, mode, args)?;
     let mut samples: Vec<f64> = rows.iter().map(|r| r.1).collect();
     let (mut plain_step_s, mut probed_step_s) = (None, None);
-    if mode == Mode::ProbePaired {
-        // The row at step s timed step s - 1, which the probe (every 2nd step from 0) saw when s - 1 is even.
+    if mode == Mode::ProbeBlocks {
+        // The row at step s timed step s - 1. Mean seconds per step of each
+        // whole block, then the median over the blocks of each kind.
+        let mut blocks: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+        for (s, sps) in &rows {
+            blocks
+                .entry((s - 1) / BLOCK)
+                .or_default()
+                .push(args.batch_size as f64 / sps);
+        }
         let secs = |probed: bool| {
-            let mut t: Vec<f64> = rows
+            let mut t: Vec<f64> = blocks
                 .iter()
-                .filter(|(s, _)| (s - 1).is_multiple_of(2) == probed)
-                .map(|(_, sps)| args.batch_size as f64 / sps)
+                .filter(|(b, steps)| b.is_multiple_of(2) == probed && steps.len() as u64 == BLOCK)
+                .map(|(_, steps)| steps.iter().sum::<f64>() / steps.len() as f64)
                 .collect();
             median(&mut t)
         };
@@ -527,7 +585,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
                 emit(&mut table, &row);
                 if args.probe {
-                    let row = match run_child(preset, backend, threads, Mode::ProbePaired, &args) {
+                    let row = match run_child(preset, backend, threads, Mode::ProbeBlocks, &args) {
                         Ok(Measured {
                             plain_step_s: Some(plain),
                             probed_step_s: Some(probed),
@@ -542,7 +600,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                                 10.0 * extra
                             )
                         }
-                        Ok(_) => format!("| {preset} | {backend} | {threads_label} | failed: no paired steps | | | |"),
+                        Ok(_) => {
+                            format!("| {preset} | {backend} | {threads_label} | failed: no complete blocks | | | |")
+                        }
                         Err(e) => format!("| {preset} | {backend} | {threads_label} | failed: {e} | | | |"),
                     };
                     overhead_rows.push(row);
@@ -554,12 +614,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         emit(
             &mut table,
             &format!(
-                "\nProbe overhead: the full per-layer probe on every second step, every step logged, \
-                 so probed and unprobed steps alternate in one process ({} pairs after warm-up; medians). \
-                 Every step costs the probed step's extra time; every 10th step a tenth of it.\n\n\
+                "\nProbe overhead: blocks of {BLOCK} steps with the full per-layer probe at every step \
+                 alternate with blocks of {BLOCK} unprobed steps in one process ({} blocks of each after \
+                 warm-up; mean step time per block, median over blocks). The probe's statistics are taken on \
+                 its own thread while the next step trains and each probed block waits for them before it \
+                 ends, so the probed blocks carry all of the probe's cost to the training loop. Every 10th \
+                 step: a tenth of the every-step overhead.\n\n\
                  | preset | backend | threads | step ms, no probe | step ms, probed | overhead, probe every step | \
                  overhead, probe every 10 steps |\n|---|---|---|---:|---:|---:|---:|",
-                args.steps * args.reps
+                block_pairs(&args) * args.reps
             ),
         );
         for row in &overhead_rows {

@@ -66,6 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         probe.after_step(&info, &model);
     }
 
+    // The last step's statistics are still being taken on the probe's thread.
+    probe.drain();
     let verdicts = judge(model.probe_points(), probe.records(), 10);
     println!("verdict after {steps} steps: {}", verdicts.verdict);
     for alert in &verdicts.alerts {

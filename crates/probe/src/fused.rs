@@ -28,7 +28,7 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor};
-use gradscope_models::{Activation, Regime};
+use gradscope_models::{Activation, ProbePoint, Regime};
 use multiversion::multiversion;
 
 use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
@@ -121,98 +121,166 @@ impl Gather {
     }
 }
 
-/// Every statistic of a probe step, each tensor read once (see
-/// [`crate::measure::device_step`] for the same metrics as device reductions).
-pub fn host_step(view: &StepView<'_>, out: &mut StepStats) {
-    /// Where a point's tensors are among the gathered values.
-    struct At {
-        post: usize,
-        pre: Option<usize>,
-        norm_in: Option<usize>,
-        grads: [(Option<usize>, GradPrefix); 2],
+/// Where a point's tensors are among a [`HostJob`]'s values.
+struct At {
+    post: usize,
+    /// Features per example of `post` (units, for dead-unit counts).
+    features: usize,
+    pre: Option<usize>,
+    norm_in: Option<usize>,
+    grads: [(Option<usize>, GradPrefix); 2],
+    /// Update steps: the point's main weight before the optimiser step.
+    before: Option<usize>,
+}
+
+/// A probe step read to the host: every tensor it needs ([`Gather`]: borrowed
+/// in place on flex, else copied in one transfer) and where each one is.
+///
+/// Reading happens on the training thread ([`Self::collect`],
+/// [`Self::weights_after`]); the statistics ([`Self::compute`]) need nothing
+/// else, so they can be taken on another thread while training goes on. The
+/// borrowed buffers stay valid meanwhile: flex writes in place only into
+/// buffers nobody else holds and copies the rest.
+pub struct HostJob {
+    points: Vec<ProbePoint>,
+    values: Vec<HostValues>,
+    loss: usize,
+    /// Each tap is read once even when two points use it (skip shares).
+    taps: Vec<Option<usize>>,
+    at: Vec<At>,
+    hist: bool,
+    /// Each point's main weight after the optimiser step.
+    after: Vec<Option<HostValues>>,
+}
+
+impl HostJob {
+    /// Reads what `view` needs; on update steps also `before`, each point's
+    /// main weight before the optimiser step ([`crate::measure::param_values`];
+    /// empty on other steps).
+    pub fn collect(view: &StepView<'_>, before: Vec<Option<Tensor<1>>>) -> Self {
+        let mut before = before.into_iter();
+        let mut gather = Gather::default();
+        let loss = gather.add(view.loss.clone());
+        let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
+        let at: Vec<At> = (0..view.points.len())
+            .map(|i| {
+                let grad = |id: Option<(ParamId, usize)>| id.and_then(|(id, rank)| grad_flat(view.grads, id, rank));
+                let (weight_grad, bias_grad) = (grad(view.weight[i]), grad(view.bias[i]));
+                At {
+                    post: gather.add(view.traces[i].post.clone()),
+                    features: view.traces[i].post.dims()[1],
+                    // The activation's input: read only where there is an activation.
+                    pre: view.points[i]
+                        .activation
+                        .map(|_| gather.add(view.traces[i].pre.clone())),
+                    norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
+                    grads: [
+                        (weight_grad.map(|g| gather.add(g)), GradPrefix::Weight),
+                        (bias_grad.map(|g| gather.add(g)), GradPrefix::Bias),
+                    ],
+                    before: before.next().flatten().map(|w| gather.add(w)),
+                }
+            })
+            .collect();
+        Self {
+            points: view.points.to_vec(),
+            values: gather.read(),
+            loss,
+            taps,
+            at,
+            hist: view.hist,
+            after: Vec::new(),
+        }
     }
-    let mut gather = Gather::default();
-    let loss = gather.add(view.loss.clone());
-    // Each tap is read once even when two points use it (skip shares).
-    let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
-    let at: Vec<At> = (0..view.points.len())
-        .map(|i| {
-            let grad = |id: Option<(ParamId, usize)>| id.and_then(|(id, rank)| grad_flat(view.grads, id, rank));
-            let (weight, bias) = (grad(view.weight[i]), grad(view.bias[i]));
-            At {
-                post: gather.add(view.traces[i].post.clone()),
-                // The activation's input: read only where there is an activation.
-                pre: view.points[i]
-                    .activation
-                    .map(|_| gather.add(view.traces[i].pre.clone())),
-                norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
-                grads: [
-                    (weight.map(|g| gather.add(g)), GradPrefix::Weight),
-                    (bias.map(|g| gather.add(g)), GradPrefix::Bias),
-                ],
+
+    /// Reads the points' main weights after the optimiser step: their norms,
+    /// and on update steps the update's size. Read after the step, not before,
+    /// because a weight held across the step is copied rather than updated in place.
+    pub fn weights_after(&mut self, weights: Vec<Option<Tensor<1>>>) {
+        let mut gather = Gather::default();
+        let at: Vec<Option<usize>> = weights.into_iter().map(|w| w.map(|w| gather.add(w))).collect();
+        let mut values: Vec<Option<HostValues>> = gather.read().into_iter().map(Some).collect();
+        self.after = at.into_iter().map(|k| k.and_then(|k| values[k].take())).collect();
+    }
+
+    /// Every statistic of the step, each tensor read once (see
+    /// [`crate::measure::device_step`] for the same metrics as device reductions).
+    pub fn compute(self) -> StepStats {
+        let mut out = StepStats::default();
+        let values = &self.values;
+        out.values.push((None, "loss", values[self.loss][0] as f64));
+        let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
+        for (i, (p, at)) in self.points.iter().zip(&self.at).enumerate() {
+            let post = &values[at.post];
+            let g = self.taps[i].map(|k| &*values[k]);
+            if let Some(g) = g {
+                let norm = l2(g);
+                push(i, "signal_l2", norm);
+                push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
             }
-        })
-        .collect();
-    let values = gather.read();
-    out.values.push((None, "loss", values[loss][0] as f64));
-    let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
-    for (i, (p, at)) in view.points.iter().zip(&at).enumerate() {
-        let post = &values[at.post];
-        let g = taps[i].map(|k| &*values[k]);
-        if let Some(g) = g {
-            let norm = l2(g);
-            push(i, "signal_l2", norm);
-            push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
-        }
-        if let (Some(act), Some(pre)) = (p.activation, at.pre.map(|k| &values[k])) {
-            let threshold = (0.01 * act.max_derivative()) as f32;
-            let (l2, below) = through_derivative(pre, g, act, threshold);
-            if g.is_some() {
-                push(i, "preact_signal_l2", l2);
-            }
-            match act.regime() {
-                Regime::Saturating => push(i, "saturated_frac", below as f64 / pre.len().max(1) as f64),
-                Regime::LeakyNegative => push(i, "negative_frac", count_negative(pre) as f64 / pre.len().max(1) as f64),
-                Regime::Rectifying | Regime::Linear => {}
-            }
-        }
-        if let Some(k) = at.norm_in {
-            push(i, "bn_in_signal_l2", l2(&values[k]));
-        }
-        for &(k, prefix) in &at.grads {
-            let Some(g) = k.map(|k| &values[k]) else { continue };
-            let m = Moments::of(g);
-            let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
-            push(i, l2_name, m.l2());
-            push(i, max_name, m.max_abs_or_nan());
-            push(i, zero_name, m.zero_frac());
-            push(i, nonfinite_name, m.nonfinite as f64);
-            if matches!(prefix, GradPrefix::Weight) {
-                push(i, "weight_numel", g.len() as f64);
-                if view.hist {
-                    let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
-                    out.vectors.push((i, VectorKind::Histogram, counts));
+            if let (Some(act), Some(pre)) = (p.activation, at.pre.map(|k| &values[k])) {
+                let threshold = (0.01 * act.max_derivative()) as f32;
+                let (l2, below) = through_derivative(pre, g, act, threshold);
+                if g.is_some() {
+                    push(i, "preact_signal_l2", l2);
+                }
+                match act.regime() {
+                    Regime::Saturating => push(i, "saturated_frac", below as f64 / pre.len().max(1) as f64),
+                    Regime::LeakyNegative => {
+                        push(i, "negative_frac", count_negative(pre) as f64 / pre.len().max(1) as f64)
+                    }
+                    Regime::Rectifying | Regime::Linear => {}
                 }
             }
+            if let Some(k) = at.norm_in {
+                push(i, "bn_in_signal_l2", l2(&values[k]));
+            }
+            for &(k, prefix) in &at.grads {
+                let Some(g) = k.map(|k| &values[k]) else { continue };
+                let m = Moments::of(g);
+                let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
+                push(i, l2_name, m.l2());
+                push(i, max_name, m.max_abs_or_nan());
+                push(i, zero_name, m.zero_frac());
+                push(i, nonfinite_name, m.nonfinite as f64);
+                if matches!(prefix, GradPrefix::Weight) {
+                    push(i, "weight_numel", g.len() as f64);
+                    if self.hist {
+                        let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
+                        out.vectors.push((i, VectorKind::Histogram, counts));
+                    }
+                }
+            }
+            if let Some(after) = self.after.get(i).and_then(Option::as_ref) {
+                match at.before.map(|k| &values[k]) {
+                    // The norm comes out of the same pass as the update's size.
+                    Some(before) => {
+                        let (update, weight) = diff_l2(before, after);
+                        push(i, "weight_l2", weight);
+                        push(i, "update_l2", update);
+                    }
+                    None => push(i, "weight_l2", l2(after)),
+                }
+            }
+            let m = Moments::of(post);
+            let mean = m.mean();
+            push(i, "act_mean", mean);
+            push(i, "act_std", std_about(post, mean));
+            if p.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
+                // `dead_frac` is derived from this vector when the record is written.
+                push(i, "zero_frac", m.zero_frac());
+                out.vectors
+                    .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, at.features)));
+            }
+            if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
+                && let (Some(total), Some(skip)) = (self.taps[links.input], self.taps[links.branch])
+            {
+                // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
+                let (b, s) = diff_l2(&values[total], &values[skip]);
+                push(i, "skip_share", s / (s + b + 1e-30));
+            }
         }
-        let m = Moments::of(post);
-        let mean = m.mean();
-        push(i, "act_mean", mean);
-        push(i, "act_std", std_about(post, mean));
-        if p.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
-            let [_, features] = view.traces[i].post.dims();
-            // `dead_frac` is derived from this vector when the record is written.
-            push(i, "zero_frac", m.zero_frac());
-            out.vectors
-                .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, features)));
-        }
-        if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
-            && let (Some(total), Some(skip)) = (taps[links.input], taps[links.branch])
-        {
-            // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
-            let (b, s) = diff_l2(&values[total], &values[skip]);
-            push(i, "skip_share", s / (s + b + 1e-30));
-        }
+        out
     }
 }
 
@@ -369,8 +437,9 @@ pub fn std_about(x: &[f32], mean: f64) -> f64 {
     (total / x.len().max(1) as f64).sqrt()
 }
 
-/// `(||a - b||_2, ||b||_2)` in one pass: an update's size and the norm of the
-/// weights it started from; also the share of a gradient not on the skip path.
+/// `(||a - b||_2, ||b||_2)` in one pass: the size of an update from `a` to `b`
+/// and the norm of the weights it led to; also the part of a gradient not on
+/// the skip path.
 #[multiversion(targets = "simd")]
 pub fn diff_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len(), "diff_l2 of tensors of different sizes");

@@ -17,6 +17,7 @@ pub mod parity;
 pub mod record;
 pub mod table;
 pub mod verdict;
+mod worker;
 
 pub use gradscope_train::ProbeSchedule;
 pub use module::{ModuleGrads, ParamGrad};

@@ -3,7 +3,7 @@
 //! `forensics.json` on divergence) into the run directory, and reports its own
 //! cost in the run summary.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,11 @@ use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::{LineLog, write_atomic};
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
-use crate::fused::{self, Gather, host_step};
-use crate::measure::{StepStats, StepView, VectorKind, device_step, l2, param_values};
-use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
+use crate::fused::HostJob;
+use crate::measure::{StepStats, StepView, device_step, l2, param_values};
+use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord};
 use crate::verdict::{WINDOW, judge};
+use crate::worker::{Job, Meta, Worker, Writer};
 use gradscope_train::ProbeSchedule;
 
 /// Probe records kept for NaN forensics.
@@ -94,17 +95,13 @@ struct Ids {
     bias: Vec<Option<(ParamId, usize)>>,
 }
 
-struct Pending {
-    step: u64,
-    stats: StepStats,
-    hist: bool,
-    /// This probe step closes a dead-unit window.
-    window_end: bool,
-    /// The points' main weights, by parameter id.
-    weight_ids: Vec<Option<ParamId>>,
-    /// Their values before the step (device path; the host path keeps copies in
-    /// [`GradientProbe::before`]).
-    weights: Vec<Option<Tensor<1>>>,
+/// A probe step measured in `after_backward`, handed to the worker in `after_step`.
+enum Pending {
+    /// Host path: the step's tensors, read.
+    Host(Meta, HostJob),
+    /// Device path: reductions queued on the device, and on update steps the
+    /// points' main weights before the step.
+    Device(Meta, StepStats, Vec<Option<Tensor<1>>>),
 }
 
 /// The gradient probe. Add it to a trainer with `trainer.observe(Box::new(probe))`.
@@ -114,19 +111,19 @@ pub struct GradientProbe {
     points: Vec<ProbePoint>,
     ids: Option<Ids>,
     pending: Option<Pending>,
-    /// Host path: each point's weight before the step, in buffers reused from
-    /// one probe step to the next. A copy rather than a second reference to the
-    /// tensor, because a shared tensor makes the optimiser allocate a new one
-    /// instead of updating in place.
-    before: Vec<Vec<f32>>,
-    /// Per unit, max |activation| over the probed batches of the current window.
-    alive: Vec<Option<Vec<f32>>>,
+    /// Takes the statistics and writes the records (started in `on_start`).
+    worker: Option<Worker>,
+    /// Whether the worker holds a step whose record is not back yet.
+    in_flight: bool,
     probes: u64,
     records: Vec<ProbeRecord>,
     recent: VecDeque<ProbeRecord>,
-    csv: Option<LineLog>,
-    hist_csv: Option<LineLog>,
+    /// Time the probe took on the training thread.
     spent: Duration,
+    /// Time the worker spent taking statistics (off the training thread).
+    worker_busy: Duration,
+    /// Steps in the run: the last one is recorded before the run ends.
+    total_steps: u64,
     started: Option<Instant>,
 }
 
@@ -138,14 +135,14 @@ impl GradientProbe {
             points: Vec::new(),
             ids: None,
             pending: None,
-            before: Vec::new(),
-            alive: Vec::new(),
+            worker: None,
+            in_flight: false,
             probes: 0,
             records: Vec::new(),
             recent: VecDeque::new(),
-            csv: None,
-            hist_csv: None,
             spent: Duration::ZERO,
+            worker_busy: Duration::ZERO,
+            total_steps: u64::MAX,
             started: None,
         }
     }
@@ -165,7 +162,8 @@ impl GradientProbe {
         })))
     }
 
-    /// The records measured so far.
+    /// The records written so far. The latest probe step's record is written
+    /// when the next step's backward pass is done, or by [`Self::drain`].
     pub fn records(&self) -> &[ProbeRecord] {
         &self.records
     }
@@ -200,7 +198,11 @@ impl GradientProbe {
         };
         let hist = self.probes.is_multiple_of(self.config.hist_every.max(1));
         self.probes += 1;
-        let window_end = self.probes.is_multiple_of(WINDOW as u64);
+        let meta = Meta {
+            step: view.info.step,
+            hist,
+            window_end: self.probes.is_multiple_of(WINDOW as u64),
+        };
         let ids = self.ids_for(view.model);
         let (weight, bias) = (ids.weight.clone(), ids.bias.clone());
         let step = StepView {
@@ -213,154 +215,70 @@ impl GradientProbe {
             bias: &bias,
             hist,
         };
-        let mut stats = StepStats::default();
+        // Update steps (`hist`) keep the points' main weights from before the
+        // step; `after_step` measures the update against them. (Only then: a
+        // weight held across the optimiser step is copied, not updated in place.)
+        let before = if hist {
+            param_values(view.model, &self.weight_ids())
+        } else {
+            Vec::new()
+        };
         match self.config.reductions {
-            Reductions::Device => device_step(&step, &mut stats),
-            Reductions::Host => host_step(&step, &mut stats),
-        }
-        // Weight norms now; on update steps (`hist`) also the weights themselves,
-        // whose change across the optimiser step `finish_record` measures.
-        let weight_ids: Vec<Option<ParamId>> = weight.iter().map(|w| w.map(|(id, _)| id)).collect();
-        let mut weights = param_values(view.model, &weight_ids);
-        match self.config.reductions {
+            Reductions::Host => Pending::Host(meta, HostJob::collect(&step, before)),
             Reductions::Device => {
-                for (i, w) in weights.iter_mut().enumerate() {
-                    if let Some(t) = w {
-                        stats.batch.push(Some(i), "weight_l2", l2(t));
-                    }
-                    if !hist {
-                        *w = None;
-                    }
-                }
+                let mut stats = StepStats::default();
+                device_step(&step, &mut stats);
+                Pending::Device(meta, stats, before)
             }
-            Reductions::Host => {
-                let mut gather = Gather::default();
-                let at: Vec<Option<usize>> = weights.iter_mut().map(|w| w.take().map(|t| gather.add(t))).collect();
-                let values = gather.read();
-                self.before.resize_with(at.len(), Vec::new);
-                for (i, (before, k)) in self.before.iter_mut().zip(at).enumerate() {
-                    before.clear();
-                    let Some(k) = k else { continue };
-                    if hist {
-                        // Its norm comes with the update size.
-                        before.extend_from_slice(&values[k]);
-                    } else {
-                        stats.values.push((Some(i), "weight_l2", fused::l2(&values[k])));
-                    }
-                }
-            }
-        }
-        Pending {
-            step: view.info.step,
-            stats,
-            hist,
-            window_end,
-            weight_ids,
-            weights,
         }
     }
 
-    /// Adds the weight norms and update sizes (weights after the step minus those
-    /// kept in [`Self::measure`]), reads the device batch back in one transfer,
-    /// and writes the record.
-    fn finish_record<M: Network>(&mut self, pending: Pending, after: &M) -> Result<ProbeRecord, TrainError> {
-        let Pending {
-            step,
-            mut stats,
-            hist,
-            window_end,
-            weight_ids,
-            weights,
-        } = pending;
-        if hist {
-            let new = param_values(after, &weight_ids);
-            match self.config.reductions {
-                Reductions::Device => {
-                    for (i, (o, n)) in weights.into_iter().zip(new).enumerate() {
-                        let (Some(o), Some(n)) = (o, n) else { continue };
-                        stats.batch.push(Some(i), "update_l2", l2(&(n - o)));
-                    }
-                }
-                Reductions::Host => {
-                    let mut gather = Gather::default();
-                    let at: Vec<Option<usize>> = new.into_iter().map(|n| n.map(|t| gather.add(t))).collect();
-                    let values = gather.read();
-                    for (i, k) in at.into_iter().enumerate() {
-                        let (Some(k), Some(o)) = (k, self.before.get(i).filter(|b| !b.is_empty())) else {
-                            continue;
-                        };
-                        let (update, weight) = fused::diff_l2(&values[k], o);
-                        stats.values.push((Some(i), "weight_l2", weight));
-                        stats.values.push((Some(i), "update_l2", update));
-                    }
-                }
-            }
-        }
-        let read = std::mem::take(&mut stats.batch).read();
-        stats.values.extend(read.values);
-        stats.vectors.extend(read.vectors);
-        let mut rec = ProbeRecord {
-            step,
-            model: BTreeMap::new(),
-            layers: vec![BTreeMap::new(); self.points.len()],
+    fn weight_ids(&self) -> Vec<Option<ParamId>> {
+        let ids = self.ids.as_ref().expect("set in measure");
+        ids.weight.iter().map(|w| w.map(|(id, _)| id)).collect()
+    }
+
+    /// Waits for the record the worker is writing, if any, and keeps it.
+    ///
+    /// A probe step's record comes back when the next step's backward pass is
+    /// done (the worker takes its statistics meanwhile), or here: call it
+    /// before reading [`Self::records`] in a loop of your own.
+    pub fn drain(&mut self) -> Control {
+        let Some(worker) = self.worker.as_mut().filter(|_| self.in_flight) else {
+            return Control::Continue;
         };
-        for (p, m, v) in stats.values {
-            match p {
-                None => rec.model.insert(m.to_owned(), v),
-                Some(i) => rec.layers[i].insert(m.to_owned(), v),
-            };
+        self.in_flight = false;
+        let t = Instant::now();
+        let (written, busy) = worker.wait();
+        self.worker_busy += busy;
+        let control = match written {
+            Ok(rec) => self.keep(rec),
+            Err(e) => Control::Diverged(format!("probe could not write its records: {e}")),
+        };
+        self.spent += t.elapsed();
+        control
+    }
+
+    /// Keeps a written record (and the last few for forensics); diverged when
+    /// it holds a non-finite value.
+    fn keep(&mut self, rec: ProbeRecord) -> Control {
+        self.recent.push_back(rec.clone());
+        if self.recent.len() > FORENSICS_DEPTH {
+            self.recent.pop_front();
         }
-        let mut hists = Vec::new();
-        for (i, kind, v) in stats.vectors {
-            match kind {
-                VectorKind::Histogram => hists.push((i, v.into_iter().map(f64::from).collect::<Vec<_>>())),
-                VectorKind::UnitMaxAbs => {
-                    // Units at zero for every sample of this batch.
-                    rec.layers[i].insert("dead_frac".into(), dead_fraction(&v));
-                    let acc = self.alive[i].get_or_insert_with(|| vec![0.0; v.len()]);
-                    acc.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
-                }
-            }
+        let nonfinite = rec.first_nonfinite().is_some();
+        self.records.push(rec);
+        if !nonfinite {
+            return Control::Continue;
         }
-        if window_end {
-            // Units that stayed at zero for every sample of every probed batch in the window.
-            for (i, acc) in self.alive.iter_mut().enumerate() {
-                if let Some(a) = acc.take() {
-                    rec.layers[i].insert("dead_window_frac".into(), dead_fraction(&a));
-                }
-            }
+        let rec = self.records.last().expect("just pushed");
+        match self.write_forensics(rec) {
+            Ok(cause) => Control::Diverged(cause),
+            Err(e) => Control::Diverged(format!(
+                "non-finite values at step {} (forensics not written: {e})",
+                rec.step
+            )),
         }
-        for layer in &mut rec.layers {
-            // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
-            if let (Some(g), Some(w)) = (
-                layer.get("grad_l2").copied(),
-                layer.get("weight_l2").copied().filter(|w| *w != 0.0),
-            ) {
-                layer.insert("grad_weight_ratio".into(), g / w);
-                if let Some(n) = layer.get("weight_numel").copied() {
-                    layer.insert("grad_rms".into(), g / n.sqrt());
-                }
-                if let Some(u) = layer.remove("update_l2") {
-                    layer.insert("update_weight_ratio".into(), u / w);
-                }
-            }
-        }
-        let csv = self.csv.as_mut().expect("started");
-        let lines = rec.csv_lines(&self.points);
-        csv.line(lines.trim_end_matches('\n'))?;
-        if hist {
-            let text: String = hists
-                .iter()
-                .map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts))
-                .collect();
-            if !text.is_empty() {
-                self.hist_csv
-                    .as_mut()
-                    .expect("started")
-                    .line(text.trim_end_matches('\n'))?;
-            }
-        }
-        Ok(rec)
     }
 
     fn write_forensics(&self, rec: &ProbeRecord) -> Result<String, TrainError> {
@@ -385,16 +303,11 @@ impl GradientProbe {
     }
 }
 
-/// The fraction of units whose max |activation| is 0: dead on every sample seen.
-fn dead_fraction(max_abs: &[f32]) -> f64 {
-    max_abs.iter().filter(|&&a| a == 0.0).count() as f64 / max_abs.len().max(1) as f64
-}
-
 impl<M: Network> Observer<M> for GradientProbe {
     fn on_start(&mut self, run: &RunInfo) -> Result<(), TrainError> {
         self.dir = run.dir.clone();
         self.points = run.points.clone();
-        self.alive = vec![None; self.points.len()];
+        self.total_steps = run.total_steps;
         let points = serde_json::to_string_pretty(&self.points).expect("points serialise");
         write_atomic(&self.dir.join("points.json"), points.as_bytes())?;
         let fresh = !self.dir.join("probe.csv").exists();
@@ -404,8 +317,12 @@ impl<M: Network> Observer<M> for GradientProbe {
             csv.line(PROBE_HEADER)?;
             hist.line(HIST_HEADER)?;
         }
-        self.csv = Some(csv);
-        self.hist_csv = Some(hist);
+        self.worker = Some(Worker::start(Writer {
+            points: self.points.clone(),
+            alive: vec![None; self.points.len()],
+            csv,
+            hist_csv: hist,
+        }));
         self.started = Some(Instant::now());
         Ok(())
     }
@@ -415,6 +332,11 @@ impl<M: Network> Observer<M> for GradientProbe {
     }
 
     fn after_backward(&mut self, view: &BackwardView<'_, M>) -> Control {
+        // The previous probe step's statistics were taken during this step's
+        // forward and backward passes: record them before the optimiser moves on.
+        if let Control::Diverged(cause) = self.drain() {
+            return Control::Diverged(cause);
+        }
         if view.taps.is_none() {
             return Control::Continue;
         }
@@ -424,35 +346,45 @@ impl<M: Network> Observer<M> for GradientProbe {
         Control::Continue
     }
 
-    fn after_step(&mut self, _info: &StepInfo, after: &M) -> Control {
+    fn after_step(&mut self, info: &StepInfo, after: &M) -> Control {
         let Some(pending) = self.pending.take() else {
             return Control::Continue;
         };
         let t = Instant::now();
-        let rec = match self.finish_record(pending, after) {
-            Ok(r) => r,
-            Err(e) => return Control::Diverged(format!("probe could not write its records: {e}")),
+        let after = param_values(after, &self.weight_ids());
+        let job = match pending {
+            Pending::Host(meta, mut job) => {
+                job.weights_after(after);
+                Job::Host(meta, job)
+            }
+            Pending::Device(meta, mut stats, before) => {
+                for (i, w) in after.iter().enumerate() {
+                    let Some(w) = w else { continue };
+                    stats.batch.push(Some(i), "weight_l2", l2(w));
+                    if let Some(Some(b)) = before.get(i) {
+                        stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
+                    }
+                }
+                let read = std::mem::take(&mut stats.batch).read();
+                stats.values.extend(read.values);
+                stats.vectors.extend(read.vectors);
+                Job::Done(meta, stats)
+            }
         };
-        self.recent.push_back(rec.clone());
-        if self.recent.len() > FORENSICS_DEPTH {
-            self.recent.pop_front();
-        }
-        let nonfinite = rec.first_nonfinite().is_some();
-        self.records.push(rec.clone());
+        self.worker.as_mut().expect("started in on_start").submit(job);
+        self.in_flight = true;
         self.spent += t.elapsed();
-        if nonfinite {
-            return match self.write_forensics(&rec) {
-                Ok(cause) => Control::Diverged(cause),
-                Err(e) => Control::Diverged(format!(
-                    "non-finite values at step {} (forensics not written: {e})",
-                    rec.step
-                )),
-            };
+        if info.step + 1 >= self.total_steps {
+            // No next step to overlap with: record it before the run ends.
+            return self.drain();
         }
         Control::Continue
     }
 
     fn on_finish(&mut self, summary: &mut Summary) -> Result<(), TrainError> {
+        // A run stopped early can leave a step in flight; its record is written
+        // (with forensics, if it is non-finite) although the run has ended.
+        let _ = self.drain();
         let verdicts = judge(&self.points, &self.records, self.config.classes);
         let text = serde_json::to_string_pretty(&verdicts).expect("verdicts serialise");
         write_atomic(&self.dir.join("verdicts.json"), text.as_bytes())?;
@@ -472,11 +404,14 @@ impl<M: Network> Observer<M> for GradientProbe {
                 "reductions": format!("{:?}", self.config.reductions).to_lowercase(),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
+                "seconds_in_worker": self.worker_busy.as_secs_f64(),
                 "probe_share_of_run": if total > 0.0 { spent / total } else { 0.0 },
                 "overhead_per_probed_step": per_probed_step,
                 "overhead_note": "overhead_per_probed_step: median probed step time / median unprobed step time - 1 \
-                                  (taps included; null without both kinds of step); seconds_in_probe: the probe's \
-                                  own reductions, transfers and writes",
+                                  (gradient captures included; null without both kinds of step); seconds_in_probe: \
+                                  the probe's own reads, transfers, waits and writes on the training thread; \
+                                  seconds_in_worker: the host statistics, taken on the probe's own thread while \
+                                  the next step trains",
                 "verdict": verdicts.verdict,
             }),
         );

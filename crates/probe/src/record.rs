@@ -19,6 +19,15 @@ pub struct ProbeRecord {
 }
 
 impl ProbeRecord {
+    /// An empty record for `points` probe points.
+    pub fn new(step: u64, points: usize) -> Self {
+        Self {
+            step,
+            model: BTreeMap::new(),
+            layers: vec![BTreeMap::new(); points],
+        }
+    }
+
     pub fn get(&self, point: usize, metric: &str) -> Option<f64> {
         self.layers.get(point).and_then(|m| m.get(metric)).copied()
     }

@@ -1,0 +1,202 @@
+//! The probe's own thread: it takes a probe step's statistics from the tensors
+//! read on the training thread and writes the step's record, while training
+//! goes on with the next step.
+//!
+//! Only reading the tensors ([`HostJob::collect`]) stays on the training
+//! thread (on flex a borrow of each buffer, no copy). The statistics (one pass
+//! over ~6 MB per step on an 8x256 MLP) and the CSV lines move off it: done in
+//! line they cost that MLP 10-20% of every probed step; on their own thread the
+//! training loop pays for the reads, the gradient captures and the contention
+//! for memory (`gradscope bench --probe`). The record comes back at the next
+//! step's `after_backward`, before the optimiser moves on, so a non-finite
+//! value still stops the run within one step, with its forensics.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gradscope_models::ProbePoint;
+use gradscope_train::TrainError;
+use gradscope_train::files::LineLog;
+
+use crate::fused::HostJob;
+use crate::measure::{StepStats, VectorKind};
+use crate::record::{ProbeRecord, hist_lines};
+
+/// What a probe step's record needs besides its statistics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub step: u64,
+    /// Whether the step took histograms (and update sizes).
+    pub hist: bool,
+    /// This probe step closes a dead-unit window.
+    pub window_end: bool,
+}
+
+/// A probe step handed to the worker.
+pub(crate) enum Job {
+    /// Host path: the step's tensors, read; the statistics are still to take.
+    Host(Meta, HostJob),
+    /// Device path: statistics already reduced and read back.
+    Done(Meta, StepStats),
+}
+
+/// A written record, and the seconds the worker spent on it.
+pub(crate) type Written = (Result<ProbeRecord, TrainError>, Duration);
+
+/// Turns a probe step's statistics into its record and appends it to the
+/// run's `probe.csv` and `probe_hist.csv`.
+pub(crate) struct Writer {
+    pub points: Vec<ProbePoint>,
+    /// Per unit, max |activation| over the probed batches of the current window.
+    pub alive: Vec<Option<Vec<f32>>>,
+    pub csv: LineLog,
+    pub hist_csv: LineLog,
+}
+
+impl Writer {
+    fn run(&mut self, job: Job) -> Written {
+        let t = Instant::now();
+        let (meta, stats) = match job {
+            Job::Host(meta, job) => (meta, job.compute()),
+            Job::Done(meta, stats) => (meta, stats),
+        };
+        (self.write(meta, stats), t.elapsed())
+    }
+
+    fn write(&mut self, meta: Meta, stats: StepStats) -> Result<ProbeRecord, TrainError> {
+        let mut rec = ProbeRecord::new(meta.step, self.points.len());
+        for (p, m, v) in stats.values {
+            match p {
+                None => rec.model.insert(m.to_owned(), v),
+                Some(i) => rec.layers[i].insert(m.to_owned(), v),
+            };
+        }
+        let mut hists = Vec::new();
+        for (i, kind, v) in stats.vectors {
+            match kind {
+                VectorKind::Histogram => hists.push((i, v.into_iter().map(f64::from).collect::<Vec<_>>())),
+                VectorKind::UnitMaxAbs => {
+                    // Units at zero for every sample of this batch.
+                    rec.layers[i].insert("dead_frac".into(), dead_fraction(&v));
+                    let acc = self.alive[i].get_or_insert_with(|| vec![0.0; v.len()]);
+                    acc.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
+                }
+            }
+        }
+        if meta.window_end {
+            // Units that stayed at zero for every sample of every probed batch in the window.
+            for (i, acc) in self.alive.iter_mut().enumerate() {
+                if let Some(a) = acc.take() {
+                    rec.layers[i].insert("dead_window_frac".into(), dead_fraction(&a));
+                }
+            }
+        }
+        for layer in &mut rec.layers {
+            // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
+            if let (Some(g), Some(w)) = (
+                layer.get("grad_l2").copied(),
+                layer.get("weight_l2").copied().filter(|w| *w != 0.0),
+            ) {
+                layer.insert("grad_weight_ratio".into(), g / w);
+                if let Some(n) = layer.get("weight_numel").copied() {
+                    layer.insert("grad_rms".into(), g / n.sqrt());
+                }
+                if let Some(u) = layer.remove("update_l2") {
+                    layer.insert("update_weight_ratio".into(), u / w);
+                }
+            }
+        }
+        let lines = rec.csv_lines(&self.points);
+        self.csv.line(lines.trim_end_matches('\n'))?;
+        if meta.hist {
+            let text: String = hists
+                .iter()
+                .map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts))
+                .collect();
+            if !text.is_empty() {
+                self.hist_csv.line(text.trim_end_matches('\n'))?;
+            }
+        }
+        Ok(rec)
+    }
+}
+
+/// The fraction of units whose max |activation| is 0: dead on every sample seen.
+pub(crate) fn dead_fraction(max_abs: &[f32]) -> f64 {
+    max_abs.iter().filter(|&&a| a == 0.0).count() as f64 / max_abs.len().max(1) as f64
+}
+
+/// Runs [`Job`]s through a [`Writer`], one at a time: on a thread of its own,
+/// or, on a machine with one core (nothing to gain there), when waited for.
+pub(crate) enum Worker {
+    Thread {
+        /// `None` once dropping: closing it ends the thread's loop.
+        jobs: Option<mpsc::Sender<Job>>,
+        results: mpsc::Receiver<Written>,
+        thread: Option<thread::JoinHandle<()>>,
+    },
+    Inline(Writer, Option<Job>),
+}
+
+impl Worker {
+    pub fn start(mut writer: Writer) -> Self {
+        if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return Worker::Inline(writer, None);
+        }
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (outbox, results) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("gradscope-probe".into())
+            .spawn(move || {
+                for job in inbox {
+                    if outbox.send(writer.run(job)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the probe's worker thread");
+        Worker::Thread {
+            jobs: Some(jobs),
+            results,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands over a job; [`Self::wait`] for its record before submitting the next.
+    pub fn submit(&mut self, job: Job) {
+        match self {
+            Worker::Thread { jobs, .. } => {
+                // A closed channel means the thread died; `wait` reports why.
+                let _ = jobs.as_ref().expect("open until dropped").send(job);
+            }
+            Worker::Inline(_, slot) => *slot = Some(job),
+        }
+    }
+
+    /// The record of the job submitted last.
+    pub fn wait(&mut self) -> Written {
+        match self {
+            Worker::Thread { results, thread, .. } => match results.recv() {
+                Ok(written) => written,
+                // The thread ended without answering: it panicked. Raise its panic here.
+                Err(_) => match thread.take().map(thread::JoinHandle::join) {
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    _ => panic!("the probe's worker thread stopped"),
+                },
+            },
+            Worker::Inline(writer, slot) => writer.run(slot.take().expect("a job was submitted")),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Worker::Thread { jobs, thread, .. } = self {
+            jobs.take();
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
