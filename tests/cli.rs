@@ -340,6 +340,28 @@ fn backends_agree_on_the_first_20_steps() {
     for row in v["rows"].as_array().unwrap() {
         assert!(row["max_loss_rel_diff"].as_f64().unwrap() < 1e-4, "{row}");
     }
+    // The back-propagated signal (read through the gradient captures) is
+    // measured on every backend, and agrees at step 0.
+    let signal = |backend: &str| -> Vec<(String, f64)> {
+        std::fs::read_to_string(out.join(backend).join("probe.csv"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0] == "0" && f[3] == "signal_l2").then(|| (f[1].to_owned(), f[4].parse().unwrap()))
+            })
+            .collect()
+    };
+    let flex = signal("flex");
+    assert_eq!(flex.len(), 4, "3 hidden layers and the head: {flex:?}");
+    for backend in ["ndarray", "wgpu"] {
+        let other = signal(backend);
+        assert_eq!(other.len(), flex.len(), "{backend}: {other:?}");
+        for ((la, a), (lb, b)) in flex.iter().zip(&other) {
+            assert_eq!(la, lb);
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "{backend} {la}: {a} vs {b}");
+        }
+    }
 }
 
 #[test]

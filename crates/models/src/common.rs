@@ -111,7 +111,8 @@ pub(crate) fn batch_norm(features: usize, device: &Device) -> BatchNorm {
 pub trait Network: Module {
     /// Logits `[batch, outputs]` for images `[batch, 1, rows, cols]`.
     fn forward(&self, images: Tensor<4>) -> Tensor<2>;
-    /// Logits plus every probe point's trace; adds `taps` when given.
+    /// Logits plus every probe point's trace; with `taps`, backward leaves
+    /// `dL/dh` at every point in them.
     fn forward_probed(&self, images: Tensor<4>, taps: Option<&Taps>) -> Probed;
     /// The probe points, in forward order.
     fn probe_points(&self) -> &[ProbePoint];

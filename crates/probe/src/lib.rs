@@ -6,7 +6,8 @@
 //! the training loop as an observer and writes tidy files into the run directory;
 //! it knows nothing about datasets, optimisers or how results are drawn.
 //! Statistics are taken on the host from one read per probe step ([`fused`]),
-//! or as device reductions ([`measure`], the cross-check); [`module`] offers
+//! on the probe's own thread while the next step trains, or as device
+//! reductions ([`measure`], the cross-check); [`module`] offers
 //! the weight-gradient half for any Burn module, e.g. inside burn-train.
 
 pub mod fused;

@@ -42,7 +42,8 @@ pub struct ProbeConfig {
 ///
 /// Host is the default on every backend. Measured per probed step of
 /// `mlp-sigmoid-8x256` (`gradscope bench --probe`, each path forced with
-/// `GRADSCOPE_PROBE_REDUCTIONS`): flex +1.9 ms host; wgpu on an H100 +9.8 ms
+/// `GRADSCOPE_PROBE_REDUCTIONS`, both in line on the training thread, before
+/// the host statistics moved to the probe's own thread): flex +1.9 ms host; wgpu on an H100 +9.8 ms
 /// host (one gathered transfer) against +15.2 ms device; ndarray +7.1 ms host
 /// against +15.6 ms device. CUDA could not be built here: it runs the same
 /// CubeCL runtime as wgpu, where per-operation latency decided.

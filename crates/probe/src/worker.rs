@@ -136,13 +136,14 @@ pub(crate) enum Worker {
         results: mpsc::Receiver<Written>,
         thread: Option<thread::JoinHandle<()>>,
     },
-    Inline(Writer, Option<Job>),
+    /// The writer, and the job to run when waited for.
+    Inline(Box<(Writer, Option<Job>)>),
 }
 
 impl Worker {
     pub fn start(mut writer: Writer) -> Self {
         if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-            return Worker::Inline(writer, None);
+            return Worker::Inline(Box::new((writer, None)));
         }
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (outbox, results) = mpsc::channel();
@@ -170,7 +171,7 @@ impl Worker {
                 // A closed channel means the thread died; `wait` reports why.
                 let _ = jobs.as_ref().expect("open until dropped").send(job);
             }
-            Worker::Inline(_, slot) => *slot = Some(job),
+            Worker::Inline(inline) => inline.1 = Some(job),
         }
     }
 
@@ -185,7 +186,10 @@ impl Worker {
                     _ => panic!("the probe's worker thread stopped"),
                 },
             },
-            Worker::Inline(writer, slot) => writer.run(slot.take().expect("a job was submitted")),
+            Worker::Inline(inline) => {
+                let job = inline.1.take().expect("a job was submitted");
+                inline.0.run(job)
+            }
         }
     }
 }
@@ -198,5 +202,84 @@ impl Drop for Worker {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradscope_models::PointKind;
+
+    fn point(name: &str, depth: usize) -> ProbePoint {
+        ProbePoint {
+            name: name.into(),
+            kind: PointKind::Dense,
+            depth,
+            activation: Some(gradscope_models::Activation::Relu),
+            params: vec![format!("{name}.weight")],
+            weight: Some(format!("{name}.weight")),
+            shape: vec![4],
+            has_norm: false,
+            block: None,
+            main_path: true,
+        }
+    }
+
+    fn stats(dead_units: &[f32]) -> StepStats {
+        let mut s = StepStats::default();
+        s.values.push((None, "loss", 2.3));
+        s.values.push((Some(0), "grad_l2", 0.5));
+        s.values.push((Some(0), "weight_l2", 2.0));
+        s.values.push((Some(0), "weight_numel", 16.0));
+        s.values.push((Some(0), "update_l2", 0.01));
+        s.vectors.push((0, VectorKind::UnitMaxAbs, dead_units.to_vec()));
+        s
+    }
+
+    fn writer(dir: &std::path::Path) -> Writer {
+        let points = vec![point("hidden.0", 0)];
+        Writer {
+            alive: vec![None; points.len()],
+            points,
+            csv: LineLog::append(&dir.join("probe.csv")).unwrap(),
+            hist_csv: LineLog::append(&dir.join("probe_hist.csv")).unwrap(),
+        }
+    }
+
+    /// Records and CSV lines are the same whether the worker runs on its own
+    /// thread or in line, and a dead-unit window spans the jobs.
+    #[test]
+    fn thread_and_inline_workers_write_the_same_records() {
+        let run = |threaded: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let w = writer(dir.path());
+            let mut worker = if threaded {
+                Worker::start(w)
+            } else {
+                Worker::Inline(Box::new((w, None)))
+            };
+            let mut recs = Vec::new();
+            for (step, units) in [[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 3.0, 1.0]].iter().enumerate() {
+                let meta = Meta {
+                    step: step as u64,
+                    hist: false,
+                    window_end: step == 1,
+                };
+                worker.submit(Job::Done(meta, stats(units)));
+                recs.push(worker.wait().0.unwrap());
+            }
+            drop(worker);
+            (recs, std::fs::read_to_string(dir.path().join("probe.csv")).unwrap())
+        };
+        let (threaded, csv) = run(true);
+        assert_eq!((threaded.clone(), csv.clone()), run(false));
+        let last = &threaded[1];
+        assert_eq!(last.get(0, "dead_frac"), Some(0.5));
+        // Unit 0 was zero in both batches; unit 2 only in the first.
+        assert_eq!(last.get(0, "dead_window_frac"), Some(0.25));
+        assert_eq!(last.get(0, "grad_weight_ratio"), Some(0.25));
+        assert_eq!(last.get(0, "update_weight_ratio"), Some(0.005));
+        assert_eq!(last.get(0, "update_l2"), None, "turned into the ratio");
+        assert!(csv.contains("1,hidden.0,0,dead_window_frac,0.25"), "{csv}");
     }
 }
