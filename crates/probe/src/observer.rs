@@ -1,7 +1,9 @@
 //! The probe as a training observer: it measures on probed steps, writes
 //! `probe.csv`, `probe_hist.csv`, `points.json`, `verdicts.json` (and
 //! `forensics.json` on divergence) into the run directory, and reports its own
-//! cost in the run summary.
+//! cost in the run summary. A probed step's tensors are read in
+//! `after_backward`; their statistics and record are made on the probe's own
+//! thread (the `worker` module) and collected at the next step's `after_backward`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
