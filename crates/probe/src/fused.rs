@@ -28,7 +28,7 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor};
-use gradscope_models::{Activation, ProbePoint, Regime};
+use gradscope_models::{Activation, Regime};
 use multiversion::multiversion;
 
 use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
@@ -43,8 +43,9 @@ use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, Step
 /// the probe about half of its time on an 8x256 MLP. Other backends, and
 /// strided or non-f32 flex tensors, get a copy.
 ///
-/// Drop the view before the optimiser step: while it lives the buffer is
-/// shared, and flex's in-place updates fall back to allocating.
+/// While a view lives the buffer is shared, so flex writes to it only after
+/// copying it (copy on write): reading a view on another thread is safe, and
+/// holding a weight's view across the optimiser step costs that weight a copy.
 pub enum HostValues {
     /// Borrowed from a flex tensor (contiguous, offset 0, f32, aligned).
     Flex(FlexTensor),
@@ -59,7 +60,7 @@ impl Deref for HostValues {
         match self {
             HostValues::Flex(t) => {
                 let n = t.layout().num_elements();
-                // Checked in `host`: contiguous from offset 0, f32, 4-byte aligned.
+                // Checked in `borrow`: contiguous from offset 0, f32, 4-byte aligned.
                 &bytemuck::cast_slice(t.bytes())[..n]
             }
             HostValues::Copied(v) => v,
@@ -121,8 +122,13 @@ impl Gather {
     }
 }
 
-/// Where a point's tensors are among a [`HostJob`]'s values.
+/// What [`HostJob::compute`] needs of a point, and where its tensors are among
+/// the job's values.
 struct At {
+    activation: Option<Activation>,
+    /// Identity-skip blocks: the points whose taps hold the block input's and
+    /// the skip's gradients.
+    skip: Option<(usize, usize)>,
     post: usize,
     /// Features per example of `post` (units, for dead-unit counts).
     features: usize,
@@ -142,7 +148,6 @@ struct At {
 /// borrowed buffers stay valid meanwhile: flex writes in place only into
 /// buffers nobody else holds and copies the rest.
 pub struct HostJob {
-    points: Vec<ProbePoint>,
     values: Vec<HostValues>,
     loss: usize,
     /// Each tap is read once even when two points use it (skip shares).
@@ -166,13 +171,18 @@ impl HostJob {
             .map(|i| {
                 let grad = |id: Option<(ParamId, usize)>| id.and_then(|(id, rank)| grad_flat(view.grads, id, rank));
                 let (weight_grad, bias_grad) = (grad(view.weight[i]), grad(view.bias[i]));
+                let p = &view.points[i];
                 At {
+                    activation: p.activation,
+                    skip: p
+                        .block
+                        .as_ref()
+                        .filter(|b| b.identity_skip)
+                        .map(|b| (b.input, b.branch)),
                     post: gather.add(view.traces[i].post.clone()),
                     features: view.traces[i].post.dims()[1],
                     // The activation's input: read only where there is an activation.
-                    pre: view.points[i]
-                        .activation
-                        .map(|_| gather.add(view.traces[i].pre.clone())),
+                    pre: p.activation.map(|_| gather.add(view.traces[i].pre.clone())),
                     norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
                     grads: [
                         (weight_grad.map(|g| gather.add(g)), GradPrefix::Weight),
@@ -183,7 +193,6 @@ impl HostJob {
             })
             .collect();
         Self {
-            points: view.points.to_vec(),
             values: gather.read(),
             loss,
             taps,
@@ -210,7 +219,7 @@ impl HostJob {
         let values = &self.values;
         out.values.push((None, "loss", values[self.loss][0] as f64));
         let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
-        for (i, (p, at)) in self.points.iter().zip(&self.at).enumerate() {
+        for (i, at) in self.at.iter().enumerate() {
             let post = &values[at.post];
             let g = self.taps[i].map(|k| &*values[k]);
             if let Some(g) = g {
@@ -218,7 +227,7 @@ impl HostJob {
                 push(i, "signal_l2", norm);
                 push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
             }
-            if let (Some(act), Some(pre)) = (p.activation, at.pre.map(|k| &values[k])) {
+            if let (Some(act), Some(pre)) = (at.activation, at.pre.map(|k| &values[k])) {
                 let threshold = (0.01 * act.max_derivative()) as f32;
                 let (l2, below) = through_derivative(pre, g, act, threshold);
                 if g.is_some() {
@@ -266,14 +275,14 @@ impl HostJob {
             let mean = m.mean();
             push(i, "act_mean", mean);
             push(i, "act_std", std_about(post, mean));
-            if p.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
+            if at.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
                 // `dead_frac` is derived from this vector when the record is written.
                 push(i, "zero_frac", m.zero_frac());
                 out.vectors
                     .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, at.features)));
             }
-            if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
-                && let (Some(total), Some(skip)) = (self.taps[links.input], self.taps[links.branch])
+            if let Some((input, branch)) = at.skip
+                && let (Some(total), Some(skip)) = (self.taps[input], self.taps[branch])
             {
                 // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
                 let (b, s) = diff_l2(&values[total], &values[skip]);

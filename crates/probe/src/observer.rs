@@ -96,6 +96,8 @@ impl Default for ProbeConfig {
 struct Ids {
     weight: Vec<Option<(ParamId, usize)>>,
     bias: Vec<Option<(ParamId, usize)>>,
+    /// `weight`'s ids alone, for [`param_values`].
+    weight_ids: Vec<Option<ParamId>>,
 }
 
 /// A probe step measured in `after_backward`, handed to the worker in `after_step`.
@@ -171,28 +173,32 @@ impl GradientProbe {
         &self.records
     }
 
-    fn ids_for<M: Network>(&mut self, model: &M) -> &Ids {
-        self.ids.get_or_insert_with(|| {
-            let named = named_params(model);
-            let find = |path: Option<&String>| {
-                let path = path?;
-                named.iter().find(|n| &n.path == path).map(|n| (n.id, n.shape.len()))
-            };
-            Ids {
-                weight: self.points.iter().map(|p| find(p.weight.as_ref())).collect(),
-                bias: self
-                    .points
-                    .iter()
-                    .map(|p| {
-                        find(
-                            p.params
-                                .iter()
-                                .find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()),
-                        )
-                    })
-                    .collect(),
-            }
-        })
+    /// Finds the points' parameters in `model` (once: ids are fixed for a run).
+    fn find_ids<M: Network>(&mut self, model: &M) {
+        if self.ids.is_some() {
+            return;
+        }
+        let named = named_params(model);
+        let find = |path: Option<&String>| {
+            let path = path?;
+            named.iter().find(|n| &n.path == path).map(|n| (n.id, n.shape.len()))
+        };
+        let weight: Vec<_> = self.points.iter().map(|p| find(p.weight.as_ref())).collect();
+        self.ids = Some(Ids {
+            weight_ids: weight.iter().map(|w| w.map(|(id, _)| id)).collect(),
+            weight,
+            bias: self
+                .points
+                .iter()
+                .map(|p| {
+                    find(
+                        p.params
+                            .iter()
+                            .find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()),
+                    )
+                })
+                .collect(),
+        });
     }
 
     fn measure<M: Network>(&mut self, view: &BackwardView<'_, M>) -> Pending {
@@ -206,23 +212,23 @@ impl GradientProbe {
             hist,
             window_end: self.probes.is_multiple_of(WINDOW as u64),
         };
-        let ids = self.ids_for(view.model);
-        let (weight, bias) = (ids.weight.clone(), ids.bias.clone());
+        self.find_ids(view.model);
+        let ids = self.ids.as_ref().expect("just found");
         let step = StepView {
             loss: view.loss.clone().inner(),
             points: &self.points,
             taps,
             traces,
             grads: view.grads,
-            weight: &weight,
-            bias: &bias,
+            weight: &ids.weight,
+            bias: &ids.bias,
             hist,
         };
         // Update steps (`hist`) keep the points' main weights from before the
         // step; `after_step` measures the update against them. (Only then: a
         // weight held across the optimiser step is copied, not updated in place.)
         let before = if hist {
-            param_values(view.model, &self.weight_ids())
+            param_values(view.model, &ids.weight_ids)
         } else {
             Vec::new()
         };
@@ -234,11 +240,6 @@ impl GradientProbe {
                 Pending::Device(meta, stats, before)
             }
         }
-    }
-
-    fn weight_ids(&self) -> Vec<Option<ParamId>> {
-        let ids = self.ids.as_ref().expect("set in measure");
-        ids.weight.iter().map(|w| w.map(|(id, _)| id)).collect()
     }
 
     /// Waits for the record the worker is writing, if any, and keeps it.
@@ -354,7 +355,8 @@ impl<M: Network> Observer<M> for GradientProbe {
             return Control::Continue;
         };
         let t = Instant::now();
-        let after = param_values(after, &self.weight_ids());
+        let ids = &self.ids.as_ref().expect("found in measure").weight_ids;
+        let after = param_values(after, ids);
         let job = match pending {
             Pending::Host(meta, mut job) => {
                 job.weights_after(after);

@@ -97,7 +97,7 @@ pub trait Observer<M> {
     /// Called after the optimiser step with the updated model. (The model
     /// before the step is not offered: holding it would share every parameter
     /// and make the optimiser copy them instead of updating in place; an
-    /// observer that needs old values copies what it needs in `after_backward`.)
+    /// observer that needs old values keeps what it needs in `after_backward`.)
     fn after_step(&mut self, _info: &StepInfo, _after: &M) -> Control {
         Control::Continue
     }
