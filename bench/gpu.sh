@@ -14,11 +14,11 @@ log() { echo "== $*" | tee -a "$out/log.txt"; }
 log "machine"
 { nvidia-smi -L; nproc; python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } 2>&1 | tee -a "$out/log.txt"
 
-# The probe's statistics on the GPU (device reductions, the default there)
-# against reading every tensor back and reducing on the host (flex's path).
-for r in device host; do
-    log "probe overhead on wgpu, $r reductions (paired)"
-    GRADSCOPE_PROBE_REDUCTIONS=$r timeout 170 "$gs" bench --backends wgpu --steps 20 --reps 3 --skip-idx --probe \
+# The probe's statistics on the GPU: the default (`auto`: host reads for small
+# steps, device reductions for large ones) against each path forced.
+for r in auto host device; do
+    log "probe overhead on wgpu, $r reductions (blocks)"
+    GRADSCOPE_PROBE_REDUCTIONS=$r timeout 300 "$gs" bench --backends wgpu --steps 40 --reps 3 --skip-idx --probe \
         --presets mlp-sigmoid-8x256,resnet20-residual --out "$out/probe-$r.md" 2>&1 | tee -a "$out/log.txt"
 done
 

@@ -159,6 +159,9 @@ struct Measured {
     /// Blocks mode: median over blocks of the mean seconds per step, unprobed and probed.
     plain_step_s: Option<f64>,
     probed_step_s: Option<f64>,
+    /// Blocks mode: median over probed blocks of the block's mean step time
+    /// against the mean of its two unprobed neighbours, minus 1.
+    probe_overhead: Option<f64>,
 }
 
 /// What the PyTorch reference script prints.
@@ -452,27 +455,20 @@ fn child(spec: &str, args: &BenchArgs) -> Result<()> {
     let mode = Mode::parse(mode)?;
     let rows = measure(preset, backend, mode, args)?;
     let mut samples: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    let (mut plain_step_s, mut probed_step_s) = (None, None);
+    let (mut plain_step_s, mut probed_step_s, mut probe_overhead) = (None, None, None);
     if mode == Mode::ProbeBlocks {
-        // The row at step s timed step s - 1. Mean seconds per step of each
-        // whole block, then the median over the blocks of each kind.
-        let mut blocks: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-        for (s, sps) in &rows {
-            blocks
-                .entry((s - 1) / BLOCK)
-                .or_default()
-                .push(args.batch_size as f64 / sps);
-        }
+        let blocks = block_means(&rows, args.batch_size);
         let secs = |probed: bool| {
             let mut t: Vec<f64> = blocks
                 .iter()
-                .filter(|(b, steps)| b.is_multiple_of(2) == probed && steps.len() as u64 == BLOCK)
-                .map(|(_, steps)| steps.iter().sum::<f64>() / steps.len() as f64)
+                .filter(|(b, _)| b.is_multiple_of(2) == probed)
+                .map(|(_, t)| *t)
                 .collect();
             median(&mut t)
         };
         plain_step_s = Some(secs(false));
         probed_step_s = Some(secs(true));
+        probe_overhead = Some(median(&mut neighbour_ratios(&blocks)));
     }
     let m = Measured {
         median: median(&mut samples.clone()),
@@ -480,9 +476,39 @@ fn child(spec: &str, args: &BenchArgs) -> Result<()> {
         peak_rss_mib: peak_rss_mib(),
         plain_step_s,
         probed_step_s,
+        probe_overhead,
     };
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
+}
+
+/// Mean seconds per step of each whole block, by block index. The row at step
+/// `s` timed step `s - 1`.
+fn block_means(rows: &[(u64, f64)], batch_size: usize) -> std::collections::BTreeMap<u64, f64> {
+    let mut blocks: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (s, sps) in rows {
+        blocks.entry((s - 1) / BLOCK).or_default().push(batch_size as f64 / sps);
+    }
+    blocks
+        .into_iter()
+        .filter(|(_, steps)| steps.len() as u64 == BLOCK)
+        .map(|(b, steps)| (b, steps.iter().sum::<f64>() / BLOCK as f64))
+        .collect()
+}
+
+/// Each probed (even) block's mean step time against the mean of the unprobed
+/// blocks on either side, minus 1. Comparing neighbours, 0.4 s apart, cancels
+/// the slow drifts of a shared machine that a ratio of two medians over the
+/// whole run keeps.
+fn neighbour_ratios(blocks: &std::collections::BTreeMap<u64, f64>) -> Vec<f64> {
+    blocks
+        .iter()
+        .filter(|(b, _)| b.is_multiple_of(2))
+        .filter_map(|(&b, &t)| {
+            let (before, after) = (blocks.get(&b.checked_sub(1)?)?, blocks.get(&(b + 1))?);
+            Some(t / ((before + after) / 2.0) - 1.0)
+        })
+        .collect()
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -589,9 +615,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         Ok(Measured {
                             plain_step_s: Some(plain),
                             probed_step_s: Some(probed),
+                            probe_overhead: Some(extra),
                             ..
-                        }) => {
-                            let extra = (probed - plain) / plain;
+                        }) if extra.is_finite() => {
                             format!(
                                 "| {preset} | {backend} | {threads_label} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
                                 plain * 1e3,
@@ -616,10 +642,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &format!(
                 "\nProbe overhead: blocks of {BLOCK} steps with the full per-layer probe at every step \
                  alternate with blocks of {BLOCK} unprobed steps in one process ({} blocks of each after \
-                 warm-up; mean step time per block, median over blocks). The probe's statistics are taken on \
-                 its own thread while the next step trains and each probed block waits for them before it \
-                 ends, so the probed blocks carry all of the probe's cost to the training loop. Every 10th \
-                 step: a tenth of the every-step overhead.\n\n\
+                 warm-up). Step times: mean per block, median over blocks. Overhead: each probed block \
+                 against the mean of its two unprobed neighbours, median over probed blocks (neighbours \
+                 cancel this machine's slow drifts). The probe's statistics are taken on its own thread \
+                 while the next step trains and each probed block waits for them before it ends, so the \
+                 probed blocks carry all of the probe's cost to the training loop. Every 10th step: a \
+                 tenth of the every-step overhead.\n\n\
                  | preset | backend | threads | step ms, no probe | step ms, probed | overhead, probe every step | \
                  overhead, probe every 10 steps |\n|---|---|---|---:|---:|---:|---:|",
                 block_pairs(&args) * args.reps
@@ -718,4 +746,34 @@ fn write_out(args: &BenchArgs, table: &str) -> Result<()> {
         eprintln!("table written to {}", out.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Probed blocks 0 and 2 at 11 and 13.2 ms per step, unprobed blocks 1 and 3
+    /// drifting from 10 to 14 ms: block 2 is 10% over its neighbours, where a
+    /// ratio of the two medians says 12.1 / 12 - 1 = 0.8%.
+    #[test]
+    fn probed_blocks_are_compared_with_their_neighbours() {
+        let ms = |b: u64| match b {
+            0 => 11.0,
+            1 => 10.0,
+            2 => 13.2,
+            3 => 14.0,
+            _ => unreachable!(),
+        };
+        // Rows at steps 1..=80 time steps 0..80; batch 100 samples.
+        let rows: Vec<(u64, f64)> = (1..=4 * BLOCK)
+            .map(|s| (s, 100.0 / (ms((s - 1) / BLOCK) / 1e3)))
+            .collect();
+        let blocks = block_means(&rows, 100);
+        assert_eq!(blocks.len(), 4);
+        assert!((blocks[&2] - 13.2e-3).abs() < 1e-12);
+        let ratios = neighbour_ratios(&blocks);
+        // Block 0 has no unprobed block before it; block 2 sits between 10 and 14 ms.
+        assert_eq!(ratios.len(), 1);
+        assert!((ratios[0] - 0.1).abs() < 1e-9, "{ratios:?}");
+    }
 }

@@ -1,12 +1,13 @@
-//! Statistics over host memory: the probe's default path on every backend.
+//! Statistics over host memory: the probe's path on CPU backends, and on a
+//! GPU while a step's tensors are small ([`crate::observer::Reductions`]).
 //!
 //! The tensors a probe step needs are read to the host together ([`Gather`]):
 //! on flex, where the "device" is the host, each is borrowed in place (no
-//! copy); elsewhere they are concatenated on the device and read back in one
-//! transfer. Their statistics are then taken by vectorised loops. The
-//! alternative, Burn reductions on the device ([`crate::measure`]), costs about
-//! 40 small ops per layer: a full pass over memory each on flex, a kernel
-//! launch each on a GPU (measurements in [`crate::observer::Reductions`]).
+//! copy); elsewhere one transaction reads them all, requested on the training
+//! thread and waited for on the probe's own thread. Their statistics are then
+//! taken by vectorised loops. The alternative, Burn reductions on the device
+//! ([`crate::measure`]), costs about 40 small ops per layer: a full pass over
+//! memory each on flex, a kernel launch each on a GPU.
 //!
 //! Accumulation: f32 lanes over blocks of [`BLOCK`] values, summed into f64, so
 //! the error stays near f32 rounding of a block rather than growing with the
@@ -22,12 +23,15 @@
 //! picked at run time ([`multiversion`]): AVX-512 is about 3x faster than the
 //! baseline x86-64 build here, since the probe's inputs are in cache.
 
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::module::ParamId;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, ExecutionError, Tensor, TensorData, Transaction, read_sync};
 use gradscope_models::{Activation, Regime};
 use multiversion::multiversion;
 
@@ -86,40 +90,83 @@ fn borrow<const D: usize>(t: &Tensor<D>) -> Option<HostValues> {
 
 /// The tensors one probe step reads, collected first and read together.
 ///
-/// On flex each is borrowed in place. On any other backend they are flattened,
-/// concatenated on the device and read back in **one** transfer, then split on
-/// the host: there each read back is a synchronisation, and one per tensor
-/// (about 40 on an 8x256 MLP) cost ~15 ms per probed step on an H100.
+/// On flex each is borrowed in place. On any other backend they are read back
+/// in **one** transaction ([`Transaction`]: one request for every buffer, no
+/// kernels), started on the training thread and finished wherever the values
+/// are needed ([`Transfer::finish`]): on the probe's own thread, so the transfer
+/// overlaps the next step's work instead of stalling the training loop until
+/// the device has drained its queue. (A read back per tensor, each a
+/// synchronisation, cost ~15 ms per probed step on an H100 for the ~40 tensors
+/// of an 8x256 MLP.)
 #[derive(Default)]
 pub struct Gather {
     tensors: Vec<Tensor<1>>,
 }
 
 impl Gather {
-    /// Queues `t`; its values will be at the returned index of [`Self::read`].
+    /// Queues `t`; its values will be at the returned index of [`Transfer::finish`].
     pub fn add<const D: usize>(&mut self, t: Tensor<D>) -> usize {
         let n = t.shape().num_elements();
         self.tensors.push(t.reshape([n]));
         self.tensors.len() - 1
     }
 
-    /// Every queued tensor's values, in the order they were added.
-    pub fn read(self) -> Vec<HostValues> {
+    /// Starts reading every queued tensor: borrowed at once on flex; elsewhere
+    /// the transfer is requested here, in the order of this thread's work, and
+    /// waited for by [`Transfer::finish`].
+    pub fn start(self) -> Transfer {
         let borrowed: Option<Vec<HostValues>> = self.tensors.iter().map(borrow).collect();
         if let Some(all) = borrowed {
-            return all;
+            return Transfer::Done(all);
         }
-        let sizes: Vec<usize> = self.tensors.iter().map(|t| t.dims()[0]).collect();
-        let mut flat = match Tensor::cat(self.tensors, 0).into_data().convert::<f32>().try_into_vec() {
-            Ok(v) => v,
-            Err(e) => panic!("probe tensors are float: {e:?}"),
-        }
-        .into_iter();
-        sizes
+        let tx = self
+            .tensors
             .into_iter()
-            .map(|n| HostValues::Copied(flat.by_ref().take(n).collect()))
-            .collect()
+            .fold(Transaction::default(), Transaction::register);
+        let mut read: InFlight = Box::pin(tx.execute_async());
+        // One poll issues the request (Burn's futures are lazy); a backend that
+        // reads synchronously (ndarray) is done right here.
+        match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(data) => Transfer::Done(host_values(data)),
+            Poll::Pending => Transfer::InFlight(read),
+        }
     }
+
+    /// Every queued tensor's values, in the order they were added.
+    pub fn read(self) -> Vec<HostValues> {
+        self.start().finish()
+    }
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Result<Vec<TensorData>, ExecutionError>> + Send>>;
+
+/// A [`Gather`]'s values: ready, or in flight from the device.
+pub enum Transfer {
+    Done(Vec<HostValues>),
+    InFlight(InFlight),
+}
+
+impl Transfer {
+    /// The values, in the order they were added; waits for a transfer in flight.
+    pub fn finish(self) -> Vec<HostValues> {
+        match self {
+            Transfer::Done(values) => values,
+            Transfer::InFlight(read) => host_values(read_sync(read)),
+        }
+    }
+}
+
+fn host_values(data: Result<Vec<TensorData>, ExecutionError>) -> Vec<HostValues> {
+    let data = data.unwrap_or_else(|e| panic!("the probe could not read its tensors back: {e:?}"));
+    data.into_iter()
+        .map(|d| {
+            let v = d
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("probe tensors are float");
+            HostValues::Copied(v)
+        })
+        .collect()
 }
 
 /// What [`HostJob::compute`] needs of a point, and where its tensors are among
@@ -142,20 +189,21 @@ struct At {
 /// A probe step read to the host: every tensor it needs ([`Gather`]: borrowed
 /// in place on flex, else copied in one transfer) and where each one is.
 ///
-/// Reading happens on the training thread ([`Self::collect`],
-/// [`Self::weights_after`]); the statistics ([`Self::compute`]) need nothing
-/// else, so they can be taken on another thread while training goes on. The
-/// borrowed buffers stay valid meanwhile: flex writes in place only into
-/// buffers nobody else holds and copies the rest.
+/// Reads start on the training thread ([`Self::collect`],
+/// [`Self::weights_after`]); the statistics ([`Self::compute`]) wait for them
+/// and need nothing else, so they can be taken on another thread while
+/// training goes on. The borrowed buffers stay valid meanwhile: flex writes in
+/// place only into buffers nobody else holds and copies the rest.
 pub struct HostJob {
-    values: Vec<HostValues>,
+    read: Transfer,
     loss: usize,
     /// Each tap is read once even when two points use it (skip shares).
     taps: Vec<Option<usize>>,
     at: Vec<At>,
     hist: bool,
-    /// Each point's main weight after the optimiser step.
-    after: Vec<Option<HostValues>>,
+    /// The points' main weights after the optimiser step, and where each
+    /// point's is among the read's values.
+    after: Option<(Transfer, Vec<Option<usize>>)>,
 }
 
 impl HostJob {
@@ -193,12 +241,12 @@ impl HostJob {
             })
             .collect();
         Self {
-            values: gather.read(),
+            read: gather.start(),
             loss,
             taps,
             at,
             hist: view.hist,
-            after: Vec::new(),
+            after: None,
         }
     }
 
@@ -207,16 +255,22 @@ impl HostJob {
     /// because a weight held across the step is copied rather than updated in place.
     pub fn weights_after(&mut self, weights: Vec<Option<Tensor<1>>>) {
         let mut gather = Gather::default();
-        let at: Vec<Option<usize>> = weights.into_iter().map(|w| w.map(|w| gather.add(w))).collect();
-        let mut values: Vec<Option<HostValues>> = gather.read().into_iter().map(Some).collect();
-        self.after = at.into_iter().map(|k| k.and_then(|k| values[k].take())).collect();
+        let at = weights.into_iter().map(|w| w.map(|w| gather.add(w))).collect();
+        self.after = Some((gather.start(), at));
     }
 
     /// Every statistic of the step, each tensor read once (see
     /// [`crate::measure::device_step`] for the same metrics as device reductions).
     pub fn compute(self) -> StepStats {
         let mut out = StepStats::default();
-        let values = &self.values;
+        let values = &self.read.finish();
+        let after: Vec<Option<HostValues>> = match self.after {
+            Some((read, at)) => {
+                let mut values: Vec<Option<HostValues>> = read.finish().into_iter().map(Some).collect();
+                at.into_iter().map(|k| k.and_then(|k| values[k].take())).collect()
+            }
+            None => Vec::new(),
+        };
         out.values.push((None, "loss", values[self.loss][0] as f64));
         let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
         for (i, at) in self.at.iter().enumerate() {
@@ -260,7 +314,7 @@ impl HostJob {
                     }
                 }
             }
-            if let Some(after) = self.after.get(i).and_then(Option::as_ref) {
+            if let Some(after) = after.get(i).and_then(Option::as_ref) {
                 match at.before.map(|k| &values[k]) {
                     // The norm comes out of the same pass as the update's size.
                     Some(before) => {
@@ -793,20 +847,27 @@ mod tests {
         assert_eq!(&*view, &x[..]);
     }
 
+    /// Flex lends its buffers; ndarray is read at once; a GPU's transfer
+    /// (wgpu, where a Vulkan driver exists: llvmpipe in CI) is requested here
+    /// and finished on another thread, as the probe's worker does.
     #[test]
     fn gather_reads_every_tensor_in_order_on_any_backend() {
         use burn::tensor::{Device, Tensor, TensorData};
-        let ndarray = gradscope_train::Backend::Ndarray
-            .device()
-            .expect("ndarray is compiled in");
-        for (device, borrowed) in [(Device::flex(), true), (ndarray, false)] {
+        use gradscope_train::Backend;
+        let mut devices = vec![(Device::flex(), true), (Backend::Ndarray.device().unwrap(), false)];
+        match Backend::Wgpu.device() {
+            Ok(wgpu) => devices.push((wgpu, false)),
+            Err(e) => eprintln!("wgpu not checked: {e}"),
+        }
+        for (device, borrowed) in devices {
             let a: Vec<f32> = (0..6).map(|i| i as f32).collect();
             let b: Vec<f32> = vec![-1.5, 2.5, 7.0];
             let mut gather = Gather::default();
             let ia = gather.add(Tensor::<2>::from_data(TensorData::new(a.clone(), [2, 3]), &device));
             let ib = gather.add(Tensor::<1>::from_data(TensorData::new(b.clone(), [3]), &device));
-            let values = gather.read();
-            assert_eq!((&*values[ia], &*values[ib]), (&a[..], &b[..]));
+            let transfer = gather.start();
+            let values = std::thread::spawn(move || transfer.finish()).join().unwrap();
+            assert_eq!((&*values[ia], &*values[ib]), (&a[..], &b[..]), "{device:?}");
             assert_eq!(values.iter().all(|v| matches!(v, HostValues::Flex(_))), borrowed);
         }
     }

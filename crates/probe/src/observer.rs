@@ -5,10 +5,11 @@
 //! `after_backward`; their statistics and record are made on the probe's own
 //! thread (the `worker` module) and collected at the next step's `after_backward`.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
+use burn::backend::{Flex, NdArray};
 use burn::module::ParamId;
 use burn::tensor::Tensor;
 use gradscope_models::{Network, ProbePoint, named_params};
@@ -42,44 +43,88 @@ pub struct ProbeConfig {
 
 /// Where a probe step's statistics are computed.
 ///
-/// Host is the default on every backend. Measured per probed step of
-/// `mlp-sigmoid-8x256` (`gradscope bench --probe`, each path forced with
-/// `GRADSCOPE_PROBE_REDUCTIONS`, both in line on the training thread, before
-/// the host statistics moved to the probe's own thread): flex +1.9 ms host; wgpu on an H100 +9.8 ms
-/// host (one gathered transfer) against +15.2 ms device; ndarray +7.1 ms host
-/// against +15.6 ms device. CUDA could not be built here: it runs the same
-/// CubeCL runtime as wgpu, where per-operation latency decided.
+/// Both paths hand their transfer to the probe's own thread, so what the
+/// training loop pays is the work it queues: host reads are free on flex (a
+/// borrow) and one copy on ndarray; on a GPU they cost what the step's tensors
+/// weigh, while device reductions cost about 40 small kernels per probe point
+/// whatever the size. Measured on an H100 (wgpu, `bench/results/2026-11-28-h100-async`,
+/// probed against unprobed step): `mlp-sigmoid-8x256` (~0.1 M values per
+/// point) +2.0 ms host against +15 ms device; `resnet20-residual` (~3 M
+/// values per point, ~100 M per step) +100 ms host against +31 ms device.
+/// On the CPU backends host was faster on every net measured (flex +1.9 ms
+/// against device passes over memory, ndarray +7.1 against +15.6 ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reductions {
+    /// Host on CPU backends; on a GPU, host while a probe step reads at most
+    /// [`Reductions::HOST_MAX_PER_POINT`] values per probe point, device above.
+    /// Decided at the first probe step.
+    #[default]
+    Auto,
     /// As Burn reductions on the device (about 40 small ops per layer), read
     /// back in one transfer per probe step. The independent cross-check of
     /// the host path (test `host_and_device_reductions_agree`).
     Device,
     /// Every tensor the step needs read to the host ([`crate::fused::Gather`]:
-    /// in place on flex, one concatenated transfer elsewhere) and reduced there
-    /// by vectorised loops ([`crate::fused`]).
-    #[default]
+    /// in place on flex, one transaction elsewhere) and reduced there by
+    /// vectorised loops ([`crate::fused`]).
     Host,
 }
 
 impl Reductions {
     /// Environment variable that overrides the default in
-    /// [`GradientProbe::for_run`]: `device` or `host`. For measuring one against
+    /// [`GradientProbe::for_run`]: `auto`, `device` or `host`. For measuring one against
     /// the other (`GRADSCOPE_PROBE_REDUCTIONS=device gradscope bench --probe ...`).
     pub const ENV: &'static str = "GRADSCOPE_PROBE_REDUCTIONS";
+
+    /// [`Reductions::Auto`]'s bound on a GPU: activation values a probe step reads per
+    /// probe point (each point's output, its activation's input and `dL/dh`).
+    /// From the H100 measurements above, host costs ~1.4 ns per value read and
+    /// device ~1 ms per point, even at ~0.7 M values; the bound sits between
+    /// the MLPs (~0.1 M) and ResNet-20 at batch 128 (~3 M).
+    pub const HOST_MAX_PER_POINT: usize = 1 << 20;
 
     /// The default, unless [`Self::ENV`] says otherwise.
     pub fn from_env() -> Result<Self, TrainError> {
         match std::env::var(Self::ENV).as_deref() {
             Err(_) => Ok(Self::default()),
+            Ok("auto") => Ok(Reductions::Auto),
             Ok("device") => Ok(Reductions::Device),
             Ok("host") => Ok(Reductions::Host),
             Ok(other) => Err(TrainError::Invalid(format!(
-                "{} must be `device` or `host`; found `{other}`",
+                "{} must be `auto`, `device` or `host`; found `{other}`",
                 Self::ENV
             ))),
         }
     }
+
+    /// `Host` or `Device` for a run whose probe steps look like `view`.
+    fn resolve(self, view: &StepView<'_>) -> Self {
+        if self != Reductions::Auto {
+            return self;
+        }
+        let per_point = view
+            .traces
+            .iter()
+            .map(|t| 3 * t.post.shape().num_elements())
+            .sum::<usize>()
+            / view.traces.len().max(1);
+        Self::auto(on_cpu(&view.loss), per_point)
+    }
+
+    /// [`Reductions::Auto`]'s rule.
+    fn auto(cpu: bool, values_per_point: usize) -> Self {
+        if cpu || values_per_point <= Self::HOST_MAX_PER_POINT {
+            Reductions::Host
+        } else {
+            Reductions::Device
+        }
+    }
+}
+
+/// Whether `t` lives on a CPU backend, where reading it to the host is at most a copy.
+#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
+fn on_cpu(t: &Tensor<1>) -> bool {
+    t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok()
 }
 
 impl Default for ProbeConfig {
@@ -116,13 +161,14 @@ pub struct GradientProbe {
     points: Vec<ProbePoint>,
     ids: Option<Ids>,
     pending: Option<Pending>,
+    /// `config.reductions`, resolved at the first probe step.
+    reductions: Option<Reductions>,
     /// Takes the statistics and writes the records (started in `on_start`).
     worker: Option<Worker>,
     /// Whether the worker holds a step whose record is not back yet.
     in_flight: bool,
     probes: u64,
     records: Vec<ProbeRecord>,
-    recent: VecDeque<ProbeRecord>,
     /// Time the probe took on the training thread.
     spent: Duration,
     /// Time the worker spent taking statistics (off the training thread).
@@ -140,11 +186,11 @@ impl GradientProbe {
             points: Vec::new(),
             ids: None,
             pending: None,
+            reductions: None,
             worker: None,
             in_flight: false,
             probes: 0,
             records: Vec::new(),
-            recent: VecDeque::new(),
             spent: Duration::ZERO,
             worker_busy: Duration::ZERO,
             total_steps: u64::MAX,
@@ -232,8 +278,11 @@ impl GradientProbe {
         } else {
             Vec::new()
         };
-        match self.config.reductions {
-            Reductions::Host => Pending::Host(meta, HostJob::collect(&step, before)),
+        let reductions = *self
+            .reductions
+            .get_or_insert_with(|| self.config.reductions.resolve(&step));
+        match reductions {
+            Reductions::Host | Reductions::Auto => Pending::Host(meta, HostJob::collect(&step, before)),
             Reductions::Device => {
                 let mut stats = StepStats::default();
                 device_step(&step, &mut stats);
@@ -253,24 +302,18 @@ impl GradientProbe {
         };
         self.in_flight = false;
         let t = Instant::now();
-        let (written, busy) = worker.wait();
-        self.worker_busy += busy;
-        let control = match written {
-            Ok(rec) => self.keep(rec),
+        let written = worker.wait();
+        self.worker_busy += written.busy;
+        let control = match written.record {
+            Ok(rec) => self.keep(rec, written.nonfinite),
             Err(e) => Control::Diverged(format!("probe could not write its records: {e}")),
         };
         self.spent += t.elapsed();
         control
     }
 
-    /// Keeps a written record (and the last few for forensics); diverged when
-    /// it holds a non-finite value.
-    fn keep(&mut self, rec: ProbeRecord) -> Control {
-        self.recent.push_back(rec.clone());
-        if self.recent.len() > FORENSICS_DEPTH {
-            self.recent.pop_front();
-        }
-        let nonfinite = rec.first_nonfinite().is_some();
+    /// Keeps a written record; diverged when it holds a non-finite value.
+    fn keep(&mut self, rec: ProbeRecord, nonfinite: bool) -> Control {
         self.records.push(rec);
         if !nonfinite {
             return Control::Continue;
@@ -299,7 +342,7 @@ impl GradientProbe {
             "first_quantity": metric,
             "value": value.to_string(),
             "cause": cause,
-            "records": self.recent,
+            "records": &self.records[self.records.len().saturating_sub(FORENSICS_DEPTH)..],
         });
         let text = serde_json::to_string_pretty(&json).expect("forensics serialise");
         write_atomic(&self.dir.join("forensics.json"), text.as_bytes())?;
@@ -370,10 +413,8 @@ impl<M: Network> Observer<M> for GradientProbe {
                         stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
                     }
                 }
-                let read = std::mem::take(&mut stats.batch).read();
-                stats.values.extend(read.values);
-                stats.vectors.extend(read.vectors);
-                Job::Done(meta, stats)
+                let batch = std::mem::take(&mut stats.batch).start();
+                Job::Device(meta, stats, batch)
             }
         };
         self.worker.as_mut().expect("started in on_start").submit(job);
@@ -406,7 +447,7 @@ impl<M: Network> Observer<M> for GradientProbe {
             "probe".into(),
             serde_json::json!({
                 "schedule": self.config.schedule.to_string(),
-                "reductions": format!("{:?}", self.config.reductions).to_lowercase(),
+                "reductions": format!("{:?}", self.reductions.unwrap_or(self.config.reductions)).to_lowercase(),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
                 "seconds_in_worker": self.worker_busy.as_secs_f64(),
@@ -421,5 +462,34 @@ impl<M: Network> Observer<M> for GradientProbe {
             }),
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use gradscope_train::Backend;
+
+    #[test]
+    fn auto_reductions_know_the_cpu_backends() {
+        let on = |b: Backend| {
+            b.device()
+                .map(|d| on_cpu(&Tensor::from_data(TensorData::new(vec![1f32], [1]), &d)))
+        };
+        assert!(on(Backend::Flex).unwrap());
+        assert!(on(Backend::Ndarray).unwrap());
+        if let Ok(wgpu) = on(Backend::Wgpu) {
+            assert!(!wgpu, "wgpu is a GPU backend, even on llvmpipe");
+        }
+    }
+
+    #[test]
+    fn auto_reductions_read_small_steps_to_the_host() {
+        // mlp-sigmoid-8x256 at batch 128: output, pre-activation and dL/dh of 128 x 256.
+        assert_eq!(Reductions::auto(false, 3 * 128 * 256), Reductions::Host);
+        // resnet20's first stage at batch 128: 16 channels of 28 x 28.
+        assert_eq!(Reductions::auto(false, 3 * 128 * 16 * 28 * 28), Reductions::Device);
+        assert_eq!(Reductions::auto(true, 3 * 128 * 16 * 28 * 28), Reductions::Host);
     }
 }

@@ -2,8 +2,10 @@
 //! read on the training thread and writes the step's record, while training
 //! goes on with the next step.
 //!
-//! Only reading the tensors ([`HostJob::collect`]) stays on the training
-//! thread (on flex a borrow of each buffer, no copy). The statistics (one pass
+//! Only collecting the tensors ([`HostJob::collect`]) stays on the training
+//! thread: on flex a borrow of each buffer, no copy; on a GPU the request for
+//! one transfer, which this thread then waits for (so the training loop never
+//! waits for the device to drain its queue). The statistics (one pass
 //! over ~6 MB per step on an 8x256 MLP) and the CSV lines move off it: done in
 //! line they cost that MLP 10-20% of every probed step; on their own thread the
 //! training loop pays for the reads, the gradient captures and the contention
@@ -20,7 +22,7 @@ use gradscope_train::TrainError;
 use gradscope_train::files::LineLog;
 
 use crate::fused::HostJob;
-use crate::measure::{StepStats, VectorKind};
+use crate::measure::{BatchTransfer, StepStats, VectorKind};
 use crate::record::{ProbeRecord, hist_lines};
 
 /// What a probe step's record needs besides its statistics.
@@ -37,12 +39,19 @@ pub(crate) struct Meta {
 pub(crate) enum Job {
     /// Host path: the step's tensors, read; the statistics are still to take.
     Host(Meta, HostJob),
-    /// Device path: statistics already reduced and read back.
-    Done(Meta, StepStats),
+    /// Device path: statistics reduced on the device, some still on their way back.
+    Device(Meta, StepStats, BatchTransfer),
 }
 
-/// A written record, and the seconds the worker spent on it.
-pub(crate) type Written = (Result<ProbeRecord, TrainError>, Duration);
+/// A record the worker wrote.
+pub(crate) struct Written {
+    pub record: Result<ProbeRecord, TrainError>,
+    /// Whether the record holds a non-finite value (checked here, off the
+    /// training thread, which only has to stop the run).
+    pub nonfinite: bool,
+    /// Seconds the worker spent on it.
+    pub busy: Duration,
+}
 
 /// Turns a probe step's statistics into its record and appends it to the
 /// run's `probe.csv` and `probe_hist.csv`.
@@ -59,9 +68,19 @@ impl Writer {
         let t = Instant::now();
         let (meta, stats) = match job {
             Job::Host(meta, job) => (meta, job.compute()),
-            Job::Done(meta, stats) => (meta, stats),
+            Job::Device(meta, mut stats, batch) => {
+                let read = batch.finish();
+                stats.values.extend(read.values);
+                stats.vectors.extend(read.vectors);
+                (meta, stats)
+            }
         };
-        (self.write(meta, stats), t.elapsed())
+        let record = self.write(meta, stats);
+        Written {
+            nonfinite: record.as_ref().is_ok_and(|r| r.first_nonfinite().is_some()),
+            record,
+            busy: t.elapsed(),
+        }
     }
 
     fn write(&mut self, meta: Meta, stats: StepStats) -> Result<ProbeRecord, TrainError> {
@@ -208,6 +227,7 @@ impl Drop for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::Batch;
     use gradscope_models::PointKind;
 
     fn point(name: &str, depth: usize) -> ProbePoint {
@@ -265,8 +285,8 @@ mod tests {
                     hist: false,
                     window_end: step == 1,
                 };
-                worker.submit(Job::Done(meta, stats(units)));
-                recs.push(worker.wait().0.unwrap());
+                worker.submit(Job::Device(meta, stats(units), Batch::new().start()));
+                recs.push(worker.wait().record.unwrap());
             }
             drop(worker);
             (recs, std::fs::read_to_string(dir.path().join("probe.csv")).unwrap())
