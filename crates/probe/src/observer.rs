@@ -79,8 +79,8 @@ impl Reductions {
     /// [`Reductions::Auto`]'s bound on a GPU: activation values a probe step reads per
     /// probe point (each point's output, its activation's input and `dL/dh`).
     /// From the H100 measurements above, host costs ~1.4 ns per value read and
-    /// device ~1 ms per point, even at ~0.7 M values; the bound sits between
-    /// the MLPs (~0.1 M) and ResNet-20 at batch 128 (~3 M).
+    /// device ~1 ms per point: they break even near 0.7 M values per point.
+    /// The bound sits between the MLPs (~0.1 M) and ResNet-20 at batch 128 (~3 M).
     pub const HOST_MAX_PER_POINT: usize = 1 << 20;
 
     /// The default, unless [`Self::ENV`] says otherwise.
@@ -282,6 +282,7 @@ impl GradientProbe {
             .reductions
             .get_or_insert_with(|| self.config.reductions.resolve(&step));
         match reductions {
+            // (`resolve` never returns `Auto`.)
             Reductions::Host | Reductions::Auto => Pending::Host(meta, HostJob::collect(&step, before)),
             Reductions::Device => {
                 let mut stats = StepStats::default();
