@@ -1,17 +1,14 @@
 //! Per-layer reductions, computed on the device and read back together.
 //!
-//! Every statistic is a one-element tensor queued in a [`Batch`]; `Batch::start`
-//! concatenates them and requests a single device-to-host transfer per probe
-//! step, however many layers and metrics there are, which the probe's own
-//! thread waits for ([`BatchTransfer::finish`]).
+//! Every statistic is a one-element tensor queued in a [`Batch`]; `Batch::read`
+//! concatenates them and performs a single device-to-host transfer per probe
+//! step, however many layers and metrics there are.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, s};
 use gradscope_models::{Activation, ProbePoint, Regime, Trace};
 use gradscope_train::TapGrads;
-
-use crate::fused::{Gather, Transfer};
 
 /// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
 pub const HIST_LO: f64 = -20.0;
@@ -72,41 +69,18 @@ impl Batch {
 
     /// Reads everything back in one transfer.
     pub fn read(self) -> Read {
-        self.start().finish()
-    }
-
-    /// Starts the transfer ([`Gather::start`]); [`BatchTransfer::finish`] waits for it.
-    pub fn start(self) -> BatchTransfer {
-        let keys = self.keys;
-        let layout: Vec<(usize, VectorKind, usize)> = self.vectors.iter().map(|(p, k, n, _)| (*p, *k, *n)).collect();
-        let mut all = self.values;
-        all.extend(self.vectors.into_iter().map(|(.., v)| v));
-        // The statistics are single values: one concatenation on the device
-        // reads them as one buffer.
-        let transfer = (!all.is_empty()).then(|| {
-            let mut gather = Gather::default();
-            gather.add(Tensor::cat(all, 0));
-            gather.start()
-        });
-        BatchTransfer { keys, layout, transfer }
-    }
-}
-
-/// A [`Batch`] on its way to the host.
-pub struct BatchTransfer {
-    keys: Vec<(Option<usize>, &'static str)>,
-    layout: Vec<(usize, VectorKind, usize)>,
-    transfer: Option<Transfer>,
-}
-
-impl BatchTransfer {
-    /// The statistics, once they are on the host.
-    pub fn finish(self) -> Read {
-        let Some(transfer) = self.transfer else {
+        if self.is_empty() {
             return Read::default();
-        };
-        let flat = transfer.finish().pop().expect("one tensor gathered");
-        let n_scalars = self.keys.len();
+        }
+        let n_scalars = self.values.len();
+        let mut all = self.values;
+        let layout: Vec<(usize, VectorKind, usize)> = self.vectors.iter().map(|(p, k, n, _)| (*p, *k, *n)).collect();
+        all.extend(self.vectors.into_iter().map(|(.., v)| v));
+        let flat: Vec<f32> = Tensor::cat(all, 0)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 statistics");
         let values = self
             .keys
             .into_iter()
@@ -114,8 +88,7 @@ impl BatchTransfer {
             .map(|((p, m), &v)| (p, m, v as f64))
             .collect();
         let mut start = n_scalars;
-        let vectors = self
-            .layout
+        let vectors = layout
             .into_iter()
             .map(|(p, k, n)| {
                 start += n;

@@ -43,11 +43,11 @@ pub struct ProbeConfig {
 
 /// Where a probe step's statistics are computed.
 ///
-/// Both paths hand their transfer to the probe's own thread, so what the
-/// training loop pays is the work it queues: host reads are free on flex (a
-/// borrow) and one copy on ndarray; on a GPU they cost what the step's tensors
-/// weigh, while device reductions cost about 40 small kernels per probe point
-/// whatever the size. Measured on an H100 (wgpu, `bench/results/2026-11-28-h100-async`,
+/// Host reads are free on flex (a borrow) and one copy on ndarray; on a GPU
+/// they cost what the step's tensors weigh (the transfer itself is waited for
+/// on the probe's own thread), while device reductions cost about 40 small
+/// kernels per probe point whatever the size, plus one synchronous transfer
+/// of the statistics. Measured on an H100 (wgpu, `bench/results/2026-11-28-h100-async`,
 /// probed against unprobed step): `mlp-sigmoid-8x256` (~0.1 M values per
 /// point) +2.0 ms host against +15 ms device; `resnet20-residual` (~3 M
 /// values per point, ~100 M per step) +100 ms host against +31 ms device.
@@ -414,8 +414,14 @@ impl<M: Network> Observer<M> for GradientProbe {
                         stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
                     }
                 }
-                let batch = std::mem::take(&mut stats.batch).start();
-                Job::Device(meta, stats, batch)
+                // Read on the training thread, the form measured on an H100
+                // (+31 ms per probed ResNet-20 step). Finished on the probe's
+                // thread instead, as the host path is, it ran past its time
+                // limit there once, cause unknown; not kept (BENCHMARKS.md).
+                let read = std::mem::take(&mut stats.batch).read();
+                stats.values.extend(read.values);
+                stats.vectors.extend(read.vectors);
+                Job::Done(meta, stats)
             }
         };
         self.worker.as_mut().expect("started in on_start").submit(job);

@@ -4,8 +4,8 @@
 //!
 //! Only collecting the tensors ([`HostJob::collect`]) stays on the training
 //! thread: on flex a borrow of each buffer, no copy; on a GPU the request for
-//! one transfer, which this thread then waits for (so the training loop never
-//! waits for the device to drain its queue). The statistics (one pass
+//! one transfer, which this thread then waits for (so the training loop does
+//! not wait for the device to drain its queue). The statistics (one pass
 //! over ~6 MB per step on an 8x256 MLP) and the CSV lines move off it: done in
 //! line they cost that MLP 10-20% of every probed step; on their own thread the
 //! training loop pays for the reads, the gradient captures and the contention
@@ -22,7 +22,7 @@ use gradscope_train::TrainError;
 use gradscope_train::files::LineLog;
 
 use crate::fused::HostJob;
-use crate::measure::{BatchTransfer, StepStats, VectorKind};
+use crate::measure::{StepStats, VectorKind};
 use crate::record::{ProbeRecord, hist_lines};
 
 /// What a probe step's record needs besides its statistics.
@@ -39,8 +39,8 @@ pub(crate) struct Meta {
 pub(crate) enum Job {
     /// Host path: the step's tensors, read; the statistics are still to take.
     Host(Meta, HostJob),
-    /// Device path: statistics reduced on the device, some still on their way back.
-    Device(Meta, StepStats, BatchTransfer),
+    /// Device path: statistics already reduced and read back.
+    Done(Meta, StepStats),
 }
 
 /// A record the worker wrote.
@@ -68,12 +68,7 @@ impl Writer {
         let t = Instant::now();
         let (meta, stats) = match job {
             Job::Host(meta, job) => (meta, job.compute()),
-            Job::Device(meta, mut stats, batch) => {
-                let read = batch.finish();
-                stats.values.extend(read.values);
-                stats.vectors.extend(read.vectors);
-                (meta, stats)
-            }
+            Job::Done(meta, stats) => (meta, stats),
         };
         let record = self.write(meta, stats);
         Written {
@@ -227,7 +222,6 @@ impl Drop for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::Batch;
     use gradscope_models::PointKind;
 
     fn point(name: &str, depth: usize) -> ProbePoint {
@@ -285,7 +279,7 @@ mod tests {
                     hist: false,
                     window_end: step == 1,
                 };
-                worker.submit(Job::Device(meta, stats(units), Batch::new().start()));
+                worker.submit(Job::Done(meta, stats(units)));
                 recs.push(worker.wait().record.unwrap());
             }
             drop(worker);
