@@ -131,11 +131,6 @@ impl Gather {
             Poll::Pending => Transfer::InFlight(read),
         }
     }
-
-    /// Every queued tensor's values, in the order they were added.
-    pub fn read(self) -> Vec<HostValues> {
-        self.start().finish()
-    }
 }
 
 type InFlight = Pin<Box<dyn Future<Output = Result<Vec<TensorData>, ExecutionError>> + Send>>;
