@@ -689,14 +689,12 @@ fn bench_writes_a_table_with_probe_overhead_rows() {
     assert!(written.contains("overhead, probe every step"), "{written}");
     let (plain, probed) = (number(&rows[1], 4), number(&rows[1], 5));
     assert!(plain > 0.0 && probed > 0.0, "{:?}", rows[1]);
+    // The overhead compares each probed block with its unprobed neighbours
+    // (the estimator's arithmetic is unit-tested in `bench_cmd`), so it is not
+    // the ratio of the two printed medians; it is a finite step-time ratio.
+    assert!(written.contains("two unprobed neighbours"), "{written}");
     let every = number(&rows[1], 6);
-    // The step times are printed to 0.01 ms; allow for that rounding.
-    let rounding = 100.0 * 0.011 * (1.0 / plain + probed / (plain * plain));
-    assert!(
-        (every - 100.0 * (probed - plain) / plain).abs() < rounding + 0.1,
-        "{:?}",
-        rows[1]
-    );
+    assert!(every.is_finite() && every > -100.0, "{:?}", rows[1]);
     assert!((number(&rows[1], 7) - every / 10.0).abs() < 0.1, "{:?}", rows[1]);
     // The table a user kept is not overwritten.
     let (_, err) = run_err(&args);
