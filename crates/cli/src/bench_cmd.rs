@@ -10,7 +10,7 @@
 //! (RAYON_NUM_THREADS, `torch.set_num_threads`) is fixed before any thread pool
 //! starts, and so that each row's peak memory is its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,9 +103,14 @@ fn block_pairs(args: &BenchArgs) -> u64 {
     args.steps.div_ceil(BLOCK).max(1)
 }
 
+/// Whether block `b` (steps `b * BLOCK ..`) is probed: the even ones.
+fn probed_block(b: u64) -> bool {
+    b.is_multiple_of(2)
+}
+
 /// Whether `step` falls in a probed block.
 fn in_probed_block(step: u64) -> bool {
-    (step / BLOCK).is_multiple_of(2)
+    probed_block(step / BLOCK)
 }
 
 /// The probe on blocks of steps ([`Mode::ProbeBlocks`]), drained at the end of each.
@@ -208,11 +213,9 @@ fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Resu
         ..TrainConfig::default()
     };
     let mut trainer = gradscope_train::start(config, &tmp.path().join("run"))?;
+    // Throughput runs have the probe off, so `for_run` gives none.
     if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
-        match mode {
-            Mode::ProbeBlocks => trainer.observe(Box::new(ProbeInBlocks(probe))),
-            Mode::Throughput => trainer.observe(Box::new(probe)),
-        }
+        trainer.observe(Box::new(ProbeInBlocks(probe)));
     }
     trainer.run()?;
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
@@ -461,7 +464,7 @@ fn child(spec: &str, args: &BenchArgs) -> Result<()> {
         let secs = |probed: bool| {
             let mut t: Vec<f64> = blocks
                 .iter()
-                .filter(|(b, _)| b.is_multiple_of(2) == probed)
+                .filter(|(b, _)| probed_block(**b) == probed)
                 .map(|(_, t)| *t)
                 .collect();
             median(&mut t)
@@ -484,8 +487,8 @@ fn child(spec: &str, args: &BenchArgs) -> Result<()> {
 
 /// Mean seconds per step of each whole block, by block index. The row at step
 /// `s` timed step `s - 1`.
-fn block_means(rows: &[(u64, f64)], batch_size: usize) -> std::collections::BTreeMap<u64, f64> {
-    let mut blocks: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+fn block_means(rows: &[(u64, f64)], batch_size: usize) -> BTreeMap<u64, f64> {
+    let mut blocks: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     for (s, sps) in rows {
         blocks.entry((s - 1) / BLOCK).or_default().push(batch_size as f64 / sps);
     }
@@ -496,14 +499,14 @@ fn block_means(rows: &[(u64, f64)], batch_size: usize) -> std::collections::BTre
         .collect()
 }
 
-/// Each probed (even) block's mean step time against the mean of the unprobed
+/// Each probed block's mean step time against the mean of the unprobed
 /// blocks on either side, minus 1. Comparing neighbours, 0.4 s apart, cancels
 /// the slow drifts of a shared machine that a ratio of two medians over the
 /// whole run keeps.
-fn neighbour_ratios(blocks: &std::collections::BTreeMap<u64, f64>) -> Vec<f64> {
+fn neighbour_ratios(blocks: &BTreeMap<u64, f64>) -> Vec<f64> {
     blocks
         .iter()
-        .filter(|(b, _)| b.is_multiple_of(2))
+        .filter(|(b, _)| probed_block(**b))
         .filter_map(|(&b, &t)| {
             let (before, after) = (blocks.get(&b.checked_sub(1)?)?, blocks.get(&(b + 1))?);
             Some(t / ((before + after) / 2.0) - 1.0)

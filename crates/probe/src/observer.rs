@@ -97,10 +97,12 @@ impl Reductions {
         }
     }
 
-    /// `Host` or `Device` for a run whose probe steps look like `view`.
-    fn resolve(self, view: &StepView<'_>) -> Self {
-        if self != Reductions::Auto {
-            return self;
+    /// The path for a run whose probe steps look like `view`.
+    fn resolve(self, view: &StepView<'_>) -> Path {
+        match self {
+            Reductions::Host => return Path::Host,
+            Reductions::Device => return Path::Device,
+            Reductions::Auto => {}
         }
         let per_point = view
             .traces
@@ -112,13 +114,20 @@ impl Reductions {
     }
 
     /// [`Reductions::Auto`]'s rule.
-    fn auto(cpu: bool, values_per_point: usize) -> Self {
+    fn auto(cpu: bool, values_per_point: usize) -> Path {
         if cpu || values_per_point <= Self::HOST_MAX_PER_POINT {
-            Reductions::Host
+            Path::Host
         } else {
-            Reductions::Device
+            Path::Device
         }
     }
+}
+
+/// Where a run's probe steps are reduced: [`Reductions`] with `Auto` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Host,
+    Device,
 }
 
 /// Whether `t` lives on a CPU backend, where reading it to the host is at most a copy.
@@ -162,7 +171,7 @@ pub struct GradientProbe {
     ids: Option<Ids>,
     pending: Option<Pending>,
     /// `config.reductions`, resolved at the first probe step.
-    reductions: Option<Reductions>,
+    path: Option<Path>,
     /// Takes the statistics and writes the records (started in `on_start`).
     worker: Option<Worker>,
     /// Whether the worker holds a step whose record is not back yet.
@@ -186,7 +195,7 @@ impl GradientProbe {
             points: Vec::new(),
             ids: None,
             pending: None,
-            reductions: None,
+            path: None,
             worker: None,
             in_flight: false,
             probes: 0,
@@ -278,13 +287,9 @@ impl GradientProbe {
         } else {
             Vec::new()
         };
-        let reductions = *self
-            .reductions
-            .get_or_insert_with(|| self.config.reductions.resolve(&step));
-        match reductions {
-            // (`resolve` never returns `Auto`.)
-            Reductions::Host | Reductions::Auto => Pending::Host(meta, HostJob::collect(&step, before)),
-            Reductions::Device => {
+        match *self.path.get_or_insert_with(|| self.config.reductions.resolve(&step)) {
+            Path::Host => Pending::Host(meta, HostJob::collect(&step, before)),
+            Path::Device => {
                 let mut stats = StepStats::default();
                 device_step(&step, &mut stats);
                 Pending::Device(meta, stats, before)
@@ -454,7 +459,8 @@ impl<M: Network> Observer<M> for GradientProbe {
             "probe".into(),
             serde_json::json!({
                 "schedule": self.config.schedule.to_string(),
-                "reductions": format!("{:?}", self.reductions.unwrap_or(self.config.reductions)).to_lowercase(),
+                // The path taken; the configured choice when no step was probed.
+                "reductions": self.path.map_or_else(|| format!("{:?}", self.config.reductions), |p| format!("{p:?}")).to_lowercase(),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
                 "seconds_in_worker": self.worker_busy.as_secs_f64(),
@@ -494,9 +500,9 @@ mod tests {
     #[test]
     fn auto_reductions_read_small_steps_to_the_host() {
         // mlp-sigmoid-8x256 at batch 128: output, pre-activation and dL/dh of 128 x 256.
-        assert_eq!(Reductions::auto(false, 3 * 128 * 256), Reductions::Host);
+        assert_eq!(Reductions::auto(false, 3 * 128 * 256), Path::Host);
         // resnet20's first stage at batch 128: 16 channels of 28 x 28.
-        assert_eq!(Reductions::auto(false, 3 * 128 * 16 * 28 * 28), Reductions::Device);
-        assert_eq!(Reductions::auto(true, 3 * 128 * 16 * 28 * 28), Reductions::Host);
+        assert_eq!(Reductions::auto(false, 3 * 128 * 16 * 28 * 28), Path::Device);
+        assert_eq!(Reductions::auto(true, 3 * 128 * 16 * 28 * 28), Path::Host);
     }
 }
