@@ -3,6 +3,7 @@
 //! arguments, calls the libraries, and prints; errors print one line with
 //! their cause chain and exit non-zero.
 
+mod alloc;
 mod bench_cmd;
 mod compare_cmd;
 mod data_cmd;
@@ -46,6 +47,7 @@ enum Command {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab_cmd::run(args),

@@ -25,6 +25,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::{Autodiff, Backend, Cube, Flex, NdArray};
 use burn::tensor::Tensor;
 
+use crate::probe_point::flatten;
+
 /// Where [`capture`] leaves the gradient of the tensor it was given,
 /// flattened to `[batch, features]`.
 #[derive(Debug, Clone, Default)]
@@ -97,9 +99,7 @@ where
 
     fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            let g = Tensor::<D>::from_primitive::<B>(grad.clone());
-            let dims = g.dims();
-            self.slot.put(g.reshape([dims[0], dims[1..].iter().product()]));
+            self.slot.put(flatten(Tensor::<D>::from_primitive::<B>(grad.clone())));
             grad
         });
     }

@@ -157,7 +157,13 @@ impl<'a> Recorder<'a> {
     }
 }
 
-fn flatten<const D: usize>(t: Tensor<D>) -> Tensor<2> {
+/// `t` as `[batch, features]`; a rank-2 tensor is passed on as it is (a
+/// reshape through the dispatch layer costs a few microseconds, and a probed
+/// MLP step makes dozens of them).
+pub(crate) fn flatten<const D: usize>(t: Tensor<D>) -> Tensor<2> {
+    if D == 2 {
+        return Tensor::from_bridge(t.into_bridge());
+    }
     let dims = t.dims();
     let batch = dims[0];
     let features = dims[1..].iter().product::<usize>();

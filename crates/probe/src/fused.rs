@@ -3,8 +3,9 @@
 //!
 //! The tensors a probe step needs are read to the host together ([`Gather`]):
 //! on flex, where the "device" is the host, each is borrowed in place (no
-//! copy); elsewhere one transaction reads them all, requested on the training
-//! thread and waited for on the probe's own thread. Their statistics are then
+//! copy), on ndarray copied, both on the probe's own thread; elsewhere one
+//! transaction reads them all, requested on the training thread and waited
+//! for on the probe's own thread. Their statistics are then
 //! taken by vectorised loops. The alternative, Burn reductions on the device
 //! ([`crate::measure`]), costs about 40 small ops per layer: a full pass over
 //! memory each on flex, a kernel launch each on a GPU.
@@ -28,14 +29,16 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::module::ParamId;
+#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
+use burn::backend::{Flex, NdArray};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::{DType, ExecutionError, Tensor, TensorData, Transaction, read_sync};
 use gradscope_models::{Activation, Regime};
 use multiversion::multiversion;
 
-use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind, grad_flat};
+use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind};
 
 /// A float tensor's values on the host, read without copying where possible.
 ///
@@ -90,42 +93,99 @@ fn borrow<const D: usize>(t: &Tensor<D>) -> Option<HostValues> {
 
 /// The tensors one probe step reads, collected first and read together.
 ///
-/// On flex each is borrowed in place. On any other backend they are read back
-/// in **one** transaction ([`Transaction`]: one request for every buffer, no
-/// kernels), started on the training thread and finished wherever the values
-/// are needed ([`Transfer::finish`]): on the probe's own thread, so the transfer
-/// overlaps the next step's work instead of stalling the training loop until
-/// the device has drained its queue. (A read back per tensor, each a
-/// synchronisation, cost ~15 ms per probed step on an H100 for the ~40 tensors
-/// of an 8x256 MLP.)
+/// On the CPU backends (flex, ndarray) each tensor is read where the values
+/// are needed ([`Transfer::finish`], on the probe's own thread): borrowed in
+/// place on flex, copied on ndarray. The training thread only keeps a handle
+/// to each tensor, whatever its rank: no reshape, no downcast, no copy there.
+///
+/// On any other backend they are read back in **one** transaction
+/// ([`Transaction`]: one request for every buffer, no kernels), started on the
+/// training thread, in the order of its work, and finished wherever the
+/// values are needed, so the transfer overlaps the next step's work instead of
+/// stalling the training loop until the device has drained its queue. (A read
+/// back per tensor, each a synchronisation, cost ~15 ms per probed step on an
+/// H100 for the ~40 tensors of an 8x256 MLP.)
 #[derive(Default)]
 pub struct Gather {
-    tensors: Vec<Tensor<1>>,
+    reads: Option<Reads>,
+    len: usize,
+}
+
+/// A tensor kept to be read later, on whichever thread finishes the transfer.
+type LocalRead = Box<dyn FnOnce() -> HostValues + Send>;
+
+enum Reads {
+    Local(Vec<LocalRead>),
+    Transaction(Transaction),
 }
 
 impl Gather {
-    /// Queues `t`; its values will be at the returned index of [`Transfer::finish`].
+    /// Queues `t`; its values (flattened) will be at the returned index of
+    /// [`Transfer::finish`]. A step's tensors share one device: the first
+    /// decides how they are read.
     pub fn add<const D: usize>(&mut self, t: Tensor<D>) -> usize {
-        let n = t.shape().num_elements();
-        self.tensors.push(t.reshape([n]));
-        self.tensors.len() - 1
+        let reads = self.reads.get_or_insert_with(|| {
+            if on_cpu(&t) {
+                Reads::Local(Vec::new())
+            } else {
+                Reads::Transaction(Transaction::default())
+            }
+        });
+        match reads {
+            Reads::Local(local) => local.push(Box::new(move || host(&t))),
+            Reads::Transaction(tx) => *tx = std::mem::take(tx).register(t),
+        }
+        self.len += 1;
+        self.len - 1
     }
 
-    /// Starts reading every queued tensor: borrowed at once on flex; elsewhere
-    /// the transfer is requested here, in the order of this thread's work, and
-    /// waited for by [`Transfer::finish`].
-    pub fn start(self) -> Transfer {
-        let borrowed: Option<Vec<HostValues>> = self.tensors.iter().map(borrow).collect();
-        if let Some(all) = borrowed {
-            return Transfer::Done(all);
+    /// Queues the gradient of parameter `id` (of rank `rank`), if it has one.
+    pub fn add_grad(&mut self, grads: &GradientsParams, (id, rank): (ParamId, usize)) -> Option<usize> {
+        match rank {
+            1 => grads.get::<1>(id).map(|g| self.add(g)),
+            2 => grads.get::<2>(id).map(|g| self.add(g)),
+            3 => grads.get::<3>(id).map(|g| self.add(g)),
+            4 => grads.get::<4>(id).map(|g| self.add(g)),
+            _ => None,
         }
-        let tx = self
-            .tensors
-            .into_iter()
-            .fold(Transaction::default(), Transaction::register);
+    }
+
+    /// Queues the current values of the given parameters of `model`; the index
+    /// of each, by position in `ids` (`None` where `ids` has none or the module lacks it).
+    pub fn add_params<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) -> Vec<Option<usize>> {
+        struct Add<'a> {
+            gather: &'a mut Gather,
+            ids: &'a [Option<ParamId>],
+            at: Vec<Option<usize>>,
+        }
+        impl ModuleVisitor for Add<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(i) = self.ids.iter().position(|id| *id == Some(param.id)) {
+                    self.at[i] = Some(self.gather.add(param.val().inner()));
+                }
+            }
+        }
+        let mut add = Add {
+            gather: self,
+            ids,
+            at: vec![None; ids.len()],
+        };
+        model.visit(&mut add);
+        add.at
+    }
+
+    /// Starts reading every queued tensor: nothing to do on a CPU backend;
+    /// elsewhere the transfer is requested here and waited for by
+    /// [`Transfer::finish`].
+    pub fn start(self) -> Transfer {
+        let tx = match self.reads {
+            None => return Transfer::Done(Vec::new()),
+            Some(Reads::Local(reads)) => return Transfer::Local(reads),
+            Some(Reads::Transaction(tx)) => tx,
+        };
         let mut read: InFlight = Box::pin(tx.execute_async());
         // One poll issues the request (Burn's futures are lazy); a backend that
-        // reads synchronously (ndarray) is done right here.
+        // reads synchronously is done right here.
         match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(data) => Transfer::Done(host_values(data)),
             Poll::Pending => Transfer::InFlight(read),
@@ -133,18 +193,28 @@ impl Gather {
     }
 }
 
+/// Whether `t` lives on a CPU backend (flex, ndarray), where reading it to the
+/// host is at most a copy and can happen on any thread.
+#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
+pub(crate) fn on_cpu<const D: usize>(t: &Tensor<D>) -> bool {
+    t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok()
+}
+
 type InFlight = Pin<Box<dyn Future<Output = Result<Vec<TensorData>, ExecutionError>> + Send>>;
 
-/// A [`Gather`]'s values: ready, or in flight from the device.
+/// A [`Gather`]'s values: to read on a CPU backend, ready, or in flight from the device.
 pub enum Transfer {
+    Local(Vec<LocalRead>),
     Done(Vec<HostValues>),
     InFlight(InFlight),
 }
 
 impl Transfer {
-    /// The values, in the order they were added; waits for a transfer in flight.
+    /// The values, in the order they were added; reads them on a CPU backend,
+    /// waits for a transfer in flight elsewhere.
     pub fn finish(self) -> Vec<HostValues> {
         match self {
+            Transfer::Local(reads) => reads.into_iter().map(|read| read()).collect(),
             Transfer::Done(values) => values,
             Transfer::InFlight(read) => host_values(read_sync(read)),
         }
@@ -212,8 +282,11 @@ impl HostJob {
         let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
         let at: Vec<At> = (0..view.points.len())
             .map(|i| {
-                let grad = |id: Option<(ParamId, usize)>| id.and_then(|(id, rank)| grad_flat(view.grads, id, rank));
-                let (weight_grad, bias_grad) = (grad(view.weight[i]), grad(view.bias[i]));
+                let mut grad = |id: Option<(ParamId, usize)>| id.and_then(|id| gather.add_grad(view.grads, id));
+                let grads = [
+                    (grad(view.weight[i]), GradPrefix::Weight),
+                    (grad(view.bias[i]), GradPrefix::Bias),
+                ];
                 let p = &view.points[i];
                 At {
                     activation: p.activation,
@@ -227,10 +300,7 @@ impl HostJob {
                     // The activation's input: read only where there is an activation.
                     pre: p.activation.map(|_| gather.add(view.traces[i].pre.clone())),
                     norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
-                    grads: [
-                        (weight_grad.map(|g| gather.add(g)), GradPrefix::Weight),
-                        (bias_grad.map(|g| gather.add(g)), GradPrefix::Bias),
-                    ],
+                    grads,
                     before: before.next().flatten().map(|w| gather.add(w)),
                 }
             })
@@ -248,9 +318,9 @@ impl HostJob {
     /// Reads the points' main weights after the optimiser step: their norms,
     /// and on update steps the update's size. Read after the step, not before,
     /// because a weight held across the step is copied rather than updated in place.
-    pub fn weights_after(&mut self, weights: Vec<Option<Tensor<1>>>) {
+    pub fn weights_after<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) {
         let mut gather = Gather::default();
-        let at = weights.into_iter().map(|w| w.map(|w| gather.add(w))).collect();
+        let at = gather.add_params(model, ids);
         self.after = Some((gather.start(), at));
     }
 

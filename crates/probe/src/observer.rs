@@ -8,15 +8,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
-use burn::backend::{Flex, NdArray};
 use burn::module::ParamId;
 use burn::tensor::Tensor;
 use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::{LineLog, write_atomic};
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
-use crate::fused::HostJob;
+use crate::fused::{HostJob, on_cpu};
 use crate::measure::{StepStats, StepView, device_step, l2, param_values};
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord};
 use crate::verdict::{WINDOW, judge};
@@ -128,12 +126,6 @@ impl Reductions {
 enum Path {
     Host,
     Device,
-}
-
-/// Whether `t` lives on a CPU backend, where reading it to the host is at most a copy.
-#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
-fn on_cpu(t: &Tensor<1>) -> bool {
-    t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok()
 }
 
 impl Default for ProbeConfig {
@@ -405,13 +397,13 @@ impl<M: Network> Observer<M> for GradientProbe {
         };
         let t = Instant::now();
         let ids = &self.ids.as_ref().expect("found in measure").weight_ids;
-        let after = param_values(after, ids);
         let job = match pending {
             Pending::Host(meta, mut job) => {
-                job.weights_after(after);
+                job.weights_after(after, ids);
                 Job::Host(meta, job)
             }
             Pending::Device(meta, mut stats, before) => {
+                let after = param_values(after, ids);
                 for (i, w) in after.iter().enumerate() {
                     let Some(w) = w else { continue };
                     stats.batch.push(Some(i), "weight_l2", l2(w));
@@ -488,7 +480,7 @@ mod tests {
     fn auto_reductions_know_the_cpu_backends() {
         let on = |b: Backend| {
             b.device()
-                .map(|d| on_cpu(&Tensor::from_data(TensorData::new(vec![1f32], [1]), &d)))
+                .map(|d| on_cpu(&Tensor::<1>::from_data(TensorData::new(vec![1f32], [1]), &d)))
         };
         assert!(on(Backend::Flex).unwrap());
         assert!(on(Backend::Ndarray).unwrap());
