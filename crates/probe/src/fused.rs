@@ -105,10 +105,32 @@ fn borrow<const D: usize>(t: &Tensor<D>) -> Option<HostValues> {
 /// stalling the training loop until the device has drained its queue. (A read
 /// back per tensor, each a synchronisation, cost ~15 ms per probed step on an
 /// H100 for the ~40 tensors of an 8x256 MLP.)
-#[derive(Default)]
 pub struct Gather {
-    reads: Option<Reads>,
+    reads: Reads,
     len: usize,
+}
+
+/// How a step's tensors reach the host: decided once per run from the
+/// device they live on ([`Reading::of`]), not per tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// CPU backends (flex, ndarray): each tensor read on the thread that
+    /// takes the statistics.
+    Local,
+    /// Any other backend: one transaction for every tensor.
+    Transaction,
+}
+
+impl Reading {
+    /// How tensors on `t`'s device are read.
+    #[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
+    pub fn of<const D: usize>(t: &Tensor<D>) -> Self {
+        if t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok() {
+            Reading::Local
+        } else {
+            Reading::Transaction
+        }
+    }
 }
 
 /// A tensor kept to be read later, on whichever thread finishes the transfer.
@@ -120,18 +142,19 @@ enum Reads {
 }
 
 impl Gather {
+    /// An empty gather for tensors read the way `reading` says.
+    pub fn new(reading: Reading) -> Self {
+        let reads = match reading {
+            Reading::Local => Reads::Local(Vec::new()),
+            Reading::Transaction => Reads::Transaction(Transaction::default()),
+        };
+        Self { reads, len: 0 }
+    }
+
     /// Queues `t`; its values (flattened) will be at the returned index of
-    /// [`Transfer::finish`]. A step's tensors share one device: the first
-    /// decides how they are read.
+    /// [`Transfer::finish`].
     pub fn add<const D: usize>(&mut self, t: Tensor<D>) -> usize {
-        let reads = self.reads.get_or_insert_with(|| {
-            if on_cpu(&t) {
-                Reads::Local(Vec::new())
-            } else {
-                Reads::Transaction(Transaction::default())
-            }
-        });
-        match reads {
+        match &mut self.reads {
             Reads::Local(local) => local.push(Box::new(move || host(&t))),
             Reads::Transaction(tx) => *tx = std::mem::take(tx).register(t),
         }
@@ -179,9 +202,8 @@ impl Gather {
     /// [`Transfer::finish`].
     pub fn start(self) -> Transfer {
         let tx = match self.reads {
-            None => return Transfer::Done(Vec::new()),
-            Some(Reads::Local(reads)) => return Transfer::Local(reads),
-            Some(Reads::Transaction(tx)) => tx,
+            Reads::Local(reads) => return Transfer::Local(reads),
+            Reads::Transaction(tx) => tx,
         };
         let mut read: InFlight = Box::pin(tx.execute_async());
         // One poll issues the request (Burn's futures are lazy); a backend that
@@ -191,13 +213,6 @@ impl Gather {
             Poll::Pending => Transfer::InFlight(read),
         }
     }
-}
-
-/// Whether `t` lives on a CPU backend (flex, ndarray), where reading it to the
-/// host is at most a copy and can happen on any thread.
-#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
-pub(crate) fn on_cpu<const D: usize>(t: &Tensor<D>) -> bool {
-    t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok()
 }
 
 type InFlight = Pin<Box<dyn Future<Output = Result<Vec<TensorData>, ExecutionError>> + Send>>;
@@ -269,15 +284,18 @@ pub struct HostJob {
     /// The points' main weights after the optimiser step, and where each
     /// point's is among the read's values.
     after: Option<(Transfer, Vec<Option<usize>>)>,
+    reading: Reading,
 }
 
 impl HostJob {
-    /// Reads what `view` needs; on update steps also `before`, each point's
-    /// main weight before the optimiser step ([`crate::measure::param_values`];
-    /// empty on other steps).
-    pub fn collect(view: &StepView<'_>, before: Vec<Option<Tensor<1>>>) -> Self {
-        let mut before = before.into_iter();
-        let mut gather = Gather::default();
+    /// Reads what `view` needs; on update steps (`before`: the model before the
+    /// optimiser step, and each point's main weight id) also those weights.
+    pub fn collect<M: Module>(view: &StepView<'_>, reading: Reading, before: Option<(&M, &[Option<ParamId>])>) -> Self {
+        let mut gather = Gather::new(reading);
+        let before = before.map_or_else(
+            || vec![None; view.points.len()],
+            |(model, ids)| gather.add_params(model, ids),
+        );
         let loss = gather.add(view.loss.clone());
         let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
         let at: Vec<At> = (0..view.points.len())
@@ -301,7 +319,7 @@ impl HostJob {
                     pre: p.activation.map(|_| gather.add(view.traces[i].pre.clone())),
                     norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
                     grads,
-                    before: before.next().flatten().map(|w| gather.add(w)),
+                    before: before[i],
                 }
             })
             .collect();
@@ -312,6 +330,7 @@ impl HostJob {
             at,
             hist: view.hist,
             after: None,
+            reading,
         }
     }
 
@@ -319,7 +338,7 @@ impl HostJob {
     /// and on update steps the update's size. Read after the step, not before,
     /// because a weight held across the step is copied rather than updated in place.
     pub fn weights_after<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) {
-        let mut gather = Gather::default();
+        let mut gather = Gather::new(self.reading);
         let at = gather.add_params(model, ids);
         self.after = Some((gather.start(), at));
     }
@@ -912,7 +931,7 @@ mod tests {
         assert_eq!(&*view, &x[..]);
     }
 
-    /// Flex lends its buffers; ndarray is read at once; a GPU's transfer
+    /// Flex lends its buffers; ndarray is copied where the values are read; a GPU's transfer
     /// (wgpu, where a Vulkan driver exists: llvmpipe in CI) is requested here
     /// and finished on another thread, as the probe's worker does.
     #[test]
@@ -927,7 +946,8 @@ mod tests {
         for (device, borrowed) in devices {
             let a: Vec<f32> = (0..6).map(|i| i as f32).collect();
             let b: Vec<f32> = vec![-1.5, 2.5, 7.0];
-            let mut gather = Gather::default();
+            let reading = Reading::of(&Tensor::<1>::zeros([1], &device));
+            let mut gather = Gather::new(reading);
             let ia = gather.add(Tensor::<2>::from_data(TensorData::new(a.clone(), [2, 3]), &device));
             let ib = gather.add(Tensor::<1>::from_data(TensorData::new(b.clone(), [3]), &device));
             let transfer = gather.start();

@@ -14,7 +14,7 @@ use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::{LineLog, write_atomic};
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
-use crate::fused::{HostJob, on_cpu};
+use crate::fused::{HostJob, Reading};
 use crate::measure::{StepStats, StepView, device_step, l2, param_values};
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord};
 use crate::verdict::{WINDOW, judge};
@@ -97,35 +97,48 @@ impl Reductions {
 
     /// The path for a run whose probe steps look like `view`.
     fn resolve(self, view: &StepView<'_>) -> Path {
+        let reading = Reading::of(&view.loss);
         match self {
-            Reductions::Host => return Path::Host,
-            Reductions::Device => return Path::Device,
-            Reductions::Auto => {}
+            Reductions::Host => Path::Host(reading),
+            Reductions::Device => Path::Device,
+            Reductions::Auto => {
+                let per_point = view
+                    .traces
+                    .iter()
+                    .map(|t| 3 * t.post.shape().num_elements())
+                    .sum::<usize>()
+                    / view.traces.len().max(1);
+                Self::auto(reading, per_point)
+            }
         }
-        let per_point = view
-            .traces
-            .iter()
-            .map(|t| 3 * t.post.shape().num_elements())
-            .sum::<usize>()
-            / view.traces.len().max(1);
-        Self::auto(on_cpu(&view.loss), per_point)
     }
 
     /// [`Reductions::Auto`]'s rule.
-    fn auto(cpu: bool, values_per_point: usize) -> Path {
-        if cpu || values_per_point <= Self::HOST_MAX_PER_POINT {
-            Path::Host
+    fn auto(reading: Reading, values_per_point: usize) -> Path {
+        if reading == Reading::Local || values_per_point <= Self::HOST_MAX_PER_POINT {
+            Path::Host(reading)
         } else {
             Path::Device
         }
     }
 }
 
-/// Where a run's probe steps are reduced: [`Reductions`] with `Auto` decided.
+/// Where a run's probe steps are reduced: [`Reductions`] with `Auto` decided
+/// (and, for host reductions, how the tensors reach the host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
-    Host,
+    Host(Reading),
     Device,
+}
+
+impl Path {
+    /// The name `summary.json` reports.
+    fn name(self) -> &'static str {
+        match self {
+            Path::Host(_) => "host",
+            Path::Device => "device",
+        }
+    }
 }
 
 impl Default for ProbeConfig {
@@ -274,16 +287,13 @@ impl GradientProbe {
         // Update steps (`hist`) keep the points' main weights from before the
         // step; `after_step` measures the update against them. (Only then: a
         // weight held across the optimiser step is copied, not updated in place.)
-        let before = if hist {
-            param_values(view.model, &ids.weight_ids)
-        } else {
-            Vec::new()
-        };
+        let before = hist.then_some((view.model, ids.weight_ids.as_slice()));
         match *self.path.get_or_insert_with(|| self.config.reductions.resolve(&step)) {
-            Path::Host => Pending::Host(meta, HostJob::collect(&step, before)),
+            Path::Host(reading) => Pending::Host(meta, HostJob::collect(&step, reading, before)),
             Path::Device => {
                 let mut stats = StepStats::default();
                 device_step(&step, &mut stats);
+                let before = before.map_or_else(Vec::new, |(model, ids)| param_values(model, ids));
                 Pending::Device(meta, stats, before)
             }
         }
@@ -452,7 +462,7 @@ impl<M: Network> Observer<M> for GradientProbe {
             serde_json::json!({
                 "schedule": self.config.schedule.to_string(),
                 // The path taken; the configured choice when no step was probed.
-                "reductions": self.path.map_or_else(|| format!("{:?}", self.config.reductions), |p| format!("{p:?}")).to_lowercase(),
+                "reductions": self.path.map_or_else(|| format!("{:?}", self.config.reductions).to_lowercase(), |p| p.name().to_owned()),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
                 "seconds_in_worker": self.worker_busy.as_secs_f64(),
@@ -480,7 +490,7 @@ mod tests {
     fn auto_reductions_know_the_cpu_backends() {
         let on = |b: Backend| {
             b.device()
-                .map(|d| on_cpu(&Tensor::<1>::from_data(TensorData::new(vec![1f32], [1]), &d)))
+                .map(|d| Reading::of(&Tensor::<1>::from_data(TensorData::new(vec![1f32], [1]), &d)) == Reading::Local)
         };
         assert!(on(Backend::Flex).unwrap());
         assert!(on(Backend::Ndarray).unwrap());
@@ -492,9 +502,11 @@ mod tests {
     #[test]
     fn auto_reductions_read_small_steps_to_the_host() {
         // mlp-sigmoid-8x256 at batch 128: output, pre-activation and dL/dh of 128 x 256.
-        assert_eq!(Reductions::auto(false, 3 * 128 * 256), Path::Host);
+        let gpu = Reading::Transaction;
+        assert_eq!(Reductions::auto(gpu, 3 * 128 * 256), Path::Host(gpu));
         // resnet20's first stage at batch 128: 16 channels of 28 x 28.
-        assert_eq!(Reductions::auto(false, 3 * 128 * 16 * 28 * 28), Path::Device);
-        assert_eq!(Reductions::auto(true, 3 * 128 * 16 * 28 * 28), Path::Host);
+        assert_eq!(Reductions::auto(gpu, 3 * 128 * 16 * 28 * 28), Path::Device);
+        let cpu = Reading::Local;
+        assert_eq!(Reductions::auto(cpu, 3 * 128 * 16 * 28 * 28), Path::Host(cpu));
     }
 }
