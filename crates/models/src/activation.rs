@@ -146,6 +146,84 @@ impl Activation {
         }
     }
 
+    /// Whether `f'(a)` and the sign of `a` can be read from the output
+    /// `y = f(a)` alone ([`Self::derivative_of_output`]), so that a probe need
+    /// not keep the activation's input. Not for GELU (two inputs share an
+    /// output on its negative side), nor for a LeakyReLU or ELU whose negative
+    /// side is flat or flipped.
+    pub fn reads_from_output(&self) -> bool {
+        match *self {
+            Activation::LeakyRelu { slope } => slope > 0.0,
+            Activation::Elu { alpha } => alpha > 0.0,
+            Activation::Gelu => false,
+            _ => true,
+        }
+    }
+
+    /// `f'` element-wise from the output `y = f(a)`: `y (1 - y)` for sigmoid and
+    /// `1 - y^2` for tanh (as Burn's backward pass computes them), `y + alpha` on
+    /// ELU's negative side; `None` where [`Self::reads_from_output`] is false.
+    pub fn derivative_of_output<const D: usize>(&self, y: Tensor<D>) -> Option<Tensor<D>> {
+        if !self.reads_from_output() {
+            return None;
+        }
+        let pos = || y.clone().greater_elem(0.0).float();
+        Some(match *self {
+            Activation::Sigmoid => y.clone() * (y.neg() + 1.0),
+            Activation::Tanh => y.clone() * y.neg() + 1.0,
+            Activation::Relu => pos(),
+            Activation::LeakyRelu { slope } => {
+                let pos = pos();
+                pos.clone() + (pos.neg() + 1.0) * slope
+            }
+            Activation::Elu { alpha } => {
+                let pos = pos();
+                pos.clone() + (pos.neg() + 1.0) * (y + alpha)
+            }
+            Activation::Selu => {
+                const ALPHA: f64 = 1.673_263_242_354_377_3;
+                const SCALE: f64 = 1.050_700_987_355_480_5;
+                let pos = pos();
+                pos.clone() * SCALE + (pos.neg() + 1.0) * (y + SCALE * ALPHA)
+            }
+            Activation::Identity => y.ones_like(),
+            Activation::Gelu => unreachable!("GELU does not read from its output"),
+        })
+    }
+
+    /// [`Self::derivative_of_output`] for one value: the reference for code
+    /// that reduces host memory in one pass.
+    pub fn derivative_at_output(&self, y: f32) -> Option<f32> {
+        const SELU_ALPHA: f32 = 1.673_263_2;
+        const SELU_SCALE: f32 = 1.050_701;
+        if !self.reads_from_output() {
+            return None;
+        }
+        let pos = |neg: f32| if y > 0.0 { 1.0 } else { neg };
+        Some(match *self {
+            Activation::Sigmoid => y * (1.0 - y),
+            Activation::Tanh => 1.0 - y * y,
+            Activation::Relu => pos(0.0),
+            Activation::LeakyRelu { slope } => pos(slope as f32),
+            Activation::Elu { alpha } => pos(y + alpha as f32),
+            Activation::Selu => {
+                if y > 0.0 {
+                    SELU_SCALE
+                } else {
+                    y + SELU_SCALE * SELU_ALPHA
+                }
+            }
+            Activation::Identity => 1.0,
+            Activation::Gelu => unreachable!("GELU does not read from its output"),
+        })
+    }
+
+    /// The input of `f` at `a`, where a probe must keep it to know `f'(a)`
+    /// (not [`Self::reads_from_output`]); `None` where the output will do.
+    pub fn input_to_keep<const D: usize>(&self, a: &Tensor<D>) -> Option<Tensor<D>> {
+        (!self.reads_from_output()).then(|| a.clone())
+    }
+
     /// The largest value `f'` takes; saturation is measured relative to it.
     pub fn max_derivative(&self) -> f64 {
         match *self {
@@ -265,6 +343,64 @@ mod tests {
                 .contains("unknown activation `swish`")
         );
         assert!("relu:2".parse::<Activation>().is_err());
+    }
+
+    /// Where the output determines the derivative, reading it from the output
+    /// (tensor and scalar forms) gives the derivative at the input, and the
+    /// output has the input's sign.
+    #[test]
+    fn derivative_of_output_matches_derivative_at_input() {
+        let device = Device::flex();
+        let xs: Vec<f32> = vec![-3.0, -0.7, -0.1, 0.0, 0.2, 0.9, 2.5];
+        let n = xs.len();
+        for name in [
+            "sigmoid",
+            "tanh",
+            "relu",
+            "leaky_relu:0.1",
+            "elu:0.5",
+            "selu",
+            "identity",
+        ] {
+            let a: Activation = name.parse().unwrap();
+            assert!(a.reads_from_output(), "{name}");
+            let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device);
+            let y = a.forward(x.clone());
+            let y_host: Vec<f32> = y.to_data().try_to_vec().unwrap();
+            let at_input: Vec<f32> = a.derivative(x).to_data().try_to_vec().unwrap();
+            let of_output: Vec<f32> = a.derivative_of_output(y).unwrap().to_data().try_to_vec().unwrap();
+            for i in 0..n {
+                let scalar = a.derivative_at_output(y_host[i]).unwrap();
+                assert!(
+                    (of_output[i] - at_input[i]).abs() < 1e-5,
+                    "{name} at {}: {} vs {}",
+                    xs[i],
+                    of_output[i],
+                    at_input[i]
+                );
+                assert!(
+                    (scalar - at_input[i]).abs() < 1e-5,
+                    "{name} at {}: {scalar} vs {}",
+                    xs[i],
+                    at_input[i]
+                );
+                if name != "sigmoid" {
+                    assert_eq!(
+                        y_host[i] < 0.0,
+                        xs[i] < 0.0 && name != "relu",
+                        "{name}: sign at {}",
+                        xs[i]
+                    );
+                }
+            }
+        }
+        for name in ["gelu", "leaky_relu:0", "elu:0"] {
+            let a: Activation = name.parse().unwrap();
+            assert!(!a.reads_from_output(), "{name}");
+            assert!(a.derivative_at_output(0.5).is_none());
+            let y = Tensor::<1>::zeros([2], &device);
+            assert!(a.input_to_keep(&y).is_some() && a.derivative_of_output(y).is_none());
+        }
     }
 
     #[test]

@@ -73,18 +73,20 @@ pub struct DenseLayer {
 }
 
 impl DenseLayer {
-    /// Returns `(activation input, layer output)`.
-    fn forward_parts(&self, x: Tensor<2>, rec: &mut Recorder) -> (Tensor<2>, Tensor<2>) {
+    /// Returns `(activation input, layer output)`, the input only where the
+    /// probe needs it ([`gradscope_models::Trace::pre`](crate::Trace::pre)).
+    fn forward_parts(&self, x: Tensor<2>, rec: &mut Recorder) -> (Option<Tensor<2>>, Tensor<2>) {
         let z = self.linear.forward(x);
         match (&self.norm, self.placement) {
-            (None, _) => (z.clone(), self.activation.forward(z)),
+            (None, _) => (self.activation.input_to_keep(&z), self.activation.forward(z)),
             (Some(bn), NormPlacement::BeforeActivation) => {
                 let a = bn.forward(rec.norm_input(z));
-                (a.clone(), self.activation.forward(a))
+                (self.activation.input_to_keep(&a), self.activation.forward(a))
             }
             (Some(bn), NormPlacement::AfterActivation) => {
+                // The output is BatchNorm's: it does not tell the activation's derivative.
                 let y = self.activation.forward(z.clone());
-                (z, bn.forward(rec.norm_input(y)))
+                (Some(z), bn.forward(rec.norm_input(y)))
             }
         }
     }
@@ -284,14 +286,14 @@ impl Traced for Mlp {
                 skip_in = Some(h.clone());
             }
             let (pre, out) = layer.forward_parts(h, rec);
-            h = rec.point(&pre, out);
+            h = rec.point(pre, out);
             if self.blocks.iter().any(|&(_, e)| e == i) {
                 let sum = skip_in.take().expect("block start precedes its end") + h;
-                h = rec.point(&sum, sum.clone());
+                h = rec.point(None, sum);
             }
         }
         let logits = self.head.forward(h);
-        rec.point(&logits, logits.clone())
+        rec.point(None, logits)
     }
 
     fn points(&self) -> &[ProbePoint] {

@@ -96,8 +96,12 @@ impl Taps {
 /// and detached from autodiff (values only).
 #[derive(Debug, Clone)]
 pub struct Trace {
-    /// The activation's input (equal to `post` where there is no activation).
-    pub pre: Tensor<2>,
+    /// The activation's input, kept only where the output does not tell the
+    /// activation's derivative ([`Activation::reads_from_output`]): GELU, or an
+    /// activation that a BatchNorm follows. Elsewhere the probe reads `f'`
+    /// from `post` (as Burn's backward pass does for sigmoid and tanh), which
+    /// spares holding a tensor per point until the probe has read it.
+    pub pre: Option<Tensor<2>>,
     /// The point's output.
     pub post: Tensor<2>,
 }
@@ -134,15 +138,16 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// Records the current point's pre-activation and output, captures `dL/dh`
-    /// at its output, and moves on to the next point.
-    pub(crate) fn point<const D: usize>(&mut self, pre: &Tensor<D>, post: Tensor<D>) -> Tensor<D> {
+    /// Records the current point's output (and its activation's input, where
+    /// given: see [`Trace::pre`]), captures `dL/dh` at its output, and moves
+    /// on to the next point.
+    pub(crate) fn point<const D: usize>(&mut self, pre: Option<Tensor<D>>, post: Tensor<D>) -> Tensor<D> {
         let i = self.next;
         self.next += 1;
         if let Some(traces) = self.traces.as_mut() {
             // Without autodiff: the traces are only read, never differentiated.
             traces.push(Trace {
-                pre: flatten(pre.clone().inner()),
+                pre: pre.map(|pre| flatten(pre.inner())),
                 post: flatten(post.clone().inner()),
             });
         }
@@ -150,6 +155,11 @@ impl<'a> Recorder<'a> {
             Some(slot) => capture(post, slot),
             None => post,
         }
+    }
+
+    /// [`Self::point`] for a point whose output is `act(a)`.
+    pub(crate) fn activated<const D: usize>(&mut self, act: Activation, a: Tensor<D>) -> Tensor<D> {
+        self.point(act.input_to_keep(&a), act.forward(a))
     }
 
     pub(crate) fn finish(self) -> Vec<Trace> {

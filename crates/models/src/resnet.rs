@@ -160,12 +160,12 @@ pub struct BasicBlock {
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>, rec: &mut Recorder) -> Tensor<4> {
         let a1 = self.conv1.forward(x.clone(), rec);
-        let h1 = rec.point(&a1, self.activation.forward(a1.clone()));
+        let h1 = rec.activated(self.activation, a1);
         let a2 = self.conv2.forward(h1, rec);
         if !self.skip {
-            return rec.point(&a2, self.activation.forward(a2.clone()));
+            return rec.activated(self.activation, a2);
         }
-        let branch = rec.point(&a2, a2.clone());
+        let branch = rec.point(None, a2);
         let shortcut = match (&self.projection, self.stride, self.pad_channels) {
             (Some(p), _, _) => p.forward(x, &mut Recorder::off()),
             (None, 1, 0) => x,
@@ -177,7 +177,7 @@ impl BasicBlock {
             }
         };
         let sum = shortcut + branch;
-        rec.point(&sum, self.activation.forward(sum.clone()))
+        rec.activated(self.activation, sum)
     }
 }
 
@@ -404,7 +404,7 @@ impl ResNetConfig {
 impl Traced for ResNet {
     fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2> {
         let a = self.stem.forward(images, rec);
-        let mut x = rec.point(&a, self.activation.forward(a.clone()));
+        let mut x = rec.activated(self.activation, a);
         for stage in &self.stages {
             for block in &stage.blocks {
                 x = block.forward(x, rec);
@@ -413,7 +413,7 @@ impl Traced for ResNet {
         let [b, c, _, _] = x.dims();
         let pooled = x.mean_dim(3).mean_dim(2).reshape([b, c]);
         let logits = self.head.forward(pooled);
-        rec.point(&logits, logits.clone())
+        rec.point(None, logits)
     }
 
     fn points(&self) -> &[ProbePoint] {

@@ -148,13 +148,18 @@ fn probe_point_names_and_depths() {
 #[test]
 fn traces_have_the_declared_shapes() {
     let d = cpu();
-    for name in ["mlp-tanh-bn-4x32", "resnet8-residual", "resnet8-plain"] {
+    for name in ["mlp-tanh-bn-4x32", "mlp-gelu-4x32", "resnet8-residual", "resnet8-plain"] {
         let m = preset(name).unwrap().init(&d).unwrap();
         let p = m.forward_probed(images(3, &d), None);
         assert_eq!(p.traces.len(), m.probe_points().len(), "{name}");
         for (t, pt) in p.traces.iter().zip(m.probe_points()) {
             assert_eq!(t.post.dims(), [3, pt.features()], "{name} {}", pt.name);
-            assert_eq!(t.pre.dims(), [3, pt.features()], "{name} {}", pt.name);
+            // The activation's input is kept exactly where its output does not tell f'.
+            let needed = pt.activation.is_some_and(|a| !a.reads_from_output());
+            assert_eq!(t.pre.is_some(), needed, "{name} {}", pt.name);
+            if let Some(pre) = &t.pre {
+                assert_eq!(pre.dims(), [3, pt.features()], "{name} {}", pt.name);
+            }
         }
     }
 }
@@ -286,13 +291,15 @@ fn residual_mlp_with_zero_branch_weights_is_the_identity_map() {
 #[test]
 fn batchnorm_uses_batch_stats_in_training_and_running_stats_in_eval() {
     let d = cpu().autodiff();
-    let m = preset("mlp-relu-bn-2x8").unwrap().init(&d).unwrap();
+    // GELU: the trace keeps the activation's input, here BatchNorm's output.
+    let m = preset("mlp-gelu-bn-2x8").unwrap().init(&d).unwrap();
     let x = images(16, &d) * 3.0 + 2.0;
     // Training mode: BN output over the batch has zero mean per unit.
     let probed = m.forward_probed(x.clone(), None);
     let pre: Vec<f32> = probed.traces[0]
         .pre
         .clone()
+        .expect("kept for GELU")
         .mean_dim(0)
         .inner()
         .to_data()
@@ -303,7 +310,14 @@ fn batchnorm_uses_batch_stats_in_training_and_running_stats_in_eval() {
     // the pre-activation equals the linear output and its mean is not zero.
     let eval = m.valid();
     let probed = eval.forward_probed(x.inner(), None);
-    let pre: Vec<f32> = probed.traces[0].pre.clone().mean_dim(0).to_data().try_to_vec().unwrap();
+    let pre: Vec<f32> = probed.traces[0]
+        .pre
+        .clone()
+        .expect("kept for GELU")
+        .mean_dim(0)
+        .to_data()
+        .try_to_vec()
+        .unwrap();
     assert!(pre.iter().any(|v| v.abs() > 1e-2), "{pre:?}");
 }
 

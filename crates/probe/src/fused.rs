@@ -316,7 +316,7 @@ impl HostJob {
                     post: gather.add(view.traces[i].post.clone()),
                     features: view.traces[i].post.dims()[1],
                     // The activation's input: read only where there is an activation.
-                    pre: p.activation.map(|_| gather.add(view.traces[i].pre.clone())),
+                    pre: p.activation.and(view.traces[i].pre.clone()).map(|t| gather.add(t)),
                     norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
                     grads,
                     before: before[i],
@@ -365,18 +365,25 @@ impl HostJob {
                 push(i, "signal_l2", norm);
                 push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
             }
-            if let (Some(act), Some(pre)) = (at.activation, at.pre.map(|k| &values[k])) {
+            if let Some(act) = at.activation {
                 let threshold = (0.01 * act.max_derivative()) as f32;
-                let (l2, below) = through_derivative(pre, g, act, threshold);
-                if g.is_some() {
-                    push(i, "preact_signal_l2", l2);
-                }
-                match act.regime() {
-                    Regime::Saturating => push(i, "saturated_frac", below as f64 / pre.len().max(1) as f64),
-                    Regime::LeakyNegative => {
-                        push(i, "negative_frac", count_negative(pre) as f64 / pre.len().max(1) as f64)
+                // f' at the activation's input where the trace kept it, else read
+                // from the output (which then has the input's sign).
+                let (read, x) = match at.pre.map(|k| &*values[k]) {
+                    Some(pre) => (Some(through_derivative(pre, g, act, threshold)), pre),
+                    None => (through_derivative_of_output(post, g, act, threshold), &**post),
+                };
+                if let Some((l2, below)) = read {
+                    if g.is_some() {
+                        push(i, "preact_signal_l2", l2);
                     }
-                    Regime::Rectifying | Regime::Linear => {}
+                    match act.regime() {
+                        Regime::Saturating => push(i, "saturated_frac", below as f64 / x.len().max(1) as f64),
+                        Regime::LeakyNegative => {
+                            push(i, "negative_frac", count_negative(x) as f64 / x.len().max(1) as f64)
+                        }
+                        Regime::Rectifying | Regime::Linear => {}
+                    }
                 }
             }
             if let Some(k) = at.norm_in {
@@ -649,6 +656,52 @@ pub fn through_derivative(pre: &[f32], g: Option<&[f32]>, act: Activation, thres
     }
 }
 
+/// [`through_derivative`] with `f'` read from the activation's output `post`
+/// ([`Activation::derivative_at_output`], the reference): `y (1 - y)` for
+/// sigmoid, as Burn's backward pass computes it, with no exponential to take.
+/// `None` where the output does not tell `f'` ([`Activation::reads_from_output`]).
+#[multiversion(targets = "simd")]
+pub fn through_derivative_of_output(
+    post: &[f32],
+    g: Option<&[f32]>,
+    act: Activation,
+    threshold: f32,
+) -> Option<(f64, usize)> {
+    const SELU_ALPHA: f32 = 1.673_263_2;
+    const SELU_SCALE: f32 = 1.050_701;
+    if !act.reads_from_output() {
+        return None;
+    }
+    let pos = |y: f32, neg: f32| if y > 0.0 { 1.0 } else { neg };
+    Some(match act {
+        Activation::Sigmoid => derivative_kernel(post, g, |y| y * (1.0 - y), threshold),
+        Activation::Tanh => derivative_kernel(post, g, |y| 1.0 - y * y, threshold),
+        Activation::Relu => derivative_kernel(post, g, |y| pos(y, 0.0), threshold),
+        Activation::LeakyRelu { slope } => {
+            let slope = slope as f32;
+            derivative_kernel(post, g, |y| pos(y, slope), threshold)
+        }
+        Activation::Elu { alpha } => {
+            let alpha = alpha as f32;
+            derivative_kernel(post, g, |y| pos(y, y + alpha), threshold)
+        }
+        Activation::Selu => derivative_kernel(
+            post,
+            g,
+            |y| {
+                if y > 0.0 {
+                    SELU_SCALE
+                } else {
+                    y + SELU_SCALE * SELU_ALPHA
+                }
+            },
+            threshold,
+        ),
+        Activation::Identity => derivative_kernel(post, g, |_| 1.0, threshold),
+        Activation::Gelu => return None,
+    })
+}
+
 /// The pass behind [`through_derivative`] for a derivative `d`: per block,
 /// `d` of every value into a buffer (a map, which vectorises with `d` inlined),
 /// then the signal and the count as [`lane_sum`]s over it.
@@ -884,6 +937,44 @@ mod tests {
             );
             assert!(fast.1.abs_diff(reference.1) <= 2, "{act}: {fast:?} vs {reference:?}");
         }
+    }
+
+    /// Read from the output, the pass agrees with its scalar reference exactly
+    /// (same arithmetic) and with the pass over the input to f32 rounding; it
+    /// declines where the output does not tell `f'`.
+    #[test]
+    fn derivative_pass_reads_the_output() {
+        let pre: Vec<f32> = (0..3001).map(|i| (i as f32 - 1500.0) / 200.0).collect();
+        let g: Vec<f32> = (0..3001).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        for act in [
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::LeakyRelu { slope: 0.01 },
+            Activation::Elu { alpha: 1.0 },
+            Activation::Selu,
+            Activation::Identity,
+        ] {
+            let x = Tensor::<1>::from_data(TensorData::new(pre.clone(), [pre.len()]), &burn::tensor::Device::flex());
+            let post: Vec<f32> = act.forward(x).to_data().try_to_vec().unwrap();
+            let t = (0.01 * act.max_derivative()) as f32;
+            let fast = through_derivative_of_output(&post, Some(&g), act, t).expect("reads from its output");
+            let reference = derivative_kernel(&post, Some(&g), |y| act.derivative_at_output(y).unwrap(), t);
+            assert_eq!(fast, reference, "{act}");
+            let at_input = derivative_kernel(&pre, Some(&g), |a| act.derivative_at(a), t);
+            assert!(
+                (fast.0 - at_input.0).abs() <= 1e-4 * at_input.0,
+                "{act}: {fast:?} vs {at_input:?}"
+            );
+            assert!(fast.1.abs_diff(at_input.1) <= 2, "{act}: {fast:?} vs {at_input:?}");
+            let signed = !matches!(act, Activation::Relu | Activation::Sigmoid);
+            assert_eq!(
+                count_negative(&post),
+                count_negative(&pre) * usize::from(signed),
+                "{act}"
+            );
+        }
+        assert!(through_derivative_of_output(&pre, Some(&g), Activation::Gelu, 0.01).is_none());
     }
 
     #[test]

@@ -142,13 +142,8 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
             let n = flat.dims()[0].max(1) as f64;
             batch.push(Some(i), "signal_rms", norm.clone().div_scalar(n.sqrt()));
             batch.push(Some(i), "signal_l2", norm);
-            if let Some(act) = p.activation {
-                let pre = view.traces[i].pre.clone();
-                batch.push(
-                    Some(i),
-                    "preact_signal_l2",
-                    l2(&(act.derivative(pre) * g.clone()).flatten::<1>(0, 1)),
-                );
+            if let Some(d) = p.activation.and_then(|act| derivative(act, &view.traces[i])) {
+                batch.push(Some(i), "preact_signal_l2", l2(&(d * g.clone()).flatten::<1>(0, 1)));
             }
         }
         if let Some(g) = &view.taps.norm_in[i] {
@@ -168,8 +163,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
         {
             grad_stats(batch, i, &g, GradPrefix::Bias);
         }
-        let (pre, post) = (view.traces[i].pre.clone(), view.traces[i].post.clone());
-        if let Some(alive) = activation_stats(batch, i, p.activation, &pre, &post) {
+        if let Some(alive) = activation_stats(batch, i, p.activation, &view.traces[i]) {
             batch.push_vector(i, VectorKind::UnitMaxAbs, alive);
         }
         if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
@@ -240,16 +234,25 @@ pub fn log_histogram(g: &Tensor<1>) -> Tensor<1> {
     Tensor::cat(vec![counts - first, zeros.reshape([1])], 0)
 }
 
-/// Activation statistics of a probe point's trace (`pre`, `post` are `[batch, features]`).
+/// `f'` at a point: at the activation's input where the trace kept it, else
+/// read from the output (`None` where neither can tell it).
+fn derivative(act: Activation, trace: &Trace) -> Option<Tensor<2>> {
+    match &trace.pre {
+        Some(pre) => Some(act.derivative(pre.clone())),
+        None => act.derivative_of_output(trace.post.clone()),
+    }
+}
+
+/// Activation statistics of a probe point's trace (`[batch, features]`).
 /// Returns the per-unit "alive" indicator (max |post| over the batch) for
 /// rectifying layers, so the caller can track units dead over a window.
 pub fn activation_stats(
     batch: &mut Batch,
     point: usize,
     activation: Option<Activation>,
-    pre: &Tensor<2>,
-    post: &Tensor<2>,
+    trace: &Trace,
 ) -> Option<Tensor<1>> {
+    let post = &trace.post;
     let flat = post.clone().flatten::<1>(0, 1);
     let mean = flat.clone().mean();
     batch.push(Some(point), "act_mean", mean.clone());
@@ -257,9 +260,10 @@ pub fn activation_stats(
     let act = activation?;
     match act.regime() {
         Regime::Saturating => {
-            let d = act.derivative(pre.clone());
-            let saturated = d.lower_elem(0.01 * act.max_derivative()).float().mean();
-            batch.push(Some(point), "saturated_frac", saturated);
+            if let Some(d) = derivative(act, trace) {
+                let saturated = d.lower_elem(0.01 * act.max_derivative()).float().mean();
+                batch.push(Some(point), "saturated_frac", saturated);
+            }
             None
         }
         Regime::Rectifying => {
@@ -270,7 +274,11 @@ pub fn activation_stats(
             Some(alive)
         }
         Regime::LeakyNegative => {
-            batch.push(Some(point), "negative_frac", pre.clone().lower_elem(0.0).float().mean());
+            // The output has the input's sign where the input was not kept.
+            let x = trace.pre.as_ref().unwrap_or(post);
+            if trace.pre.is_some() || act.reads_from_output() {
+                batch.push(Some(point), "negative_frac", x.clone().lower_elem(0.0).float().mean());
+            }
             None
         }
         Regime::Linear => None,
