@@ -67,6 +67,10 @@ pub enum Regime {
     Linear,
 }
 
+/// SELU's `alpha` and `scale` (Klambauer et al., 2017), as Burn's `selu` uses them.
+pub const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+pub const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
 impl Activation {
     /// Applies `f` element-wise.
     pub fn forward<const D: usize>(&self, a: Tensor<D>) -> Tensor<D> {
@@ -103,10 +107,8 @@ impl Activation {
                 pos.clone() + (pos.neg() + 1.0) * (a.exp() * alpha)
             }
             Activation::Selu => {
-                const ALPHA: f64 = 1.673_263_242_354_377_3;
-                const SCALE: f64 = 1.050_700_987_355_480_5;
                 let pos = a.clone().greater_elem(0.0).float();
-                (pos.clone() + (pos.neg() + 1.0) * (a.exp() * ALPHA)) * SCALE
+                (pos.clone() + (pos.neg() + 1.0) * (a.exp() * SELU_ALPHA)) * SELU_SCALE
             }
             Activation::Gelu => {
                 // d/da [a Phi(a)] = Phi(a) + a phi(a)
@@ -121,8 +123,8 @@ impl Activation {
     /// `f'(a)` for one value: the same function as [`Self::derivative`], for code
     /// that reduces host memory in one pass (the probe on CPU backends).
     pub fn derivative_at(&self, a: f32) -> f32 {
-        const SELU_ALPHA: f32 = 1.673_263_2;
-        const SELU_SCALE: f32 = 1.050_701;
+        const ALPHA: f32 = SELU_ALPHA as f32;
+        const SCALE: f32 = SELU_SCALE as f32;
         let pos = |slope: f32| if a > 0.0 { 1.0 } else { slope };
         match *self {
             Activation::Sigmoid => {
@@ -136,7 +138,7 @@ impl Activation {
             Activation::Relu => pos(0.0),
             Activation::LeakyRelu { slope } => pos(slope as f32),
             Activation::Elu { alpha } => pos(a.exp() * alpha as f32),
-            Activation::Selu => SELU_SCALE * pos(a.exp() * SELU_ALPHA),
+            Activation::Selu => SCALE * pos(a.exp() * ALPHA),
             Activation::Gelu => {
                 let a = a as f64;
                 let phi = (-0.5 * a * a).exp() / (2.0 * std::f64::consts::PI).sqrt();
@@ -181,10 +183,8 @@ impl Activation {
                 pos.clone() + (pos.neg() + 1.0) * (y + alpha)
             }
             Activation::Selu => {
-                const ALPHA: f64 = 1.673_263_242_354_377_3;
-                const SCALE: f64 = 1.050_700_987_355_480_5;
                 let pos = pos();
-                pos.clone() * SCALE + (pos.neg() + 1.0) * (y + SCALE * ALPHA)
+                pos.clone() * SELU_SCALE + (pos.neg() + 1.0) * (y + SELU_SCALE * SELU_ALPHA)
             }
             Activation::Identity => y.ones_like(),
             Activation::Gelu => unreachable!("GELU does not read from its output"),
@@ -194,8 +194,8 @@ impl Activation {
     /// [`Self::derivative_of_output`] for one value: the reference for code
     /// that reduces host memory in one pass.
     pub fn derivative_at_output(&self, y: f32) -> Option<f32> {
-        const SELU_ALPHA: f32 = 1.673_263_2;
-        const SELU_SCALE: f32 = 1.050_701;
+        const ALPHA: f32 = SELU_ALPHA as f32;
+        const SCALE: f32 = SELU_SCALE as f32;
         if !self.reads_from_output() {
             return None;
         }
@@ -208,9 +208,9 @@ impl Activation {
             Activation::Elu { alpha } => pos(y + alpha as f32),
             Activation::Selu => {
                 if y > 0.0 {
-                    SELU_SCALE
+                    SCALE
                 } else {
-                    y + SELU_SCALE * SELU_ALPHA
+                    y + SCALE * ALPHA
                 }
             }
             Activation::Identity => 1.0,
@@ -231,7 +231,7 @@ impl Activation {
             Activation::Tanh | Activation::Relu | Activation::Identity => 1.0,
             Activation::LeakyRelu { slope } => slope.abs().max(1.0),
             Activation::Elu { alpha } => alpha.max(1.0),
-            Activation::Selu => 1.050_700_987_355_480_5 * 1.673_263_242_354_377_3,
+            Activation::Selu => SELU_SCALE * SELU_ALPHA,
             Activation::Gelu => 1.128_904_1,
         }
     }

@@ -35,6 +35,7 @@ use burn::backend::{Flex, NdArray};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, ExecutionError, Tensor, TensorData, Transaction, read_sync};
+use gradscope_models::activation::{SELU_ALPHA, SELU_SCALE};
 use gradscope_models::{Activation, Regime};
 use multiversion::multiversion;
 
@@ -614,8 +615,8 @@ pub fn diff_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
 /// uses the reference per value.
 #[multiversion(targets = "simd")]
 pub fn through_derivative(pre: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32) -> (f64, usize) {
-    const SELU_ALPHA: f32 = 1.673_263_2;
-    const SELU_SCALE: f32 = 1.050_701;
+    const ALPHA: f32 = SELU_ALPHA as f32;
+    const SCALE: f32 = SELU_SCALE as f32;
     match act {
         Activation::Sigmoid => derivative_kernel(
             pre,
@@ -648,7 +649,7 @@ pub fn through_derivative(pre: &[f32], g: Option<&[f32]>, act: Activation, thres
         Activation::Selu => derivative_kernel(
             pre,
             g,
-            |a| SELU_SCALE * if a > 0.0 { 1.0 } else { SELU_ALPHA * exp_fast(a) },
+            |a| SCALE * if a > 0.0 { 1.0 } else { ALPHA * exp_fast(a) },
             threshold,
         ),
         Activation::Identity => derivative_kernel(pre, g, |_| 1.0, threshold),
@@ -667,8 +668,8 @@ pub fn through_derivative_of_output(
     act: Activation,
     threshold: f32,
 ) -> Option<(f64, usize)> {
-    const SELU_ALPHA: f32 = 1.673_263_2;
-    const SELU_SCALE: f32 = 1.050_701;
+    const ALPHA: f32 = SELU_ALPHA as f32;
+    const SCALE: f32 = SELU_SCALE as f32;
     if !act.reads_from_output() {
         return None;
     }
@@ -689,11 +690,7 @@ pub fn through_derivative_of_output(
             post,
             g,
             |y| {
-                if y > 0.0 {
-                    SELU_SCALE
-                } else {
-                    y + SELU_SCALE * SELU_ALPHA
-                }
+                if y > 0.0 { SCALE } else { y + SCALE * ALPHA }
             },
             threshold,
         ),
