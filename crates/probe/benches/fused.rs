@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gradscope_models::Activation;
-use gradscope_probe::fused::{Moments, diff_l2, log_histogram, std_about, through_derivative, unit_max_abs};
+use gradscope_probe::fused::{Moments, diff_l2, log_histogram, point_pass, unit_max_abs};
 
 /// Deterministic values spread over many decades, a few exact zeros among them.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -82,14 +82,6 @@ fn main() {
             }),
         );
         row(
-            "std_about",
-            n,
-            4 * n,
-            median_secs(reps, || {
-                black_box(std_about(black_box(&a), 0.1));
-            }),
-        );
-        row(
             "diff_l2",
             n,
             8 * n,
@@ -97,13 +89,28 @@ fn main() {
                 black_box(diff_l2(black_box(&a), black_box(&b)));
             }),
         );
-        for act in [Activation::Sigmoid, Activation::Relu] {
+        // A point's pass: its output (sigmoid values in (0, 1), so no
+        // subnormal f' as outputs near 0 would give), `dL/dh`, and `f'` from
+        // the output or, for the sigmoid, from its input too.
+        let y: Vec<f32> = a.iter().map(|v| 1.0 / (1.0 + (-5.0 * v).exp())).collect();
+        for (act, pre) in [
+            (Activation::Sigmoid, None),
+            (Activation::Sigmoid, Some(&a)),
+            (Activation::Relu, None),
+        ] {
+            let read = if pre.is_some() { "input" } else { "output" };
             row(
-                &format!("through_derivative ({act:?})"),
+                &format!("point_pass ({act:?}, f' from the {read})"),
                 n,
-                8 * n,
+                4 * n * (2 + pre.is_some() as usize),
                 median_secs(reps, || {
-                    black_box(through_derivative(black_box(&a), Some(&b), act, 0.0025));
+                    black_box(point_pass(
+                        black_box(&y),
+                        pre.map(|p| &p[..]),
+                        Some(&b),
+                        Some(act),
+                        0.0025,
+                    ));
                 }),
             );
         }

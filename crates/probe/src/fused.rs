@@ -16,8 +16,9 @@
 //! accumulator array of [`LANES`] lanes fed by a branch-free function of each
 //! value ([`lane_sum`], [`lane_sum2`]), one such loop per statistic over a
 //! block (32 KiB, which stays in L1 for the next). Loops feeding two
-//! accumulator arrays were left scalar by LLVM (3-10x slower); [`Moments::of`]'s
-//! five interleaved 16-lane chains are the exception that does vectorise.
+//! accumulator arrays were left scalar by LLVM (3-10x slower); the interleaved
+//! 16-lane chains of [`Moments::of`] and [`point_pass`] are the exceptions that
+//! do vectorise.
 //! Counts are accumulated as f32 or u32 lanes, exact at these block sizes.
 //! Timings: `cargo bench --workspace --profile dev --bench fused`.
 //! The kernels are compiled for each SIMD level (AVX-512, AVX2, ...) and
@@ -357,49 +358,24 @@ impl HostJob {
             None => Vec::new(),
         };
         out.values.push((None, "loss", values[self.loss][0] as f64));
-        let mut push = |i: usize, name: &'static str, v: f64| out.values.push((Some(i), name, v));
         for (i, at) in self.at.iter().enumerate() {
-            let post = &values[at.post];
             let g = self.taps[i].map(|k| &*values[k]);
-            if let Some(g) = g {
-                let norm = l2(g);
-                push(i, "signal_l2", norm);
-                push(i, "signal_rms", norm / (g.len().max(1) as f64).sqrt());
-            }
-            if let Some(act) = at.activation {
-                let threshold = (0.01 * act.max_derivative()) as f32;
-                // f' at the activation's input where the trace kept it, else read
-                // from the output (which then has the input's sign).
-                let (read, x) = match at.pre.map(|k| &*values[k]) {
-                    Some(pre) => (Some(through_derivative(pre, g, act, threshold)), pre),
-                    None => (through_derivative_of_output(post, g, act, threshold), &**post),
-                };
-                if let Some((l2, below)) = read {
-                    if g.is_some() {
-                        push(i, "preact_signal_l2", l2);
-                    }
-                    match act.regime() {
-                        Regime::Saturating => push(i, "saturated_frac", below as f64 / x.len().max(1) as f64),
-                        Regime::LeakyNegative => {
-                            push(i, "negative_frac", count_negative(x) as f64 / x.len().max(1) as f64)
-                        }
-                        Regime::Rectifying | Regime::Linear => {}
-                    }
-                }
-            }
+            let pre = at.pre.map(|k| &*values[k]);
+            point_stats(i, at.activation, &values[at.post], at.features, pre, g, &mut out);
+            let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
             if let Some(k) = at.norm_in {
-                push(i, "bn_in_signal_l2", l2(&values[k]));
+                push("bn_in_signal_l2", l2(&values[k]));
             }
             for &(k, prefix) in &at.grads {
                 let Some(g) = k.map(|k| &values[k]) else { continue };
                 let m = Moments::of(g);
                 let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
-                push(i, l2_name, m.l2());
-                push(i, max_name, m.max_abs_or_nan());
-                push(i, zero_name, m.zero_frac());
-                push(i, nonfinite_name, m.nonfinite as f64);
+                push(l2_name, m.l2());
+                push(max_name, m.max_abs_or_nan());
+                push(zero_name, m.zero_frac());
+                push(nonfinite_name, m.nonfinite as f64);
                 if matches!(prefix, GradPrefix::Weight) {
-                    push(i, "weight_numel", g.len() as f64);
+                    push("weight_numel", g.len() as f64);
                     if self.hist {
                         let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
                         out.vectors.push((i, VectorKind::Histogram, counts));
@@ -411,32 +387,65 @@ impl HostJob {
                     // The norm comes out of the same pass as the update's size.
                     Some(before) => {
                         let (update, weight) = diff_l2(before, after);
-                        push(i, "weight_l2", weight);
-                        push(i, "update_l2", update);
+                        push("weight_l2", weight);
+                        push("update_l2", update);
                     }
-                    None => push(i, "weight_l2", l2(after)),
+                    None => push("weight_l2", l2(after)),
                 }
-            }
-            let m = Moments::of(post);
-            let mean = m.mean();
-            push(i, "act_mean", mean);
-            push(i, "act_std", std_about(post, mean));
-            if at.activation.map(|a| a.regime()) == Some(Regime::Rectifying) {
-                // `dead_frac` is derived from this vector when the record is written.
-                push(i, "zero_frac", m.zero_frac());
-                out.vectors
-                    .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, at.features)));
             }
             if let Some((input, branch)) = at.skip
                 && let (Some(total), Some(skip)) = (self.taps[input], self.taps[branch])
             {
                 // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
                 let (b, s) = diff_l2(&values[total], &values[skip]);
-                push(i, "skip_share", s / (s + b + 1e-30));
+                push("skip_share", s / (s + b + 1e-30));
             }
         }
         out
     }
+}
+
+/// The statistics of probe point `i` that its output `post`, its activation's
+/// input `pre` (where the trace kept it) and `g = dL/dh` give: the signal, its
+/// part below the activation, the activation's regime and moments, and for
+/// ReLU each unit's max |y| (dead units), from one pass ([`point_pass`]).
+fn point_stats(
+    i: usize,
+    act: Option<Activation>,
+    post: &[f32],
+    features: usize,
+    pre: Option<&[f32]>,
+    g: Option<&[f32]>,
+    out: &mut StepStats,
+) {
+    let threshold = act.map_or(0.0, |a| (0.01 * a.max_derivative()) as f32);
+    let (pass, known) = point_pass(post, pre, g, act, threshold);
+    let n = pass.n.max(1) as f64;
+    let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
+    if g.is_some() {
+        let norm = pass.signal_sq.sqrt();
+        push("signal_l2", norm);
+        push("signal_rms", norm / n.sqrt());
+    }
+    if let Some(act) = act.filter(|_| known) {
+        if g.is_some() {
+            push("preact_signal_l2", pass.through_sq.sqrt());
+        }
+        let share = pass.in_regime as f64 / n;
+        match act.regime() {
+            Regime::Saturating => push("saturated_frac", share),
+            Regime::LeakyNegative => push("negative_frac", share),
+            // `dead_frac` is derived from the units' vector when the record is written.
+            Regime::Rectifying => {
+                push("zero_frac", share);
+                out.vectors
+                    .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, features)));
+            }
+            Regime::Linear => {}
+        }
+    }
+    push("act_mean", pass.mean());
+    push("act_std", pass.std());
 }
 
 /// Values per block whose partial sums are carried in f32.
@@ -583,15 +592,6 @@ pub fn exp_fast(x: f32) -> f32 {
     p * f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23))
 }
 
-/// Population standard deviation about a known mean (a second pass: the one-pass
-/// formula loses everything to cancellation when |mean| >> std, as for sigmoid outputs).
-#[multiversion(targets = "simd")]
-pub fn std_about(x: &[f32], mean: f64) -> f64 {
-    let mean = mean as f32;
-    let total: f64 = x.chunks(BLOCK).map(|b| lane_sum(b, |v| (v - mean) * (v - mean))).sum();
-    (total / x.len().max(1) as f64).sqrt()
-}
-
 /// `(||a - b||_2, ||b||_2)` in one pass: the size of an update from `a` to `b`
 /// and the norm of the weights it led to; also the part of a gradient not on
 /// the skip path.
@@ -606,121 +606,199 @@ pub fn diff_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
     (diff.sqrt(), norm.sqrt())
 }
 
-/// `||f'(pre) * g||_2` and the number of units with `f'(pre) < threshold`, in one
-/// pass: the signal below a layer's activation, and its saturation.
-///
-/// Each activation's derivative is written out here branch-free with
-/// [`exp_fast`] so that the pass vectorises (tested against
-/// [`Activation::derivative_at`], the reference); GELU, which needs `erf`,
-/// uses the reference per value.
+/// What one pass over a probe point's output `y`, its activation's input `x`
+/// and `g = dL/dy` gives ([`point_pass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PointPass {
+    pub n: usize,
+    /// `c`, a value near the mean (that of the first values) about which the
+    /// deviations are summed: the one-pass variance about 0 loses everything
+    /// to cancellation where |mean| >> std, as for sigmoid outputs.
+    pub shift: f64,
+    /// `Σ (y - c)`.
+    pub dev: f64,
+    /// `Σ (y - c)²`.
+    pub dev_sq: f64,
+    /// `Σ g²`.
+    pub signal_sq: f64,
+    /// `Σ (f'(x) g)²`: the signal below the activation.
+    pub through_sq: f64,
+    /// Values in the activation's regime ([`Regime`]): saturated (`f'(x)`
+    /// below the threshold) for sigmoid and tanh, exactly zero (`y = 0`) for
+    /// ReLU, negative (`x < 0`) for the leaky ones; none for the identity.
+    pub in_regime: usize,
+}
+
+impl PointPass {
+    pub fn mean(&self) -> f64 {
+        self.shift + self.dev / self.n.max(1) as f64
+    }
+
+    /// Population standard deviation.
+    pub fn std(&self) -> f64 {
+        let n = self.n.max(1) as f64;
+        (self.dev_sq / n - (self.dev / n).powi(2)).max(0.0).sqrt()
+    }
+}
+
+/// A probe point's [`PointPass`], with `f'` read from the activation's input
+/// `pre` where the trace kept it, else from the output `post`. The flag says
+/// whether `f'` was known: not for a point without an activation, nor for
+/// GELU without its input (the pass then runs as for the identity). Without
+/// `g` the signal's sums are 0.
+pub fn point_pass(
+    post: &[f32],
+    pre: Option<&[f32]>,
+    g: Option<&[f32]>,
+    act: Option<Activation>,
+    threshold: f32,
+) -> (PointPass, bool) {
+    let head = &post[..post.len().min(16)];
+    let shift = head.iter().sum::<f32>() / head.len().max(1) as f32;
+    match (act, pre) {
+        (Some(act), Some(pre)) => (from_input(pre, post, g, act, threshold, shift), true),
+        (Some(act), None) if act.reads_from_output() => (from_output(post, g, act, threshold, shift), true),
+        _ => (from_output(post, g, Activation::Identity, threshold, shift), false),
+    }
+}
+
+/// [`point_pass`] with `f'` at the activation's input, written out branch-free
+/// with [`exp_fast`] so that the pass vectorises (tested against
+/// [`Activation::derivative_at`], the reference); GELU, which needs `erf`, uses
+/// the reference per value.
 #[multiversion(targets = "simd")]
-pub fn through_derivative(pre: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32) -> (f64, usize) {
+fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
     const ALPHA: f32 = SELU_ALPHA as f32;
     const SCALE: f32 = SELU_SCALE as f32;
+    macro_rules! kernel {
+        ($d:expr, $count:expr) => {
+            point_kernel(pre, post, g, shift, $d, $count)
+        };
+    }
+    let saturated = |_: f32, _: f32, d: f32| d < threshold;
+    let (dead, negative) = (|_: f32, y: f32, _: f32| y == 0.0, |a: f32, _: f32, _: f32| a < 0.0);
     match act {
-        Activation::Sigmoid => derivative_kernel(
-            pre,
-            g,
+        Activation::Sigmoid => kernel!(
             |a| {
                 let s = 1.0 / (1.0 + exp_fast(-a));
                 s * (1.0 - s)
             },
-            threshold,
+            saturated
         ),
-        Activation::Tanh => derivative_kernel(
-            pre,
-            g,
+        Activation::Tanh => kernel!(
             |a| {
                 // tanh(a) = 1 - 2 / (e^(2a) + 1); tanh' = 1 - tanh^2.
                 let t = 1.0 - 2.0 / (exp_fast(2.0 * a) + 1.0);
                 1.0 - t * t
             },
-            threshold,
+            saturated
         ),
-        Activation::Relu => derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { 0.0 }, threshold),
+        Activation::Relu => kernel!(|a| if a > 0.0 { 1.0 } else { 0.0 }, dead),
         Activation::LeakyRelu { slope } => {
             let slope = slope as f32;
-            derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { slope }, threshold)
+            kernel!(|a| if a > 0.0 { 1.0 } else { slope }, negative)
         }
         Activation::Elu { alpha } => {
             let alpha = alpha as f32;
-            derivative_kernel(pre, g, |a| if a > 0.0 { 1.0 } else { alpha * exp_fast(a) }, threshold)
+            kernel!(|a| if a > 0.0 { 1.0 } else { alpha * exp_fast(a) }, negative)
         }
-        Activation::Selu => derivative_kernel(
-            pre,
-            g,
-            |a| SCALE * if a > 0.0 { 1.0 } else { ALPHA * exp_fast(a) },
-            threshold,
-        ),
-        Activation::Identity => derivative_kernel(pre, g, |_| 1.0, threshold),
-        Activation::Gelu => derivative_kernel(pre, g, |a| act.derivative_at(a), threshold),
+        Activation::Selu => kernel!(|a| SCALE * if a > 0.0 { 1.0 } else { ALPHA * exp_fast(a) }, negative),
+        Activation::Identity => kernel!(|_| 1.0, |_, _, _| false),
+        Activation::Gelu => kernel!(|a| act.derivative_at(a), negative),
     }
 }
 
-/// [`through_derivative`] with `f'` read from the activation's output `post`
+/// [`point_pass`] with `f'` read from the output `post`
 /// ([`Activation::derivative_at_output`], the reference): `y (1 - y)` for
 /// sigmoid, as Burn's backward pass computes it, with no exponential to take.
-/// `None` where the output does not tell `f'` ([`Activation::reads_from_output`]).
+/// Call it only where [`Activation::reads_from_output`]; the output then has
+/// the input's sign, so negative values are counted on it.
 #[multiversion(targets = "simd")]
-pub fn through_derivative_of_output(
-    post: &[f32],
-    g: Option<&[f32]>,
-    act: Activation,
-    threshold: f32,
-) -> Option<(f64, usize)> {
+fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
     const ALPHA: f32 = SELU_ALPHA as f32;
     const SCALE: f32 = SELU_SCALE as f32;
-    if !act.reads_from_output() {
-        return None;
+    macro_rules! kernel {
+        ($d:expr, $count:expr) => {
+            point_kernel(post, post, g, shift, $d, $count)
+        };
     }
     let pos = |y: f32, neg: f32| if y > 0.0 { 1.0 } else { neg };
-    Some(match act {
-        Activation::Sigmoid => derivative_kernel(post, g, |y| y * (1.0 - y), threshold),
-        Activation::Tanh => derivative_kernel(post, g, |y| 1.0 - y * y, threshold),
-        Activation::Relu => derivative_kernel(post, g, |y| pos(y, 0.0), threshold),
+    let saturated = |_: f32, _: f32, d: f32| d < threshold;
+    let (dead, negative) = (|_: f32, y: f32, _: f32| y == 0.0, |y: f32, _: f32, _: f32| y < 0.0);
+    match act {
+        Activation::Sigmoid => kernel!(|y| y * (1.0 - y), saturated),
+        Activation::Tanh => kernel!(|y| 1.0 - y * y, saturated),
+        Activation::Relu => kernel!(|y| pos(y, 0.0), dead),
         Activation::LeakyRelu { slope } => {
             let slope = slope as f32;
-            derivative_kernel(post, g, |y| pos(y, slope), threshold)
+            kernel!(|y| pos(y, slope), negative)
         }
         Activation::Elu { alpha } => {
             let alpha = alpha as f32;
-            derivative_kernel(post, g, |y| pos(y, y + alpha), threshold)
+            kernel!(|y| pos(y, y + alpha), negative)
         }
-        Activation::Selu => derivative_kernel(
-            post,
-            g,
-            |y| {
-                if y > 0.0 { SCALE } else { y + SCALE * ALPHA }
-            },
-            threshold,
-        ),
-        Activation::Identity => derivative_kernel(post, g, |_| 1.0, threshold),
-        Activation::Gelu => return None,
-    })
+        Activation::Selu => kernel!(|y| if y > 0.0 { SCALE } else { y + SCALE * ALPHA }, negative),
+        Activation::Identity => kernel!(|_| 1.0, |_, _, _| false),
+        Activation::Gelu => unreachable!("GELU's output does not tell its derivative"),
+    }
 }
 
-/// The pass behind [`through_derivative`] for a derivative `d`: per block,
-/// `d` of every value into a buffer (a map, which vectorises with `d` inlined),
-/// then the signal and the count as [`lane_sum`]s over it.
+/// The pass behind [`point_pass`] for a derivative `d` of `x` and the regime
+/// test `count(x, y, d)`: five interleaved chains of 16 lanes (the shape
+/// [`Moments::of`] showed LLVM vectorises). As separate passes over the
+/// output, the signal and the derivative, the same statistics of a 128x256
+/// point took 27 us against 5.4 us (`cargo bench --bench fused`).
 #[inline(always)]
-fn derivative_kernel(pre: &[f32], g: Option<&[f32]>, d: impl Fn(f32) -> f32, threshold: f32) -> (f64, usize) {
-    let (mut total, mut below) = (0f64, 0f64);
-    let mut buf = [0f32; BLOCK];
-    if let Some(g) = g {
-        assert_eq!(pre.len(), g.len(), "activation and signal of different sizes");
-    }
-    for (k, pb) in pre.chunks(BLOCK).enumerate() {
-        let da = &mut buf[..pb.len()];
-        for (o, &a) in da.iter_mut().zip(pb) {
-            *o = d(a);
+fn point_kernel(
+    x: &[f32],
+    y: &[f32],
+    g: Option<&[f32]>,
+    shift: f32,
+    d: impl Fn(f32) -> f32,
+    count: impl Fn(f32, f32, f32) -> bool,
+) -> PointPass {
+    const L: usize = 16;
+    assert_eq!(x.len(), y.len(), "activation input and output of different sizes");
+    // Without a signal the pass reads `y` in its place and drops those sums.
+    let (g, signal) = match g {
+        Some(g) => (g, 1.0),
+        None => (y, 0.0),
+    };
+    assert_eq!(y.len(), g.len(), "activation and signal of different sizes");
+    let mut p = PointPass {
+        n: y.len(),
+        shift: shift as f64,
+        ..PointPass::default()
+    };
+    for ((xb, yb), gb) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).zip(g.chunks(BLOCK)) {
+        let (mut dev, mut dev_sq, mut gsq, mut tsq) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+        let mut counted = [0u32; L];
+        let mut add = |l: usize, a: f32, v: f32, q: f32| {
+            let da = d(a);
+            let e = v - shift;
+            dev[l] += e;
+            dev_sq[l] += e * e;
+            gsq[l] += q * q;
+            tsq[l] += (da * q) * (da * q);
+            counted[l] = counted[l].wrapping_add(count(a, v, da) as u32);
+        };
+        let ((xc, xt), (yc, yt), (gc, gt)) = (xb.as_chunks::<L>(), yb.as_chunks::<L>(), gb.as_chunks::<L>());
+        for ((cx, cy), cg) in xc.iter().zip(yc).zip(gc) {
+            for l in 0..L {
+                add(l, cx[l], cy[l], cg[l]);
+            }
         }
-        below += lane_sum(da, |v| (v < threshold) as u32 as f32);
-        if let Some(g) = g {
-            let gb = &g[k * BLOCK..k * BLOCK + pb.len()];
-            total += lane_sum2(da, gb, |v, q| (v * q) * (v * q));
+        for ((&a, &v), &q) in xt.iter().zip(yt).zip(gt) {
+            add(0, a, v, q);
         }
+        let wide = |a: [f32; L]| a.iter().map(|&s| s as f64).sum::<f64>();
+        p.dev += wide(dev);
+        p.dev_sq += wide(dev_sq);
+        p.signal_sq += signal * wide(gsq);
+        p.through_sq += signal * wide(tsq);
+        p.in_regime += counted.iter().sum::<u32>() as usize;
     }
-    (total.sqrt(), below as usize)
+    p
 }
 
 /// Per-unit max |x| over the batch of a row-major `[batch, features]` buffer:
@@ -734,14 +812,6 @@ pub fn unit_max_abs(x: &[f32], features: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// The number of values below zero.
-#[multiversion(targets = "simd")]
-pub fn count_negative(x: &[f32]) -> usize {
-    x.chunks(BLOCK)
-        .map(|b| lane_sum(b, |v| (v < 0.0) as u32 as f32))
-        .sum::<f64>() as usize
 }
 
 /// Where |x| falls among the histogram's bins, looked up by the top 16 bits of
@@ -859,9 +929,17 @@ mod tests {
             prop_assert!((diff - want).abs() <= 1e-5 * want.max(1.0));
             let want = y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
             prop_assert!((norm - want).abs() <= 1e-5 * want.max(1.0));
+        }
+
+        #[test]
+        fn point_moments_match_naive(x in prop::collection::vec(-10f32..10.0, 1..3000), offset in -1e3f32..1e3) {
+            // Shifted as far as +-1000 from 0: the deviations' sums keep the spread.
+            let x: Vec<f32> = x.iter().map(|v| v + offset).collect();
             let mean = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
             let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / x.len() as f64;
-            prop_assert!((std_about(&x, mean) - var.sqrt()).abs() <= 1e-4 * var.sqrt().max(1.0));
+            let (p, _) = point_pass(&x, None, None, None, 0.0);
+            prop_assert!((p.mean() - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{} vs {mean}", p.mean());
+            prop_assert!((p.std() - var.sqrt()).abs() <= 1e-4 * var.sqrt().max(1e-3), "{} vs {}", p.std(), var.sqrt());
         }
     }
 
@@ -887,14 +965,18 @@ mod tests {
         let nan_only = Moments::of(&[1.0, f32::NAN]);
         assert_eq!(nan_only.max_abs, 1.0);
         assert!(nan_only.max_abs_or_nan().is_nan());
-        assert_eq!(count_negative(&x), 1, "-0.0 is not below zero; NaN compares false");
+        let leaky = Some(Activation::LeakyRelu { slope: 0.01 });
+        let (p, _) = point_pass(&x, None, None, leaky, 0.0);
+        assert_eq!(p.in_regime, 1, "-0.0 is not below zero; NaN compares false");
     }
 
     #[test]
     fn std_survives_a_large_mean() {
         // Sigmoid outputs: mean 0.5, spread 1e-4. The one-pass formula returns ~0 or NaN.
         let x: Vec<f32> = (0..4096).map(|i| 0.5 + if i % 2 == 0 { 1e-4 } else { -1e-4 }).collect();
-        assert!((std_about(&x, 0.5) - 1e-4).abs() < 1e-6);
+        let (p, _) = point_pass(&x, None, None, Some(Activation::Sigmoid), 0.0);
+        assert!((p.std() - 1e-4).abs() < 1e-6, "{}", p.std());
+        assert!((p.mean() - 0.5).abs() < 1e-7, "{}", p.mean());
     }
 
     #[test]
@@ -924,54 +1006,93 @@ mod tests {
     }
 
     #[test]
-    fn derivative_pass_counts_and_weights() {
-        let pre = [-10.0, 0.0, 10.0];
-        let g = [1.0, 2.0, 3.0];
-        let (l2, below) = through_derivative(&pre, Some(&g), Activation::Relu, 0.01);
-        assert_eq!(below, 2);
-        assert!((l2 - 3.0).abs() < 1e-12);
-        assert_eq!(through_derivative(&pre, None, Activation::Relu, 0.01), (0.0, 2));
-        // The vectorised sigmoid and tanh paths against the scalar reference.
+    fn point_pass_counts_and_weights() {
+        let (pre, post, g) = ([-10.0, 0.0, 10.0], [0.0, 0.0, 10.0], [1.0, 2.0, 3.0]);
+        let relu = Some(Activation::Relu);
+        let (p, known) = point_pass(&post, Some(&pre), Some(&g), relu, 0.01);
+        assert!(known);
+        assert_eq!((p.n, p.in_regime), (3, 2), "two dead values");
+        assert_eq!((p.signal_sq, p.through_sq), (14.0, 9.0));
+        assert!((p.mean() - 10.0 / 3.0).abs() < 1e-6 && (p.std() - 200f64.sqrt() / 3.0).abs() < 1e-6);
+        let tanh = Some(Activation::Tanh);
+        assert_eq!(
+            point_pass(&post, Some(&pre), Some(&g), tanh, 0.01).0.in_regime,
+            2,
+            "two saturated"
+        );
+        let leaky = Some(Activation::LeakyRelu { slope: 0.1 });
+        assert_eq!(
+            point_pass(&post, Some(&pre), Some(&g), leaky, 0.01).0.in_regime,
+            1,
+            "one negative"
+        );
+        // Without a signal its sums are 0; without an activation nothing tells `f'`.
+        let (p, _) = point_pass(&post, Some(&pre), None, relu, 0.01);
+        assert_eq!((p.signal_sq, p.through_sq, p.in_regime), (0.0, 0.0, 2));
+        assert!(!point_pass(&post, None, Some(&g), None, 0.0).1);
+        assert!(!point_pass(&post, None, Some(&g), Some(Activation::Gelu), 0.0).1);
+        // The vectorised derivatives at the input against the scalar reference.
         let (pre, g) = inputs_and_signal(100.0);
         for act in EVERY_ACTIVATION {
             let t = (0.01 * act.max_derivative()) as f32;
-            let fast = through_derivative(&pre, Some(&g), act, t);
-            let reference = derivative_kernel(&pre, Some(&g), |a| act.derivative_at(a), t);
+            let (fast, _) = point_pass(&pre, Some(&pre), Some(&g), Some(act), t);
+            let reference = point_kernel(
+                &pre,
+                &pre,
+                Some(&g),
+                fast.shift as f32,
+                |a| act.derivative_at(a),
+                |_, _, _| false,
+            );
             assert!(
-                (fast.0 - reference.0).abs() <= 1e-5 * reference.0,
+                (fast.through_sq - reference.through_sq).abs() <= 2e-5 * reference.through_sq,
                 "{act}: {fast:?} vs {reference:?}"
             );
-            assert!(fast.1.abs_diff(reference.1) <= 2, "{act}: {fast:?} vs {reference:?}");
+            assert_eq!(
+                (fast.signal_sq, fast.dev, fast.dev_sq),
+                (reference.signal_sq, reference.dev, reference.dev_sq)
+            );
+            if act.regime() == Regime::Saturating {
+                let saturated = pre.iter().filter(|&&a| act.derivative_at(a) < t).count();
+                assert!(
+                    fast.in_regime.abs_diff(saturated) <= 2,
+                    "{act}: {fast:?} vs {saturated}"
+                );
+            }
         }
     }
 
     /// Read from the output, the pass agrees with its scalar reference exactly
-    /// (same arithmetic) and with the pass over the input to f32 rounding; it
-    /// declines where the output does not tell `f'`.
+    /// (same arithmetic) and with the pass over the input to f32 rounding; the
+    /// output has the input's sign where it tells `f'`.
     #[test]
-    fn derivative_pass_reads_the_output() {
+    fn point_pass_reads_the_output() {
         let (pre, g) = inputs_and_signal(200.0);
         for act in EVERY_ACTIVATION.into_iter().filter(|a| *a != Activation::Gelu) {
             let x = Tensor::<1>::from_data(TensorData::new(pre.clone(), [pre.len()]), &burn::tensor::Device::flex());
             let post: Vec<f32> = act.forward(x).to_data().try_to_vec().unwrap();
             let t = (0.01 * act.max_derivative()) as f32;
-            let fast = through_derivative_of_output(&post, Some(&g), act, t).expect("reads from its output");
-            let reference = derivative_kernel(&post, Some(&g), |y| act.derivative_at_output(y).unwrap(), t);
-            assert_eq!(fast, reference, "{act}");
-            let at_input = derivative_kernel(&pre, Some(&g), |a| act.derivative_at(a), t);
+            let (fast, known) = point_pass(&post, None, Some(&g), Some(act), t);
+            assert!(known, "{act} reads from its output");
+            let d = |y| act.derivative_at_output(y).unwrap();
+            let reference = point_kernel(&post, &post, Some(&g), fast.shift as f32, d, |_, _, _| false);
+            assert_eq!(fast.through_sq, reference.through_sq, "{act}");
+            let (at_input, _) = point_pass(&post, Some(&pre), Some(&g), Some(act), t);
             assert!(
-                (fast.0 - at_input.0).abs() <= 1e-4 * at_input.0,
+                (fast.through_sq - at_input.through_sq).abs() <= 2e-4 * at_input.through_sq,
                 "{act}: {fast:?} vs {at_input:?}"
             );
-            assert!(fast.1.abs_diff(at_input.1) <= 2, "{act}: {fast:?} vs {at_input:?}");
-            let signed = !matches!(act, Activation::Relu | Activation::Sigmoid);
+            // Saturated, dead and negative values alike, from either side.
+            assert!(
+                fast.in_regime.abs_diff(at_input.in_regime) <= 2,
+                "{act}: {fast:?} vs {at_input:?}"
+            );
             assert_eq!(
-                count_negative(&post),
-                count_negative(&pre) * usize::from(signed),
-                "{act}"
+                (fast.dev, fast.dev_sq),
+                (at_input.dev, at_input.dev_sq),
+                "{act}: moments of the output"
             );
         }
-        assert!(through_derivative_of_output(&pre, Some(&g), Activation::Gelu, 0.01).is_none());
     }
 
     #[test]
