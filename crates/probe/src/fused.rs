@@ -675,8 +675,7 @@ fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, thr
             point_kernel(pre, post, g, shift, $d, $count)
         };
     }
-    let saturated = |_: f32, _: f32, d: f32| d < threshold;
-    let (dead, negative) = (|_: f32, y: f32, _: f32| y == 0.0, |a: f32, _: f32, _: f32| a < 0.0);
+    let saturated = |_, _, d: f32| d < threshold;
     match act {
         Activation::Sigmoid => kernel!(
             |a| {
@@ -723,8 +722,7 @@ fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32,
         };
     }
     let pos = |y: f32, neg: f32| if y > 0.0 { 1.0 } else { neg };
-    let saturated = |_: f32, _: f32, d: f32| d < threshold;
-    let (dead, negative) = (|_: f32, y: f32, _: f32| y == 0.0, |y: f32, _: f32, _: f32| y < 0.0);
+    let saturated = |_, _, d: f32| d < threshold;
     match act {
         Activation::Sigmoid => kernel!(|y| y * (1.0 - y), saturated),
         Activation::Tanh => kernel!(|y| 1.0 - y * y, saturated),
@@ -741,6 +739,16 @@ fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32,
         Activation::Identity => kernel!(|_| 1.0, |_, _, _| false),
         Activation::Gelu => unreachable!("GELU's output does not tell its derivative"),
     }
+}
+
+/// [`point_kernel`]'s regime test for ReLU: the unit is dead (`y = 0`).
+fn dead(_: f32, y: f32, _: f32) -> bool {
+    y == 0.0
+}
+
+/// [`point_kernel`]'s regime test for the leaky activations: `x < 0`.
+fn negative(x: f32, _: f32, _: f32) -> bool {
+    x < 0.0
 }
 
 /// The pass behind [`point_pass`] for a derivative `d` of `x` and the regime
