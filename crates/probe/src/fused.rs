@@ -662,14 +662,16 @@ pub fn point_pass(
     }
 }
 
+/// SELU's constants at the passes' precision.
+const SELU_ALPHA32: f32 = SELU_ALPHA as f32;
+const SELU_SCALE32: f32 = SELU_SCALE as f32;
+
 /// [`point_pass`] with `f'` at the activation's input, written out branch-free
 /// with [`exp_fast`] so that the pass vectorises (tested against
 /// [`Activation::derivative_at`], the reference); GELU, which needs `erf`, uses
 /// the reference per value.
 #[multiversion(targets = "simd")]
 fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
-    const ALPHA: f32 = SELU_ALPHA as f32;
-    const SCALE: f32 = SELU_SCALE as f32;
     macro_rules! kernel {
         ($d:expr, $count:expr) => {
             point_kernel(pre, post, g, shift, $d, $count)
@@ -701,7 +703,10 @@ fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, thr
             let alpha = alpha as f32;
             kernel!(|a| if a > 0.0 { 1.0 } else { alpha * exp_fast(a) }, negative)
         }
-        Activation::Selu => kernel!(|a| SCALE * if a > 0.0 { 1.0 } else { ALPHA * exp_fast(a) }, negative),
+        Activation::Selu => kernel!(
+            |a| SELU_SCALE32 * if a > 0.0 { 1.0 } else { SELU_ALPHA32 * exp_fast(a) },
+            negative
+        ),
         Activation::Identity => kernel!(|_| 1.0, |_, _, _| false),
         Activation::Gelu => kernel!(|a| act.derivative_at(a), negative),
     }
@@ -714,8 +719,6 @@ fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, thr
 /// the input's sign, so negative values are counted on it.
 #[multiversion(targets = "simd")]
 fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
-    const ALPHA: f32 = SELU_ALPHA as f32;
-    const SCALE: f32 = SELU_SCALE as f32;
     macro_rules! kernel {
         ($d:expr, $count:expr) => {
             point_kernel(post, post, g, shift, $d, $count)
@@ -735,7 +738,14 @@ fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32,
             let alpha = alpha as f32;
             kernel!(|y| pos(y, y + alpha), negative)
         }
-        Activation::Selu => kernel!(|y| if y > 0.0 { SCALE } else { y + SCALE * ALPHA }, negative),
+        Activation::Selu => kernel!(
+            |y| if y > 0.0 {
+                SELU_SCALE32
+            } else {
+                y + SELU_SCALE32 * SELU_ALPHA32
+            },
+            negative
+        ),
         Activation::Identity => kernel!(|_| 1.0, |_, _, _| false),
         Activation::Gelu => unreachable!("GELU's output does not tell its derivative"),
     }

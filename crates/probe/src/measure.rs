@@ -136,14 +136,20 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
     batch.push(None, "loss", view.loss.clone());
     for (i, p) in view.points.iter().enumerate() {
+        // f' once per point: for the signal below the activation and for saturation.
+        let d = p.activation.and_then(|act| derivative(act, &view.traces[i]));
         if let Some(g) = &view.taps.out[i] {
             let flat = g.clone().flatten::<1>(0, 1);
             let norm = l2(&flat);
             let n = flat.dims()[0].max(1) as f64;
             batch.push(Some(i), "signal_rms", norm.clone().div_scalar(n.sqrt()));
             batch.push(Some(i), "signal_l2", norm);
-            if let Some(d) = p.activation.and_then(|act| derivative(act, &view.traces[i])) {
-                batch.push(Some(i), "preact_signal_l2", l2(&(d * g.clone()).flatten::<1>(0, 1)));
+            if let Some(d) = &d {
+                batch.push(
+                    Some(i),
+                    "preact_signal_l2",
+                    l2(&(d.clone() * g.clone()).flatten::<1>(0, 1)),
+                );
             }
         }
         if let Some(g) = &view.taps.norm_in[i] {
@@ -163,7 +169,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
         {
             grad_stats(batch, i, &g, GradPrefix::Bias);
         }
-        if let Some(alive) = activation_stats(batch, i, p.activation, &view.traces[i]) {
+        if let Some(alive) = activation_stats(batch, i, p.activation, &view.traces[i], d.as_ref()) {
             batch.push_vector(i, VectorKind::UnitMaxAbs, alive);
         }
         if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
@@ -243,7 +249,8 @@ fn derivative(act: Activation, trace: &Trace) -> Option<Tensor<2>> {
     }
 }
 
-/// Activation statistics of a probe point's trace (`[batch, features]`).
+/// Activation statistics of a probe point's trace (`[batch, features]`), with
+/// `derivative` the activation's `f'` there (`None` where the trace cannot tell it).
 /// Returns the per-unit "alive" indicator (max |post| over the batch) for
 /// rectifying layers, so the caller can track units dead over a window.
 pub fn activation_stats(
@@ -251,6 +258,7 @@ pub fn activation_stats(
     point: usize,
     activation: Option<Activation>,
     trace: &Trace,
+    derivative: Option<&Tensor<2>>,
 ) -> Option<Tensor<1>> {
     let post = &trace.post;
     let flat = post.clone().flatten::<1>(0, 1);
@@ -260,8 +268,8 @@ pub fn activation_stats(
     let act = activation?;
     match act.regime() {
         Regime::Saturating => {
-            if let Some(d) = derivative(act, trace) {
-                let saturated = d.lower_elem(0.01 * act.max_derivative()).float().mean();
+            if let Some(d) = derivative {
+                let saturated = d.clone().lower_elem(0.01 * act.max_derivative()).float().mean();
                 batch.push(Some(point), "saturated_frac", saturated);
             }
             None
@@ -274,9 +282,9 @@ pub fn activation_stats(
             Some(alive)
         }
         Regime::LeakyNegative => {
-            // The output has the input's sign where the input was not kept.
+            // The output has the input's sign where it tells f' and the input was not kept.
             let x = trace.pre.as_ref().unwrap_or(post);
-            if trace.pre.is_some() || act.reads_from_output() {
+            if derivative.is_some() {
                 batch.push(Some(point), "negative_frac", x.clone().lower_elem(0.0).float().mean());
             }
             None
