@@ -104,6 +104,10 @@ pub struct TrainArgs {
     /// Gradient probe schedule: `default` (every step for 100 steps, then every 10), `off`, or every N steps.
     #[arg(long = "probe", alias = "probe-every", value_parser = parse_probe)]
     pub probe: Option<ProbeSchedule>,
+    /// Read the weights (norms, update sizes) and take |g| histograms on every
+    /// Nth probed step; the steps between divide by the latest weight norm. 1: every probed step.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub probe_update_every: Option<u64>,
     /// Run directory (default: runs/<preset>-<timestamp>); must not exist or be empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -160,7 +164,8 @@ impl TrainArgs {
             epochs,
             log_every,
             seed,
-            probe
+            probe,
+            probe_update_every
         );
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir.clone();

@@ -282,7 +282,7 @@ pub struct HostJob {
     /// Each tap is read once even when two points use it (skip shares).
     taps: Vec<Option<usize>>,
     at: Vec<At>,
-    hist: bool,
+    update: bool,
     /// The points' main weights after the optimiser step, and where each
     /// point's is among the read's values.
     after: Option<(Transfer, Vec<Option<usize>>)>,
@@ -330,15 +330,17 @@ impl HostJob {
             loss,
             taps,
             at,
-            hist: view.hist,
+            update: view.update,
             after: None,
             reading,
         }
     }
 
     /// Reads the points' main weights after the optimiser step: their norms,
-    /// and on update steps the update's size. Read after the step, not before,
-    /// because a weight held across the step is copied rather than updated in place.
+    /// and where [`Self::collect`] read them before the step, the update's
+    /// size. (The probe does this on update steps only.) Read after the step,
+    /// not before, because a weight held across the step is copied rather than
+    /// updated in place.
     pub fn weights_after<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) {
         let mut gather = Gather::new(self.reading);
         let at = gather.add_params(model, ids);
@@ -376,7 +378,7 @@ impl HostJob {
                 push(nonfinite_name, m.nonfinite as f64);
                 if matches!(prefix, GradPrefix::Weight) {
                     push("weight_numel", g.len() as f64);
-                    if self.hist {
+                    if self.update {
                         let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
                         out.vectors.push((i, VectorKind::Histogram, counts));
                     }
@@ -400,6 +402,12 @@ impl HostJob {
                 let (b, s) = diff_l2(&values[total], &values[skip]);
                 push("skip_share", s / (s + b + 1e-30));
             }
+        }
+        if self.reading == Reading::Local {
+            // The tensors were read where the training thread keeps them:
+            // leave no copy of their lines in this core's cache before letting
+            // them go (`values` and `after` are dropped on return).
+            crate::cache::release_lines();
         }
         out
     }

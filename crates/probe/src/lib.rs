@@ -10,6 +10,7 @@
 //! reductions ([`measure`], the cross-check); [`module`] offers
 //! the weight-gradient half for any Burn module, e.g. inside burn-train.
 
+mod cache;
 pub mod fused;
 pub mod measure;
 pub mod module;

@@ -117,8 +117,9 @@ pub struct StepView<'a> {
     pub grads: &'a GradientsParams,
     pub weight: &'a [Option<(ParamId, usize)>],
     pub bias: &'a [Option<(ParamId, usize)>],
-    /// Whether this step also takes |g| histograms.
-    pub hist: bool,
+    /// An update step ([`crate::ProbeConfig::update_every`]): also |g|
+    /// histograms (the weights and their update are read around the optimiser step).
+    pub update: bool,
 }
 
 /// A probe step's statistics: values already on the host, and a device batch
@@ -160,7 +161,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
         {
             grad_stats(batch, i, &g, GradPrefix::Weight);
             out.values.push((Some(i), "weight_numel", g.dims()[0] as f64));
-            if view.hist {
+            if view.update {
                 batch.push_vector(i, VectorKind::Histogram, log_histogram(&g));
             }
         }

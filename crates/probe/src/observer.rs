@@ -28,11 +28,19 @@ pub const FORENSICS_DEPTH: usize = 20;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeConfig {
     pub schedule: ProbeSchedule,
-    /// Histograms of |g| and update sizes on every `hist_every`th probed step
-    /// (and the first). Update sizes need a copy of every weight kept across
-    /// the optimiser step and a second pass over both: on flex that was a third
-    /// of the probe's time at every step, for a ratio that moves slowly.
-    pub hist_every: u64,
+    /// Update steps: every `update_every`th probed step (and the first) also
+    /// takes the histograms of |g|, the weights' norms and the update sizes.
+    ///
+    /// Every other probed step measures the rest of the set, and its
+    /// `grad_weight_ratio` divides by the latest weight norm. Why not at every
+    /// step: the weights are the largest thing the probe reads besides the
+    /// gradients, read while the next step trains (on `mlp-sigmoid-8x256` on
+    /// flex, ~0.75% of every probed step; update sizes also hold every weight
+    /// across the optimiser step, which then copies it), for numbers that move
+    /// slowly: between two reads a weight's norm moves by at most the sum of
+    /// the update:weight ratios in between (a common target is 1e-3 per step),
+    /// which bounds the ratio's relative error. Set 1 for exact ratios.
+    pub update_every: u64,
     /// Number of classes (for the initial-loss audit).
     pub classes: usize,
     /// Where the statistics are reduced.
@@ -145,7 +153,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             schedule: ProbeSchedule::Default,
-            hist_every: 10,
+            update_every: TrainConfig::default().probe_update_every,
             classes: 10,
             reductions: Reductions::default(),
         }
@@ -212,8 +220,9 @@ impl GradientProbe {
         }
     }
 
-    /// The probe a run's configuration asks for: its `probe` schedule and its
-    /// head's class count; `None` when the schedule is `off`.
+    /// The probe a run's configuration asks for: its `probe` schedule, its
+    /// update steps (`probe_update_every`) and its head's class count; `None`
+    /// when the schedule is `off`.
     pub fn for_run(config: &TrainConfig) -> Result<Option<Self>, TrainError> {
         if config.probe == ProbeSchedule::Off {
             return Ok(None);
@@ -221,9 +230,9 @@ impl GradientProbe {
         let classes = gradscope_train::model_config(config)?.head().outputs().max(2);
         Ok(Some(Self::new(ProbeConfig {
             schedule: config.probe,
+            update_every: config.probe_update_every,
             classes,
             reductions: Reductions::from_env()?,
-            ..ProbeConfig::default()
         })))
     }
 
@@ -265,11 +274,11 @@ impl GradientProbe {
         let (Some(taps), Some(traces)) = (view.taps, view.traces) else {
             unreachable!("called on probed steps")
         };
-        let hist = self.probes.is_multiple_of(self.config.hist_every.max(1));
+        let update = self.probes.is_multiple_of(self.config.update_every.max(1));
         self.probes += 1;
         let meta = Meta {
             step: view.info.step,
-            hist,
+            update,
             window_end: self.probes.is_multiple_of(WINDOW as u64),
         };
         self.find_ids(view.model);
@@ -282,12 +291,12 @@ impl GradientProbe {
             grads: view.grads,
             weight: &ids.weight,
             bias: &ids.bias,
-            hist,
+            update,
         };
-        // Update steps (`hist`) keep the points' main weights from before the
-        // step; `after_step` measures the update against them. (Only then: a
+        // Update steps keep the points' main weights from before the step;
+        // `after_step` reads them after it and measures the update. (Only then: a
         // weight held across the optimiser step is copied, not updated in place.)
-        let before = hist.then_some((view.model, ids.weight_ids.as_slice()));
+        let before = update.then_some((view.model, ids.weight_ids.as_slice()));
         match *self.path.get_or_insert_with(|| self.config.reductions.resolve(&step)) {
             Path::Host(reading) => Pending::Host(meta, HostJob::collect(&step, reading, before)),
             Path::Device => {
@@ -375,6 +384,7 @@ impl<M: Network> Observer<M> for GradientProbe {
         self.worker = Some(Worker::start(Writer {
             points: self.points.clone(),
             alive: vec![None; self.points.len()],
+            weight_l2: vec![None; self.points.len()],
             csv,
             hist_csv: hist,
         }));
@@ -409,11 +419,17 @@ impl<M: Network> Observer<M> for GradientProbe {
         let ids = &self.ids.as_ref().expect("found in measure").weight_ids;
         let job = match pending {
             Pending::Host(meta, mut job) => {
-                job.weights_after(after, ids);
+                if meta.update {
+                    job.weights_after(after, ids);
+                }
                 Job::Host(meta, job)
             }
             Pending::Device(meta, mut stats, before) => {
-                let after = param_values(after, ids);
+                let after = if meta.update {
+                    param_values(after, ids)
+                } else {
+                    Vec::new()
+                };
                 for (i, w) in after.iter().enumerate() {
                     let Some(w) = w else { continue };
                     stats.batch.push(Some(i), "weight_l2", l2(w));

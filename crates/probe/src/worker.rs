@@ -30,8 +30,8 @@ use crate::record::{ProbeRecord, hist_lines};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Meta {
     pub step: u64,
-    /// Whether the step took histograms (and update sizes).
-    pub hist: bool,
+    /// An update step: histograms, weight norms and update sizes.
+    pub update: bool,
     /// This probe step closes a dead-unit window.
     pub window_end: bool,
 }
@@ -60,6 +60,9 @@ pub(crate) struct Writer {
     pub points: Vec<ProbePoint>,
     /// Per unit, max |activation| over the probed batches of the current window.
     pub alive: Vec<Option<Vec<f32>>>,
+    /// Per point, the latest weight norm (read on update steps), which the
+    /// steps in between divide their gradient norm by.
+    pub weight_l2: Vec<Option<f64>>,
     pub csv: LineLog,
     pub hist_csv: LineLog,
 }
@@ -107,16 +110,19 @@ impl Writer {
                 }
             }
         }
-        for layer in &mut rec.layers {
+        for (layer, latest) in rec.layers.iter_mut().zip(&mut self.weight_l2) {
+            if let Some(w) = layer.get("weight_l2") {
+                *latest = Some(*w);
+            }
+            let Some(g) = layer.get("grad_l2").copied() else {
+                continue;
+            };
+            if let Some(n) = layer.get("weight_numel").copied() {
+                layer.insert("grad_rms".into(), g / n.sqrt());
+            }
             // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
-            if let (Some(g), Some(w)) = (
-                layer.get("grad_l2").copied(),
-                layer.get("weight_l2").copied().filter(|w| *w != 0.0),
-            ) {
+            if let Some(w) = latest.filter(|w| *w != 0.0) {
                 layer.insert("grad_weight_ratio".into(), g / w);
-                if let Some(n) = layer.get("weight_numel").copied() {
-                    layer.insert("grad_rms".into(), g / n.sqrt());
-                }
                 if let Some(u) = layer.remove("update_l2") {
                     layer.insert("update_weight_ratio".into(), u / w);
                 }
@@ -124,7 +130,7 @@ impl Writer {
         }
         let lines = rec.csv_lines(&self.points);
         self.csv.line(lines.trim_end_matches('\n'))?;
-        if meta.hist {
+        if meta.update {
             let text: String = hists
                 .iter()
                 .map(|(i, counts)| hist_lines(rec.step, &self.points[*i], counts))
@@ -279,6 +285,7 @@ mod tests {
         let points = vec![point("hidden.0", 0)];
         Writer {
             alive: vec![None; points.len()],
+            weight_l2: vec![None; points.len()],
             points,
             csv: LineLog::append(&dir.join("probe.csv")).unwrap(),
             hist_csv: LineLog::append(&dir.join("probe_hist.csv")).unwrap(),
@@ -301,7 +308,7 @@ mod tests {
             for (step, units) in [[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 3.0, 1.0]].iter().enumerate() {
                 let meta = Meta {
                     step: step as u64,
-                    hist: false,
+                    update: false,
                     window_end: step == 1,
                 };
                 worker.submit(Job::Done(meta, stats(units)));
@@ -322,6 +329,45 @@ mod tests {
         assert!(csv.contains("1,hidden.0,0,dead_window_frac,0.25"), "{csv}");
     }
 
+    /// Steps between update steps divide by the latest weight norm, and say
+    /// nothing of the weights themselves; a zero norm gives no ratio.
+    #[test]
+    fn steps_between_updates_use_the_latest_weight_norm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let record = |w: &mut Writer, step: u64, grad: f64, weight: Option<f64>| {
+            let mut s = StepStats::default();
+            s.values.push((Some(0), "grad_l2", grad));
+            s.values.push((Some(0), "weight_numel", 16.0));
+            if let Some(weight) = weight {
+                s.values.push((Some(0), "weight_l2", weight));
+                s.values.push((Some(0), "update_l2", 0.1 * weight));
+            }
+            let meta = Meta {
+                step,
+                update: weight.is_some(),
+                window_end: false,
+            };
+            w.write(meta, s).unwrap()
+        };
+        let first = record(&mut w, 0, 1.0, Some(4.0));
+        assert_eq!(first.get(0, "grad_weight_ratio"), Some(0.25));
+        assert_eq!(first.get(0, "update_weight_ratio"), Some(0.1));
+        let between = record(&mut w, 1, 2.0, None);
+        assert_eq!(between.get(0, "grad_weight_ratio"), Some(0.5), "against step 0's norm");
+        assert_eq!(between.get(0, "grad_rms"), Some(0.5));
+        assert_eq!(between.get(0, "weight_l2"), None);
+        assert_eq!(between.get(0, "update_weight_ratio"), None);
+        let next = record(&mut w, 2, 2.0, Some(8.0));
+        assert_eq!(next.get(0, "grad_weight_ratio"), Some(0.25), "the new norm");
+        let zero = record(&mut w, 3, 2.0, Some(0.0));
+        assert_eq!(zero.get(0, "grad_weight_ratio"), None);
+        assert_eq!(zero.get(0, "grad_rms"), Some(0.5), "needs no weight norm");
+        let csv = std::fs::read_to_string(dir.path().join("probe.csv")).unwrap();
+        assert!(csv.contains("1,hidden.0,0,grad_weight_ratio,0.5"), "{csv}");
+        assert!(!csv.contains("1,hidden.0,0,weight_l2"), "{csv}");
+    }
+
     /// A job handed over while the worker polls, and one after it has gone
     /// back to blocking (a sparse schedule), are both taken.
     #[test]
@@ -332,7 +378,7 @@ mod tests {
             std::thread::sleep(pause);
             let meta = Meta {
                 step,
-                hist: false,
+                update: false,
                 window_end: false,
             };
             worker.submit(Job::Done(meta, stats(&[1.0; 4])));

@@ -197,7 +197,7 @@ fn records(preset: &str, reductions: Reductions, dir: &Path) -> Vec<ProbeRecord>
     let mut trainer = gradscope_train::start(config, &run).unwrap();
     trainer.observe(Box::new(GradientProbe::new(ProbeConfig {
         schedule: ProbeSchedule::Every { n: 1 },
-        hist_every: 3,
+        update_every: 3,
         reductions,
         ..Default::default()
     })));
@@ -222,6 +222,12 @@ fn host_and_device_reductions_agree() {
         let host = records(preset, Reductions::Host, tmp.path());
         let device = records(preset, Reductions::Device, tmp.path());
         assert_eq!(host.len(), 12, "{preset}");
+        for (n, r) in host.iter().chain(&device).enumerate() {
+            // Update steps (every 3rd probed step here) read the weights; every
+            // step has a grad:weight ratio, against the latest weight norm.
+            assert_eq!(r.get(0, "weight_l2").is_some(), n % 12 % 3 == 0, "{preset} record {n}");
+            assert!(r.get(0, "grad_weight_ratio").is_some(), "{preset} record {n}");
+        }
         let mut compared = 0;
         for (h, d) in host.iter().zip(&device) {
             assert_eq!(h.step, d.step);

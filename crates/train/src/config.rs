@@ -175,6 +175,11 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Which steps the gradient probe measures (`default`, `off`, or every N).
     pub probe: crate::schedule::ProbeSchedule,
+    /// Every Nth probed step (and the first) is an update step: it also reads
+    /// the weights (their norms, the update's size) and takes |g| histograms.
+    /// Steps in between divide by the latest weight norm; 1 reads the weights
+    /// at every probed step, which costs more (BENCHMARKS.md, session 9).
+    pub probe_update_every: u64,
 }
 
 impl Default for TrainConfig {
@@ -201,6 +206,7 @@ impl Default for TrainConfig {
             seed: 0,
             shuffle: true,
             probe: crate::schedule::ProbeSchedule::Default,
+            probe_update_every: 10,
         }
     }
 }

@@ -116,6 +116,11 @@ pub fn prepare_data(config: &TrainConfig) -> Result<Data, TrainError> {
     if config.batch_size == 0 {
         return Err(TrainError::Invalid("--batch-size must be at least 1; found 0".into()));
     }
+    if config.probe_update_every == 0 {
+        return Err(TrainError::Invalid(
+            "--probe-update-every (probe_update_every) must be at least 1; found 0".into(),
+        ));
+    }
     let batcher = gradscope_data::MnistBatcher::fitted(&train, config.normalization);
     Ok(Data { train, test, batcher })
 }
