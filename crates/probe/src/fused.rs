@@ -349,7 +349,12 @@ impl HostJob {
 
     /// Every statistic of the step, each tensor read once (see
     /// [`crate::measure::device_step`] for the same metrics as device reductions).
-    pub fn compute(self) -> StepStats {
+    ///
+    /// `off_thread`: computed on a thread other than the training thread,
+    /// which then leaves no copy of the tensors' cache lines in its core's
+    /// cache before letting go of them ([`crate::cache`]); on the training
+    /// thread itself that would only evict its own working set.
+    pub fn compute(self, off_thread: bool) -> StepStats {
         let mut out = StepStats::default();
         let values = &self.read.finish();
         let after: Vec<Option<HostValues>> = match self.after {
@@ -403,7 +408,7 @@ impl HostJob {
                 push("skip_share", s / (s + b + 1e-30));
             }
         }
-        if self.reading == Reading::Local {
+        if off_thread && self.reading == Reading::Local {
             // The tensors were read where the training thread keeps them:
             // leave no copy of their lines in this core's cache before letting
             // them go (`values` and `after` are dropped on return).

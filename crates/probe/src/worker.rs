@@ -68,10 +68,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, job: Job) -> Written {
+    /// Takes a job's statistics and writes its record; `own_thread`: on the
+    /// worker's own thread, not the training thread ([`HostJob::compute`]).
+    fn run(&mut self, job: Job, own_thread: bool) -> Written {
         let t = Instant::now();
         let (meta, stats) = match job {
-            Job::Host(meta, job) => (meta, job.compute()),
+            Job::Host(meta, job) => (meta, job.compute(own_thread)),
             Job::Done(meta, stats) => (meta, stats),
         };
         let record = self.write(meta, stats);
@@ -172,7 +174,7 @@ impl Worker {
             .name("gradscope-probe".into())
             .spawn(move || {
                 while let Some(job) = next_job(&inbox) {
-                    if outbox.send(writer.run(job)).is_err() {
+                    if outbox.send(writer.run(job, true)).is_err() {
                         break;
                     }
                 }
@@ -209,7 +211,7 @@ impl Worker {
             },
             Worker::Inline(inline) => {
                 let job = inline.1.take().expect("a job was submitted");
-                inline.0.run(job)
+                inline.0.run(job, false)
             }
         }
     }
