@@ -7,7 +7,7 @@
 //! then borrows (flex) or copies (ndarray); on a GPU the request for one
 //! transfer, which this thread then waits for (so the training loop does not
 //! wait for the device to drain its queue). The statistics (one pass
-//! over ~6 MB per step on an 8x256 MLP) and the CSV lines move off it: done in
+//! over ~5 MB per step on an 8x256 MLP, ~7 MB on update steps) and the CSV lines move off it: done in
 //! line they cost that MLP 10-20% of every probed step; on their own thread the
 //! training loop pays for the reads, the gradient captures and the contention
 //! for memory (`gradscope bench --probe`). The record comes back at the next
