@@ -1,46 +1,11 @@
 //! End-to-end tests: they run the built `gradscope` binary as a user would.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn gradscope() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradscope"));
-    cmd.env_remove("GRADSCOPE_DATA");
-    cmd
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = gradscope().args(args).output().expect("spawn gradscope");
-    assert!(
-        out.status.success(),
-        "gradscope {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn run_err(args: &[&str]) -> (Output, String) {
-    let out = gradscope().args(args).output().expect("spawn gradscope");
-    assert!(!out.status.success(), "gradscope {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, err)
-}
-
-fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist-sample")
-}
-
-/// metrics.csv without the wall-clock columns (wall_s, samples_per_s).
-fn metrics_without_wall_clock(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let cols: Vec<&str> = l.split(',').collect();
-            [&cols[..2], &cols[3..8]].concat().join(",")
-        })
-        .collect()
-}
+use common::*;
 
 #[test]
 fn help_lists_subcommands_with_examples() {
@@ -295,6 +260,23 @@ fn killed_run_resumes_to_the_same_metrics() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(metrics_without_wall_clock(&whole), metrics_without_wall_clock(&killed));
+    // The probe's logs were cut back to the checkpoint too: each record once,
+    // in step order, the same steps as the run that was not killed.
+    for log in ["probe.csv", "probe_hist.csv"] {
+        let (steps, dup) = step_log(&killed.join(log));
+        assert_eq!(dup, None, "{log}");
+        assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{log} goes back in steps");
+        let mut expected = step_log(&whole.join(log)).0;
+        let mut got = steps;
+        expected.dedup();
+        got.dedup();
+        assert_eq!(got, expected, "{log}");
+    }
+    // The verdicts judge the whole run, from its first step.
+    assert_eq!(
+        json(&killed.join("verdicts.json"))["initial_loss"],
+        json(&whole.join("verdicts.json"))["initial_loss"]
+    );
 }
 
 #[test]
@@ -305,7 +287,10 @@ fn bad_flags_are_named() {
         "{err}"
     );
     let (_, err) = run_err(&["train", "--lr=-1", "--out", "/nonexistent/never"]);
-    assert!(err.contains("--lr must be a positive number"), "{err}");
+    assert!(
+        err.contains("--lr: found -1; expected a positive finite number"),
+        "{err}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "learning_rate = 3\n").unwrap();
@@ -636,6 +621,11 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "interrupted");
+    let (steps, _) = step_log(&run.join("metrics.csv"));
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "one metrics row per step: {steps:?}"
+    );
     let stopped_at = summary["steps"].as_u64().unwrap();
     assert!(stopped_at < 189, "stopped early, at {stopped_at}");
 

@@ -98,7 +98,7 @@ fn run_job(job: &Job) -> Result<&'static str> {
     }
     let probe = GradientProbe::for_run(&job.config)?;
     let (mut trainer, what) = if job.dir.join("checkpoints/latest").exists() {
-        (gradscope_train::resume(&job.dir)?, "resumed")
+        (gradscope_train::resume(&job.dir, Default::default())?, "resumed")
     } else {
         if job.dir.exists() {
             // A previous lab died before this run's first checkpoint: keep it aside, never delete it.

@@ -48,6 +48,10 @@ enum Command {
 
 fn main() {
     alloc::keep_freed_memory();
+    // Past a file-size limit (`ulimit -f`) a write then fails with EFBIG and is
+    // reported like a full disk, instead of the signal killing the process mid-write.
+    // SAFETY: called before any other thread exists; SIG_IGN is a valid disposition.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab_cmd::run(args),

@@ -45,9 +45,12 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             if out.exists() {
                 anyhow::bail!("{} already exists; choose another --out", out.display());
             }
-            let (_, config) = gradscope_train::RunDir::open(&run)?;
-            let model = gradscope_train::model_config(&config)?.init(&device)?;
-            let (dir, state) = gradscope_train::checkpoint::latest(&gradscope_train::RunDir::open(&run)?.0)?;
+            // Reads only (no lock): a run still training can be exported.
+            let config = gradscope_train::run_dir::read_config(&run)?;
+            let data = gradscope_train::prepare_data(&config)?;
+            let model = gradscope_train::model_for_data(&config, &data)?.init(&device)?;
+            let found = gradscope_train::checkpoint::latest(&run)?;
+            let (dir, state) = (found.dir, found.state);
             let model =
                 gradscope_train::trainer::load_model(model, &dir.join(gradscope_train::checkpoint::MODEL_FILE))?;
             gradscope_models::export_safetensors(&model, &out)?;

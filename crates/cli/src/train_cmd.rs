@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use gradscope_data::Normalization;
 use gradscope_probe::GradientProbe;
-use gradscope_train::{Backend, ModelChoice, Optimizer, ProbeSchedule, Schedule, Status, TrainConfig};
+use gradscope_train::{Backend, Extend, ModelChoice, Optimizer, ProbeSchedule, Schedule, Status, TrainConfig};
 
 use crate::progress::Progress;
 
@@ -68,15 +68,15 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleName>,
-    /// Step schedule: decay every N steps.
-    #[arg(long, default_value_t = 1000)]
-    pub step_every: u64,
-    /// Step schedule: decay factor.
-    #[arg(long, default_value_t = 0.1)]
-    pub step_gamma: f64,
-    /// Cosine schedule: final learning rate.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_lr: f64,
+    /// Step schedule: decay every N steps [default: 1000].
+    #[arg(long)]
+    pub step_every: Option<u64>,
+    /// Step schedule: decay factor [default: 0.1].
+    #[arg(long)]
+    pub step_gamma: Option<f64>,
+    /// Cosine schedule: final learning rate [default: 0].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
     /// Linear warm-up steps.
     #[arg(long)]
     pub warmup_steps: Option<u64>,
@@ -111,8 +111,9 @@ pub struct TrainArgs {
     /// Run directory (default: runs/<preset>-<timestamp>); must not exist or be empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint.
-    #[arg(long, conflicts_with_all = ["config", "preset", "out"])]
+    /// Continue the run in this directory from its last checkpoint, with its
+    /// saved configuration; only --epochs and --max-steps may extend it.
+    #[arg(long)]
     pub resume: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
@@ -137,14 +138,81 @@ fn parse_normalization(s: &str) -> Result<Normalization, String> {
 }
 
 impl TrainArgs {
+    /// The flags that set a field of the run's configuration, by name, and
+    /// whether each was given. (`--epochs` and `--max-steps` come last: they
+    /// are the ones a resumed run may change.)
+    fn config_flags(&self) -> [(&'static str, bool); 30] {
+        [
+            ("--config", self.config.is_some()),
+            ("--preset", self.preset.is_some()),
+            ("--dataset", self.dataset.is_some()),
+            ("--data-dir", self.data_dir.is_some()),
+            ("--classes", self.classes.is_some()),
+            ("--normalization", self.normalization.is_some()),
+            ("--backend", self.backend.is_some()),
+            ("--optimizer", self.optimizer.is_some()),
+            ("--momentum", self.momentum.is_some()),
+            ("--nesterov", self.nesterov),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--schedule", self.schedule.is_some()),
+            ("--step-every", self.step_every.is_some()),
+            ("--step-gamma", self.step_gamma.is_some()),
+            ("--min-lr", self.min_lr.is_some()),
+            ("--warmup-steps", self.warmup_steps.is_some()),
+            ("--clip-grad-norm", self.clip_grad_norm.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--eval-every", self.eval_every.is_some()),
+            ("--log-every", self.log_every.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--no-shuffle", self.no_shuffle),
+            ("--probe", self.probe.is_some()),
+            ("--probe-update-every", self.probe_update_every.is_some()),
+            ("--out", self.out.is_some()),
+            ("--resume", self.resume.is_some()),
+            ("--quiet", self.quiet),
+            ("--epochs", self.epochs.is_some()),
+            ("--max-steps", self.max_steps.is_some()),
+        ]
+    }
+
+    /// The flag that sets a configuration key, if it was given.
+    fn flag_for(&self, key: &str) -> Option<&'static str> {
+        let flag = match key {
+            "lr" => "--lr",
+            "optimizer.momentum" | "optimizer.nesterov" => "--momentum",
+            "optimizer.weight_decay" => "--weight-decay",
+            "schedule.every" => "--step-every",
+            "schedule.gamma" => "--step-gamma",
+            "schedule.min_lr" => "--min-lr",
+            "clip_grad_norm" => "--clip-grad-norm",
+            "batch_size" => "--batch-size",
+            "epochs" => "--epochs",
+            "eval_every" => "--eval-every",
+            "log_every" => "--log-every",
+            "probe_update_every" => "--probe-update-every",
+            "classes" => "--classes",
+            _ => return None,
+        };
+        let given = self.config_flags().iter().any(|(f, on)| *f == flag && *on)
+            || (key == "optimizer.nesterov" && self.nesterov)
+            || (key.starts_with("schedule.") && self.schedule.is_some());
+        given.then_some(if key == "optimizer.nesterov" {
+            "--nesterov"
+        } else {
+            flag
+        })
+    }
+
     /// The configuration: `--config` (or defaults), then every flag given.
+    /// An unusable value is reported by the flag that gave it, or else by the
+    /// config file and key.
     pub fn resolve(&self) -> Result<TrainConfig> {
         let mut c = match &self.config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("--config {}: invalid run configuration", path.display()))?
+                TrainConfig::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?
             }
             None => TrainConfig::default(),
         };
@@ -187,23 +255,9 @@ impl TrainArgs {
         }
         if let Some(name) = self.optimizer {
             c.optimizer = match name {
-                OptimizerName::Sgd => Optimizer::Sgd {
-                    momentum: 0.0,
-                    nesterov: false,
-                    weight_decay: 0.0,
-                },
-                OptimizerName::Adam => Optimizer::Adam {
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-8,
-                    weight_decay: 0.0,
-                },
-                OptimizerName::Adamw => Optimizer::Adamw {
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-8,
-                    weight_decay: 0.01,
-                },
+                OptimizerName::Sgd => Optimizer::default(),
+                OptimizerName::Adam => toml::from_str("kind = \"adam\"").expect("Adam's defaults"),
+                OptimizerName::Adamw => toml::from_str("kind = \"adamw\"").expect("AdamW's defaults"),
             };
         }
         match &mut c.optimizer {
@@ -233,19 +287,45 @@ impl TrainArgs {
             c.schedule = match s {
                 ScheduleName::Constant => Schedule::Constant,
                 ScheduleName::Step => Schedule::Step {
-                    every: self.step_every,
-                    gamma: self.step_gamma,
+                    every: self.step_every.unwrap_or(1000),
+                    gamma: self.step_gamma.unwrap_or(0.1),
                 },
-                ScheduleName::Cosine => Schedule::Cosine { min_lr: self.min_lr },
+                ScheduleName::Cosine => Schedule::Cosine {
+                    min_lr: self.min_lr.unwrap_or(0.0),
+                },
             };
+        } else if self.step_every.is_some() || self.step_gamma.is_some() || self.min_lr.is_some() {
+            bail!("--step-every, --step-gamma and --min-lr need --schedule step or cosine");
         }
-        if !(c.lr.is_finite() && c.lr > 0.0) {
-            bail!("--lr must be a positive number; found {}", c.lr);
-        }
-        if c.epochs == 0 {
-            bail!("--epochs must be at least 1; found 0");
+        if let Err(e) = c.validate() {
+            match (self.flag_for(e.key), &self.config) {
+                (Some(flag), _) => bail!("{flag}: found {}; expected {}", e.found, e.expected),
+                (None, Some(path)) => bail!("--config {}: {e}", path.display()),
+                (None, None) => bail!("{e}"),
+            }
         }
         Ok(c)
+    }
+
+    /// What `--resume` may change: more epochs or steps. Any other
+    /// configuration flag is refused rather than silently ignored.
+    fn extension(&self) -> Result<Extend> {
+        let flags = self.config_flags();
+        let refused: Vec<&str> = flags[..flags.len() - 2]
+            .iter()
+            .filter(|(f, on)| *on && !matches!(*f, "--resume" | "--quiet"))
+            .map(|(f, _)| *f)
+            .collect();
+        if !refused.is_empty() {
+            bail!(
+                "--resume continues a run with the configuration saved in its config.toml; {} cannot change it (only --epochs and --max-steps can extend it). To train differently, start a new run with --config RUN/config.toml and the new flags",
+                refused.join(", ")
+            );
+        }
+        Ok(Extend {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+        })
     }
 }
 
@@ -261,12 +341,15 @@ pub fn pin_default_device(backend: Backend) {
 pub fn run(args: TrainArgs) -> Result<()> {
     let (trainer, dir) = match &args.resume {
         Some(dir) => {
-            let (_, config) = gradscope_train::RunDir::open(dir)?;
+            let extend = args.extension()?;
+            let config = gradscope_train::run_dir::read_config(dir)?;
             pin_default_device(config.backend);
-            (
-                gradscope_train::resume(dir).with_context(|| format!("resuming {}", dir.display()))?,
-                dir.clone(),
-            )
+            let trainer =
+                gradscope_train::resume(dir, extend).with_context(|| format!("resuming {}", dir.display()))?;
+            for note in trainer.resume_notes() {
+                eprintln!("warning: checkpoint passed over: {note}");
+            }
+            (trainer, dir.clone())
         }
         None => {
             let config = args.resolve()?;
@@ -288,6 +371,7 @@ pub fn default_run_dir(label: &str) -> PathBuf {
 
 fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, dir: &Path, quiet: bool) -> Result<()> {
     let epochs = trainer.config.epochs;
+    let trainer_lr = trainer.config.lr;
     trainer.observe(Box::new(Progress::new(quiet, epochs)));
     let probed = match GradientProbe::for_run(&trainer.config)? {
         Some(probe) => {
@@ -325,12 +409,19 @@ fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, d
             summary.steps,
             dir.display()
         ),
+        Status::Failed => unreachable!("a failed run returns its error"),
         Status::Diverged => {
             let d = summary
                 .diverged
                 .as_ref()
                 .map_or(String::new(), |d| format!(" at step {}: {}", d.step, d.cause));
             println!("diverged{d}; diagnosis saved in {}", dir.display());
+            if !probed {
+                println!(
+                    "remedies: lower the learning rate (e.g. --lr {}), clip the gradient norm (--clip-grad-norm 1.0); train with the probe on (--probe default) to see where it starts",
+                    trainer_lr / 10.0
+                );
+            }
             std::process::exit(2);
         }
         Status::Running => unreachable!("a finished run is not running"),

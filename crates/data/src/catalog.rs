@@ -204,7 +204,13 @@ pub fn resolve(name: &str, data_dir: Option<&Path>) -> Result<Source, DataError>
             None => Ok(Source::Bundled),
         };
     }
-    let entry = find(name).ok_or_else(|| DataError::UnknownDataset { name: name.to_owned() })?;
+    let Some(entry) = find(name) else {
+        // Any name goes with --data-dir: then what is wrong is the folder.
+        return Err(match data_dir {
+            Some(dir) => locate_files(dir).expect_err("checked above"),
+            None => DataError::UnknownDataset { name: name.to_owned() },
+        });
+    };
     let dir = data_dir
         .map_or_else(default_cache_root, Path::to_path_buf)
         .join(entry.name);

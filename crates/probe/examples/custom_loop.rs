@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The last step's statistics are still being taken on the probe's thread.
     probe.drain();
-    let verdicts = judge(model.probe_points(), probe.records(), 10);
+    let verdicts = judge(model.probe_points(), probe.records(), 10, None);
     println!("verdict after {steps} steps: {}", verdicts.verdict);
     for alert in &verdicts.alerts {
         println!("- {}: {}", alert.rule, alert.evidence);

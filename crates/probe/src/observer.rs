@@ -16,10 +16,11 @@ use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summar
 
 use crate::fused::{HostJob, Reading};
 use crate::measure::{StepStats, StepView, device_step, l2, param_values};
-use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord};
+use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, read_probe_csv};
 use crate::verdict::{WINDOW, judge};
 use crate::worker::{Job, Meta, Worker, Writer};
 use gradscope_train::ProbeSchedule;
+use gradscope_train::run_dir::{FORENSICS_FILE, POINTS_FILE, PROBE_FILE, PROBE_HIST_FILE, VERDICTS_FILE};
 
 /// Probe records kept for NaN forensics.
 pub const FORENSICS_DEPTH: usize = 20;
@@ -189,6 +190,8 @@ pub struct GradientProbe {
     worker: Option<Worker>,
     /// Whether the worker holds a step whose record is not back yet.
     in_flight: bool,
+    /// Probed steps so far in the run (counted from its first step, also
+    /// after a resume): update steps and dead-unit windows follow it.
     probes: u64,
     records: Vec<ProbeRecord>,
     /// Time the probe took on the training thread.
@@ -323,7 +326,7 @@ impl GradientProbe {
         self.worker_busy += written.busy;
         let control = match written.record {
             Ok(rec) => self.keep(rec, written.nonfinite),
-            Err(e) => Control::Diverged(format!("probe could not write its records: {e}")),
+            Err(e) => Control::Failed(format!("the probe could not write its records: {e}")),
         };
         self.spent += t.elapsed();
         control
@@ -362,7 +365,7 @@ impl GradientProbe {
             "records": &self.records[self.records.len().saturating_sub(FORENSICS_DEPTH)..],
         });
         let text = serde_json::to_string_pretty(&json).expect("forensics serialise");
-        write_atomic(&self.dir.join("forensics.json"), text.as_bytes())?;
+        write_atomic(&self.dir.join(FORENSICS_FILE), text.as_bytes())?;
         Ok(cause)
     }
 }
@@ -373,18 +376,33 @@ impl<M: Network> Observer<M> for GradientProbe {
         self.points = run.points.clone();
         self.total_steps = run.total_steps;
         let points = serde_json::to_string_pretty(&self.points).expect("points serialise");
-        write_atomic(&self.dir.join("points.json"), points.as_bytes())?;
-        let fresh = !self.dir.join("probe.csv").exists();
-        let mut csv = LineLog::append(&self.dir.join("probe.csv"))?;
-        let mut hist = LineLog::append(&self.dir.join("probe_hist.csv"))?;
-        if fresh {
+        write_atomic(&self.dir.join(POINTS_FILE), points.as_bytes())?;
+        let csv_path = self.dir.join(PROBE_FILE);
+        if let Some(at) = run.resumed_at {
+            self.probes = (0..at).filter(|&s| self.config.schedule.probes(s)).count() as u64;
+            if csv_path.exists() {
+                // The records before the checkpoint (the trainer cut the rest), so
+                // that verdicts judge the whole run, from its first step.
+                self.records = read_probe_csv(&csv_path, &self.points).map_err(TrainError::Observer)?;
+            }
+        }
+        let mut csv = LineLog::append(&csv_path)?;
+        let mut hist = LineLog::append(&self.dir.join(PROBE_HIST_FILE))?;
+        if csv.is_empty() {
             csv.line(PROBE_HEADER)?;
+        }
+        if hist.is_empty() {
             hist.line(HIST_HEADER)?;
         }
+        // Ratios divide by the latest weight norms: after a resume, those of
+        // the last update step before the checkpoint, as the run had them.
+        let weight_l2 = (0..self.points.len())
+            .map(|i| self.records.iter().rev().find_map(|r| r.get(i, "weight_l2")))
+            .collect();
         self.worker = Some(Worker::start(Writer {
             points: self.points.clone(),
             alive: vec![None; self.points.len()],
-            weight_l2: vec![None; self.points.len()],
+            weight_l2,
             csv,
             hist_csv: hist,
         }));
@@ -457,13 +475,23 @@ impl<M: Network> Observer<M> for GradientProbe {
         Control::Continue
     }
 
+    fn before_checkpoint(&mut self) -> Control {
+        // The record of the step before the checkpoint belongs to it.
+        self.drain()
+    }
+
     fn on_finish(&mut self, summary: &mut Summary) -> Result<(), TrainError> {
         // A run stopped early can leave a step in flight; its record is written
         // (with forensics, if it is non-finite) although the run has ended.
         let _ = self.drain();
-        let verdicts = judge(&self.points, &self.records, self.config.classes);
+        let verdicts = judge(
+            &self.points,
+            &self.records,
+            self.config.classes,
+            summary.diverged.as_ref(),
+        );
         let text = serde_json::to_string_pretty(&verdicts).expect("verdicts serialise");
-        write_atomic(&self.dir.join("verdicts.json"), text.as_bytes())?;
+        write_atomic(&self.dir.join(VERDICTS_FILE), text.as_bytes())?;
         let total = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let spent = self.spent.as_secs_f64();
         // The trainer's paired step times: probed steps (taps, probe, writes) against plain ones.

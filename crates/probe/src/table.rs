@@ -12,6 +12,8 @@ use crate::verdict::Verdicts;
 pub enum InspectError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
+    #[error("{dir} is not a gradscope run (no config.toml)")]
+    NotARun { dir: String },
     #[error("{dir}: no probe data (was the run trained with --probe off?)")]
     NoProbe { dir: String },
 }
@@ -29,7 +31,12 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         path: p.display().to_string(),
         reason,
     };
-    let points_path = dir.join("points.json");
+    if !dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
+        return Err(InspectError::NotARun {
+            dir: dir.display().to_string(),
+        });
+    }
+    let points_path = dir.join(gradscope_train::run_dir::POINTS_FILE);
     if !points_path.exists() {
         return Err(InspectError::NoProbe {
             dir: dir.display().to_string(),
@@ -37,11 +44,13 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
     }
     let text = std::fs::read_to_string(&points_path).map_err(|e| file_err(&points_path, e.to_string()))?;
     let points: Vec<ProbePoint> = serde_json::from_str(&text).map_err(|e| file_err(&points_path, e.to_string()))?;
-    let records = read_probe_csv(&dir.join("probe.csv"), &points).map_err(|reason| InspectError::File {
-        path: dir.join("probe.csv").display().to_string(),
-        reason,
+    let records = read_probe_csv(&dir.join(gradscope_train::run_dir::PROBE_FILE), &points).map_err(|reason| {
+        InspectError::File {
+            path: dir.join("probe.csv").display().to_string(),
+            reason,
+        }
     })?;
-    let vpath = dir.join("verdicts.json");
+    let vpath = dir.join(gradscope_train::run_dir::VERDICTS_FILE);
     let verdicts = match std::fs::read_to_string(&vpath) {
         Ok(t) => Some(serde_json::from_str(&t).map_err(|e| file_err(&vpath, e.to_string()))?),
         Err(_) => None,
@@ -109,6 +118,15 @@ pub fn render(ins: &Inspection) -> String {
                 "- {} (steps {}-{}): {}\n",
                 a.rule, a.steps[0], a.steps[1], a.evidence
             ));
+            let shown = v
+                .alerts
+                .iter()
+                .take_while(|b| !std::ptr::eq(*b, a))
+                .any(|b| b.remedies == a.remedies);
+            if shown && !a.remedies.is_empty() {
+                out.push_str("    (remedies as above)\n");
+                continue;
+            }
             for (k, r) in a.remedies.iter().enumerate() {
                 out.push_str(&format!("    {}. {r}\n", k + 1));
             }

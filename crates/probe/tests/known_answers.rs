@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use gradscope_probe::verdict::{Rule, Verdict};
 use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, Reductions, Verdicts, judge};
 use gradscope_train::{ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
 
@@ -31,7 +32,7 @@ fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) 
     })));
     trainer.run().unwrap();
     let v: Verdicts = serde_json::from_str(&std::fs::read_to_string(run.join("verdicts.json")).unwrap()).unwrap();
-    let rules = v.alerts.iter().map(|a| a.rule.clone()).collect();
+    let rules = v.alerts.iter().map(|a| a.rule.to_string()).collect();
     (v, rules)
 }
 
@@ -40,8 +41,8 @@ fn deep_sigmoid_mlp_is_flagged_vanishing_on_every_seed() {
     let tmp = tempfile::tempdir().unwrap();
     for seed in 0..5 {
         let (v, rules) = verdicts("mlp-sigmoid-10x128", seed, 50, 128, tmp.path());
-        assert_eq!(v.verdict, "vanishing", "seed {seed}: {rules:?}");
-        let a = v.alerts.iter().find(|a| a.rule == "vanishing").unwrap();
+        assert_eq!(v.verdict, Verdict::Vanishing, "seed {seed}: {rules:?}");
+        let a = v.alerts.iter().find(|a| a.rule == Rule::Vanishing).unwrap();
         assert!(a.steps[1] < 50);
         assert!(a.remedies[0].contains("ReLU"), "{:?}", a.remedies);
     }
@@ -74,7 +75,7 @@ fn verdicts_can_be_recomputed_from_probe_csv() {
     let ins = gradscope_probe::inspect(&run).unwrap();
     let records: &[ProbeRecord] = &ins.records;
     assert_eq!(records.len(), 12);
-    assert_eq!(judge(&ins.points, records, 10).verdict, v.verdict);
+    assert_eq!(judge(&ins.points, records, 10, None).verdict, v.verdict);
     let table = gradscope_probe::render(&ins);
     assert!(
         table.contains("hidden.1") && table.contains("head") && table.contains("verdict:"),

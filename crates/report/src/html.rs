@@ -100,12 +100,12 @@ pub fn render(report: &Report) -> String {
             Some(v) => {
                 body.push_str(&format!(
                     "<p>verdict: <b class=\"v-{0}\">{0}</b></p><ul>",
-                    escape(&v.verdict)
+                    escape(v.verdict.as_str())
                 ));
                 for a in &v.alerts {
                     body.push_str(&format!(
                         "<li><b>{}</b> (steps {}&ndash;{}): {}<ol>{}</ol></li>",
-                        escape(&a.rule),
+                        escape(a.rule.as_str()),
                         a.steps[0],
                         a.steps[1],
                         escape(&a.evidence),

@@ -117,8 +117,8 @@ impl Suite {
                         table.insert(k.clone(), v.clone());
                     }
                     table.insert("seed".into(), toml::Value::Integer(seed as i64));
-                    let config: TrainConfig = toml::Value::Table(table)
-                        .try_into()
+                    // Through the same strict reader as `--config` files: a typo in a suite is named.
+                    let config = TrainConfig::from_toml(&toml::to_string(&table).expect("a table serialises"))
                         .map_err(|e| format!("claim `{}`, role `{role}`: {e}", c.id))?;
                     config
                         .model
@@ -184,7 +184,7 @@ fn flagged(runs: &[&RunData], rule: &str) -> usize {
         .filter(|r| {
             r.verdicts
                 .as_ref()
-                .is_some_and(|v| v.alerts.iter().any(|a| a.rule == rule))
+                .is_some_and(|v| v.alerts.iter().any(|a| a.rule.as_str() == rule))
         })
         .count()
 }

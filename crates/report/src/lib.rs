@@ -25,12 +25,12 @@ pub enum ReportError {
     NothingUsable { given: usize, warnings: Vec<String> },
     #[error("{path} is a file, not a directory; choose another --out")]
     OutIsFile { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(
+        "{path} already holds files that gradscope did not write; choose another --out (a report is never written over other files)"
+    )]
+    WouldOverwrite { path: PathBuf },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Draw(String),
 }
@@ -62,6 +62,26 @@ pub struct Report {
     pub options: ReportOptions,
     /// Judged claims (set by the lab), shown first in `report.html`.
     pub claims: Vec<lab::ClaimResult>,
+}
+
+/// Marks a directory as a gradscope report, which a later report may replace.
+pub const REPORT_MARKER: &str = ".gradscope-report";
+
+/// Whether a report may be written into `dir`: it does not exist, is empty, or
+/// holds a report gradscope wrote (its marker, or a `report.html` of ours).
+/// Anything else may be someone's work and is never written over.
+fn may_write_into(dir: &Path) -> std::io::Result<bool> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if entries.next().is_none() || dir.join(REPORT_MARKER).is_file() {
+        return Ok(true);
+    }
+    let ours =
+        std::fs::read_to_string(dir.join("report.html")).is_ok_and(|t| t.contains("<title>gradscope report</title>"));
+    Ok(ours)
 }
 
 /// Loads the runs (skipping unusable ones with a warning) and draws every chart.
@@ -117,16 +137,23 @@ impl Report {
         }
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| ReportError::Io { path, source }
+            move |error| ReportError::Io { path, error }
         };
+        if !may_write_into(dir).map_err(io(dir))? {
+            return Err(ReportError::WouldOverwrite { path: dir.to_owned() });
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let write = |name: String, text: &str| {
             let p = dir.join(name);
             gradscope_train::files::write_atomic(&p, text.as_bytes()).map_err(|e| ReportError::Io {
                 path: p.clone(),
-                source: e.source,
+                error: e.error,
             })
         };
+        write(
+            REPORT_MARKER.into(),
+            "written by gradscope; a report here may be replaced by the next one\n",
+        )?;
         for c in &self.charts {
             write(format!("{}.svg", c.name), &c.svg)?;
             write(format!("{}.csv", c.name), &c.csv)?;

@@ -35,7 +35,7 @@ pub fn summary_rows(runs: &[RunData], target: f64) -> Vec<SummaryRow> {
                     .fold(None, |b: Option<f64>, a| Some(b.map_or(a, |b| b.max(a)))),
                 steps_to_target: hit.map(|m| m.step),
                 seconds_to_target: hit.map(|m| m.wall_s),
-                verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.clone()),
+                verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.to_string()),
             }
         })
         .collect()

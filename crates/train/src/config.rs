@@ -109,11 +109,41 @@ pub enum Schedule {
 }
 
 /// Which model to train: a preset name, or a full configuration.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
 pub enum ModelChoice {
     Preset { preset: String },
     Config(ModelConfig),
+}
+
+impl<'de> serde::Deserialize<'de> for ModelChoice {
+    /// `{ preset = "..." }` alone, or a full [`ModelConfig`] (`arch = ...`),
+    /// whose own error (an unknown key, a bad value) is passed on as it is.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        if let Some(preset) = table.get("preset") {
+            if let Some(other) = table.keys().find(|k| *k != "preset") {
+                return Err(D::Error::custom(format!(
+                    "`{other}` cannot stand beside `preset`: give either a preset name or a full model table (`arch = \"mlp\"` or `\"resnet\"`, ...)"
+                )));
+            }
+            let preset = preset
+                .as_str()
+                .ok_or_else(|| D::Error::custom(format!("preset: expected a preset name; found {preset}")))?;
+            return Ok(ModelChoice::Preset {
+                preset: preset.to_owned(),
+            });
+        }
+        if !table.contains_key("arch") {
+            return Err(D::Error::custom(
+                "expected `preset = \"NAME\"` or a model table with `arch = \"mlp\"` or `\"resnet\"`",
+            ));
+        }
+        ModelConfig::deserialize(serde_json::Value::Object(table))
+            .map(ModelChoice::Config)
+            .map_err(D::Error::custom)
+    }
 }
 
 impl ModelChoice {
@@ -178,7 +208,7 @@ pub struct TrainConfig {
     /// Every Nth probed step (and the first) is an update step: it also reads
     /// the weights (their norms, the update's size) and takes |g| histograms.
     /// Steps in between divide by the latest weight norm; 1 reads the weights
-    /// at every probed step, which costs more (BENCHMARKS.md, session 9).
+    /// at every probed step, which costs more (BENCHMARKS.md).
     pub probe_update_every: u64,
 }
 
@@ -211,7 +241,193 @@ impl Default for TrainConfig {
     }
 }
 
+/// A value of a run configuration that cannot be used, named by its key in
+/// a config file (`optimizer.momentum`); the CLI maps keys to flags.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} = {found}: expected {expected}")]
+pub struct Invalid {
+    pub key: &'static str,
+    pub found: String,
+    pub expected: &'static str,
+}
+
+/// Why a TOML run configuration cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("unknown key `{0}` (a typo? `gradscope train --help` and README list the keys)")]
+    UnknownKey(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// Keys of `given` that `parsed` (the same table after a round trip through
+/// the config type) does not have: serde drops unknown keys of nested tables
+/// silently, so a typo like `momentun` would otherwise train with the default.
+fn unknown_keys(given: &toml::Table, parsed: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in given {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (v, parsed.get(k)) {
+            (_, None) => out.push(key),
+            (toml::Value::Table(g), Some(toml::Value::Table(p))) => unknown_keys(g, p, &key, out),
+            (toml::Value::Array(g), Some(toml::Value::Array(p))) => {
+                for (i, (g, p)) in g.iter().zip(p).enumerate() {
+                    if let (toml::Value::Table(g), toml::Value::Table(p)) = (g, p) {
+                        unknown_keys(g, p, &format!("{key}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl TrainConfig {
+    /// Reads a TOML run configuration: keys left out take their defaults; an
+    /// unknown key at any depth and any unusable value are refused.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let given: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let parsed = toml::Table::try_from(&config).expect("a config serialises to a TOML table");
+        let mut unknown = Vec::new();
+        unknown_keys(&given, &parsed, "", &mut unknown);
+        if let Some(key) = unknown.into_iter().next() {
+            return Err(ConfigError::UnknownKey(key));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every numeric field (flags and files share this check).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        fn check(
+            ok: bool,
+            key: &'static str,
+            found: impl std::fmt::Display,
+            expected: &'static str,
+        ) -> Result<(), Invalid> {
+            if ok {
+                Ok(())
+            } else {
+                Err(Invalid {
+                    key,
+                    found: found.to_string(),
+                    expected,
+                })
+            }
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        let fraction = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
+        check(positive(self.lr), "lr", self.lr, "a positive finite number")?;
+        match self.optimizer {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                check(fraction(momentum), "optimizer.momentum", momentum, "a number in [0, 1)")?;
+                check(
+                    !nesterov || momentum > 0.0,
+                    "optimizer.nesterov",
+                    nesterov,
+                    "false unless momentum > 0 (as in PyTorch)",
+                )?;
+                check(
+                    non_negative(weight_decay),
+                    "optimizer.weight_decay",
+                    weight_decay,
+                    "a finite number >= 0",
+                )?;
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            }
+            | Optimizer::Adamw {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                check(fraction(beta1), "optimizer.beta1", beta1, "a number in [0, 1)")?;
+                check(fraction(beta2), "optimizer.beta2", beta2, "a number in [0, 1)")?;
+                check(
+                    positive(epsilon),
+                    "optimizer.epsilon",
+                    epsilon,
+                    "a positive finite number",
+                )?;
+                check(
+                    non_negative(weight_decay),
+                    "optimizer.weight_decay",
+                    weight_decay,
+                    "a finite number >= 0",
+                )?;
+            }
+        }
+        match self.schedule {
+            Schedule::Constant => {}
+            Schedule::Step { every, gamma } => {
+                check(every >= 1, "schedule.every", every, "at least 1")?;
+                check(positive(gamma), "schedule.gamma", gamma, "a positive finite number")?;
+            }
+            Schedule::Cosine { min_lr } => {
+                check(
+                    non_negative(min_lr) && min_lr <= self.lr,
+                    "schedule.min_lr",
+                    min_lr,
+                    "a finite number in [0, lr]",
+                )?;
+            }
+        }
+        if let Some(c) = self.clip_grad_norm {
+            check(positive(c), "clip_grad_norm", c, "a positive finite number")?;
+        }
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
+        check(self.epochs >= 1, "epochs", self.epochs, "at least 1")?;
+        if let Some(n) = self.eval_every {
+            check(n >= 1, "eval_every", n, "at least 1")?;
+        }
+        check(self.log_every >= 1, "log_every", self.log_every, "at least 1")?;
+        check(
+            self.probe_update_every >= 1,
+            "probe_update_every",
+            self.probe_update_every,
+            "at least 1",
+        )?;
+        if let crate::schedule::ProbeSchedule::Every { n } = self.probe {
+            check(n >= 1, "probe.n", n, "at least 1")?;
+        }
+        if let Some(classes) = &self.classes {
+            let mut seen = classes.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            check(
+                classes.len() >= 2 && seen.len() == classes.len() && classes.iter().all(|&c| c < 10),
+                "classes",
+                format!("{classes:?}"),
+                "two or more distinct classes in 0..10",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Optimiser steps the run takes, with `steps_per_epoch` batches an epoch.
+    pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
+        let full = steps_per_epoch * self.epochs;
+        self.max_steps.map_or(full, |m| m.min(full))
+    }
+
     /// Learning rate at optimiser step `step` (0-based) of a run of `total` steps.
     pub fn lr_at(&self, step: u64, total: u64) -> f64 {
         let base = match self.schedule {
@@ -262,6 +478,123 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
+    }
+
+    #[test]
+    fn typos_in_nested_tables_are_named() {
+        for (text, key) in [
+            ("[optimizer]\nkind = \"sgd\"\nmomentun = 0.9\n", "optimizer.momentun"),
+            (
+                "[schedule]\nkind = \"cosine\"\nmin_lr = 0.0\nmni_lr = 1\n",
+                "schedule.mni_lr",
+            ),
+            (
+                "[model]\narch = \"mlp\"\nactivation = { kind = \"leaky_relu\", slop = 0.2 }\n",
+                "model.activation.slop",
+            ),
+            (
+                "[model]\narch = \"mlp\"\ninit = { kind = \"he_normal\", gian = 2.0 }\n",
+                "model.init.gian",
+            ),
+        ] {
+            let err = TrainConfig::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown key `{key}`")), "{text}: {err}");
+        }
+        // A typo at the model table's top level names the key, not an untagged enum.
+        let err = TrainConfig::from_toml("[model]\narch = \"mlp\"\ndepht = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("depht") && !err.contains("untagged"), "{err}");
+        let err = TrainConfig::from_toml("[model]\npreset = \"mlp-relu-2x16\"\ndepth = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`depth` cannot stand beside `preset`"), "{err}");
+        // Well-formed files still load, defaults and all.
+        let ok = TrainConfig::from_toml(
+            "lr = 0.05\n[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\n[model]\narch = \"mlp\"\ndepth = 3\nactivation = { kind = \"leaky_relu\", slope = 0.2 }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.lr, 0.05);
+        assert_eq!(TrainConfig::from_toml(&toml::to_string(&ok).unwrap()).unwrap(), ok);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_key() {
+        let bad = |edit: fn(&mut TrainConfig)| {
+            let mut c = TrainConfig::default();
+            edit(&mut c);
+            c.validate().unwrap_err().key
+        };
+        assert_eq!(bad(|c| c.lr = 0.0), "lr");
+        assert_eq!(bad(|c| c.lr = f64::NAN), "lr");
+        assert_eq!(bad(|c| c.clip_grad_norm = Some(-1.0)), "clip_grad_norm");
+        assert_eq!(bad(|c| c.clip_grad_norm = Some(0.0)), "clip_grad_norm");
+        let sgd = |momentum: f64, weight_decay: f64| Optimizer::Sgd {
+            momentum,
+            nesterov: false,
+            weight_decay,
+        };
+        assert_eq!(
+            bad(|c| c.optimizer = Optimizer::Sgd {
+                momentum: -5.0,
+                nesterov: false,
+                weight_decay: 0.0
+            }),
+            "optimizer.momentum"
+        );
+        assert_eq!(
+            bad(|c| c.optimizer = Optimizer::Sgd {
+                momentum: f64::NAN,
+                nesterov: false,
+                weight_decay: 0.0
+            }),
+            "optimizer.momentum"
+        );
+        assert_eq!(
+            bad(|c| c.optimizer = Optimizer::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: f64::NAN
+            }),
+            "optimizer.weight_decay"
+        );
+        assert_eq!(
+            bad(|c| c.optimizer = Optimizer::Sgd {
+                momentum: 0.0,
+                nesterov: true,
+                weight_decay: 0.0
+            }),
+            "optimizer.nesterov"
+        );
+        assert_eq!(
+            bad(|c| c.schedule = Schedule::Step { every: 0, gamma: 0.5 }),
+            "schedule.every"
+        );
+        assert_eq!(bad(|c| c.batch_size = 0), "batch_size");
+        assert_eq!(bad(|c| c.log_every = 0), "log_every");
+        assert_eq!(bad(|c| c.classes = Some(vec![3, 3])), "classes");
+        // The boundaries that are allowed.
+        for c in [
+            TrainConfig {
+                optimizer: sgd(0.0, 0.0),
+                ..Default::default()
+            },
+            TrainConfig {
+                optimizer: sgd(0.99, 5e-4),
+                clip_grad_norm: Some(1e-6),
+                ..Default::default()
+            },
+            TrainConfig {
+                max_steps: Some(0),
+                ..Default::default()
+            },
+        ] {
+            c.validate().unwrap();
+        }
+        let err = TrainConfig::from_toml("[optimizer]\nkind = \"sgd\"\nmomentum = -5.0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "optimizer.momentum = -5: expected a number in [0, 1)");
     }
 
     #[test]

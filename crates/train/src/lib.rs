@@ -21,7 +21,7 @@ use gradscope_data::{DataError, MnistLike, Split};
 use gradscope_models::{Head, Model, ModelConfig, ModelError};
 
 pub use backend::BackendError;
-pub use config::{Backend, ModelChoice, Optimizer, Schedule, TrainConfig};
+pub use config::{Backend, ConfigError, Invalid, ModelChoice, Optimizer, Schedule, TrainConfig};
 pub use files::FileError;
 pub use metrics::{MetricsRow, Status, StepTimes, Summary, median};
 pub use run_dir::RunDir;
@@ -41,18 +41,33 @@ pub enum TrainError {
     File(FileError),
     #[error("{dir} is not empty; choose a new --out directory, or pass --resume to continue the run in it")]
     RunDirNotEmpty { dir: PathBuf },
+    #[error("{dir} is in use by {holder}, which is writing a run there; wait for it to finish, or stop it first")]
+    Locked { dir: PathBuf, holder: String },
     #[error("{dir} is not a gradscope run (no config.toml)")]
     NotARun { dir: PathBuf },
     #[error("{dir} has no complete checkpoint to resume from")]
     NoCheckpoint { dir: PathBuf },
+    #[error(
+        "{dir} already completed its {steps} steps; to train it further, resume with a larger --epochs or --max-steps"
+    )]
+    AlreadyCompleted { dir: PathBuf, steps: u64 },
+    #[error(
+        "{dir} diverged at step {step}; resuming would repeat it from the same checkpoint: start a new run with a lower --lr or --clip-grad-norm"
+    )]
+    ResumeDiverged { dir: PathBuf, step: u64 },
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("{path}: invalid configuration: {reason}")]
     Config { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Value(#[from] Invalid),
     #[error("--classes {found:?}: {reason}")]
     Classes { found: Vec<u8>, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// An observer (the probe) could not do its work, e.g. write its records.
+    #[error("{0}")]
+    Observer(String),
 }
 
 /// The model configuration a run trains: the chosen model, seeded with the
@@ -71,6 +86,45 @@ pub fn model_config(config: &TrainConfig) -> Result<ModelConfig, TrainError> {
             Head::Softmax { .. } => Head::Softmax { classes: classes.len() },
         };
         model = model.with_head(head);
+    }
+    Ok(model)
+}
+
+/// [`model_config`] with its input fitted to the data's image size: a preset
+/// or a model table that leaves the input size at its default (28x28) takes
+/// the data's; a size the configuration sets explicitly must match the data.
+/// Checked before a run directory is made, so a mismatch leaves nothing behind.
+pub fn model_for_data(config: &TrainConfig, data: &Data) -> Result<ModelConfig, TrainError> {
+    let mut model = model_config(config)?;
+    let images = &data.train.images;
+    let (rows, cols) = (images.rows, images.cols);
+    let preset = matches!(config.model, ModelChoice::Preset { .. });
+    let mismatch = |key: &str, found: usize, expected: String| {
+        TrainError::Invalid(format!(
+            "model.{key} = {found}, but the {} images are {rows}x{cols} (expected {expected}); leave model.{key} out to take it from the data",
+            config.dataset
+        ))
+    };
+    match &mut model {
+        ModelConfig::Mlp(c) if c.input_size != rows * cols => {
+            if !preset && c.input_size != gradscope_models::MlpConfig::new().input_size {
+                return Err(mismatch("input_size", c.input_size, format!("{}", rows * cols)));
+            }
+            c.input_size = rows * cols;
+        }
+        ModelConfig::Resnet(c) if (c.image_size, c.image_size) != (rows, cols) => {
+            if rows != cols {
+                return Err(TrainError::Invalid(format!(
+                    "the ResNets take square images; the {} images are {rows}x{cols}",
+                    config.dataset
+                )));
+            }
+            if !preset && c.image_size != gradscope_models::ResNetConfig::new().image_size {
+                return Err(mismatch("image_size", c.image_size, format!("{rows}")));
+            }
+            c.image_size = rows;
+        }
+        _ => {}
     }
     Ok(model)
 }
@@ -98,37 +152,22 @@ pub fn select_classes(split: &Split, classes: &[u8]) -> Split {
 
 /// Loads the run's dataset and builds its batcher.
 pub fn prepare_data(config: &TrainConfig) -> Result<Data, TrainError> {
+    config.validate()?;
     let dataset = MnistLike::load(&config.dataset, config.data_dir.as_deref())?;
     let (mut train, mut test) = (dataset.train, dataset.test);
     if let Some(classes) = &config.classes {
-        let mut seen = classes.clone();
-        seen.sort();
-        seen.dedup();
-        if classes.len() < 2 || seen.len() != classes.len() || classes.iter().any(|&c| c >= 10) {
-            return Err(TrainError::Classes {
-                found: classes.clone(),
-                reason: "expected two or more distinct classes in 0..10".into(),
-            });
-        }
         train = select_classes(&train, classes);
         test = select_classes(&test, classes);
-    }
-    if config.batch_size == 0 {
-        return Err(TrainError::Invalid("--batch-size must be at least 1; found 0".into()));
-    }
-    if config.probe_update_every == 0 {
-        return Err(TrainError::Invalid(
-            "--probe-update-every (probe_update_every) must be at least 1; found 0".into(),
-        ));
     }
     let batcher = gradscope_data::MnistBatcher::fitted(&train, config.normalization);
     Ok(Data { train, test, batcher })
 }
 
-/// Starts a new run in `dir` (which must not exist or be empty).
+/// Starts a new run in `dir` (which must not exist or be empty). Everything
+/// that can be checked (values, data, model) is checked before `dir` is made.
 pub fn start(config: TrainConfig, dir: &Path) -> Result<Trainer<Model>, TrainError> {
     let data = prepare_data(&config)?;
-    let model_cfg = model_config(&config)?;
+    let model_cfg = model_for_data(&config, &data)?;
     let device = config.backend.device()?.autodiff();
     let model = model_cfg.init(&device)?;
     let label = config.model.label();
@@ -136,12 +175,73 @@ pub fn start(config: TrainConfig, dir: &Path) -> Result<Trainer<Model>, TrainErr
     Trainer::new(config, model, data, device, run, &label)
 }
 
-/// Reopens the run in `dir` and continues it from its latest checkpoint.
-pub fn resume(dir: &Path) -> Result<Trainer<Model>, TrainError> {
-    let (run, config) = RunDir::open(dir)?;
+/// How a resumed run may differ from the run it continues: its length (in
+/// epochs or steps), nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extend {
+    pub epochs: Option<u64>,
+    pub max_steps: Option<u64>,
+}
+
+/// Reopens the run in `dir` and continues it from its latest intact
+/// checkpoint. A run that diverged is refused; a completed run only when
+/// `extend` asks for more steps than it took (the new totals are saved in its
+/// `config.toml` and logged as an `extend` event).
+pub fn resume(dir: &Path, extend: Extend) -> Result<Trainer<Model>, TrainError> {
+    let (run, mut config) = RunDir::open(dir)?;
+    let ended = run_dir::read_summary(dir)?;
+    if let Some(Summary {
+        status: Status::Diverged,
+        diverged,
+        steps,
+        ..
+    }) = &ended
+    {
+        return Err(TrainError::ResumeDiverged {
+            dir: dir.to_owned(),
+            step: diverged.as_ref().map_or(*steps, |d| d.step),
+        });
+    }
     let data = prepare_data(&config)?;
+    let spe = gradscope_data::batches_per_epoch(data.train.len(), config.batch_size) as u64;
+    let before = config.total_steps(spe);
+    let extended = extend != Extend::default();
+    if let Some(e) = extend.epochs {
+        config.epochs = e;
+    }
+    if extend.max_steps.is_some() {
+        config.max_steps = extend.max_steps;
+    }
+    config.validate()?;
+    let after = config.total_steps(spe);
+    if let Some(Summary {
+        status: Status::Completed,
+        steps,
+        ..
+    }) = &ended
+        && after <= *steps
+    {
+        return Err(TrainError::AlreadyCompleted {
+            dir: dir.to_owned(),
+            steps: *steps,
+        });
+    }
     let device = config.backend.device()?.autodiff();
-    let model = model_config(&config)?.init(&device)?;
+    let model = model_for_data(&config, &data)?.init(&device)?;
     let label = config.model.label();
-    Trainer::new(config, model, data, device, run, &label)?.resume()
+    let mut trainer = Trainer::new(config.clone(), model, data, device, run.clone(), &label)?.resume()?;
+    if extended {
+        let at = trainer.step();
+        if after <= at {
+            return Err(TrainError::Invalid(format!(
+                "--epochs/--max-steps give {after} steps in all, but the run resumes after step {at}: nothing would be trained"
+            )));
+        }
+        run.save_config(&config)?;
+        trainer.log_event(
+            "extend",
+            serde_json::json!({ "total_steps_before": before, "total_steps": after }),
+        )?;
+    }
+    Ok(trainer)
 }

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::files::json_float;
+
 /// One logged step. Train columns average the steps since the previous row;
 /// test columns are empty where the step was not evaluated.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -49,7 +51,11 @@ pub enum Status {
     Running,
     Completed,
     Diverged,
+    /// Stopped (Ctrl-C, SIGTERM, or an error such as a full disk) after a
+    /// checkpoint: `gradscope train --resume` continues it.
     Interrupted,
+    /// Stopped by an error before any checkpoint: nothing to resume.
+    Failed,
 }
 
 /// Where and how a run diverged.
@@ -70,14 +76,23 @@ pub struct Summary {
     pub steps: u64,
     pub epochs: f64,
     pub wall_s: f64,
+    #[serde(default, with = "json_float::option")]
     pub samples_per_s: Option<f64>,
+    #[serde(default, with = "json_float::option")]
     pub final_train_loss: Option<f64>,
+    #[serde(default, with = "json_float::option")]
     pub final_test_loss: Option<f64>,
+    #[serde(default, with = "json_float::option")]
     pub final_test_acc: Option<f64>,
+    #[serde(default, with = "json_float::option")]
     pub best_test_acc: Option<f64>,
     pub best_test_acc_step: Option<u64>,
+    #[serde(default, with = "json_float::option")]
     pub initial_test_loss: Option<f64>,
     pub diverged: Option<Divergence>,
+    /// The error that stopped an `interrupted` or `failed` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub gradscope_version: String,
     pub burn_version: String,
     pub git_commit: Option<String>,

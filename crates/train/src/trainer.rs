@@ -18,7 +18,7 @@ use crate::config::TrainConfig;
 use crate::files::{FileError, LineLog, write_atomic};
 use crate::metrics::{Divergence, MetricsRow, Status, StepTimes, Summary};
 use crate::optim::build_optimizer;
-use crate::run_dir::{RunDir, event};
+use crate::run_dir::{EVENTS_FILE, METRICS_FILE, RunDir, SUMMARY_FILE, event};
 
 /// Where the loop is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,6 +80,9 @@ pub enum Control {
     Continue,
     /// Stop the run as diverged, for this reason.
     Diverged(String),
+    /// The observer cannot go on (e.g. it could not write its records): stop
+    /// the run with this error, as `interrupted` if a checkpoint exists.
+    Failed(String),
 }
 
 /// Hooks into the loop. Every method has a do-nothing default.
@@ -102,6 +105,12 @@ pub trait Observer<M> {
         Control::Continue
     }
     fn on_log(&mut self, _row: &MetricsRow) {}
+    /// Called before a checkpoint is saved: an observer that writes files
+    /// asynchronously finishes what belongs to the steps before it, so that a
+    /// resume from this checkpoint finds them complete.
+    fn before_checkpoint(&mut self) -> Control {
+        Control::Continue
+    }
     /// Called once at the end, whatever the status; may add fields to the summary.
     fn on_finish(&mut self, _summary: &mut Summary) -> Result<(), TrainError> {
         Ok(())
@@ -145,6 +154,10 @@ pub struct Trainer<M: Network + 'static> {
     events: LineLog,
     summary: Summary,
     resumed_at: Option<u64>,
+    /// The step of the newest checkpoint, once there is one.
+    checkpointed: Option<u64>,
+    /// Newer checkpoints passed over on resume, and why.
+    resume_notes: Vec<String>,
     step_times: StepTimes,
 }
 
@@ -160,13 +173,13 @@ impl<M: Network + 'static> Trainer<M> {
         label: &str,
     ) -> Result<Self, TrainError> {
         let optim = build_optimizer(&config);
-        let metrics_path = run.path("metrics.csv");
+        let metrics_path = run.path(METRICS_FILE);
         let fresh = !metrics_path.exists();
         let mut metrics = LineLog::append(&metrics_path)?;
         if fresh {
             metrics.line(MetricsRow::HEADER)?;
         }
-        let events = LineLog::append(&run.path("events.jsonl"))?;
+        let events = LineLog::append(&run.path(EVENTS_FILE))?;
         let summary = Summary {
             status: Status::Running,
             model: label.to_owned(),
@@ -184,6 +197,7 @@ impl<M: Network + 'static> Trainer<M> {
             best_test_acc_step: None,
             initial_test_loss: None,
             diverged: None,
+            error: None,
             gradscope_version: env!("CARGO_PKG_VERSION").into(),
             burn_version: env!("GRADSCOPE_BURN_VERSION").into(),
             git_commit: Some(env!("GRADSCOPE_GIT_COMMIT").to_owned()).filter(|c| !c.is_empty()),
@@ -207,15 +221,19 @@ impl<M: Network + 'static> Trainer<M> {
             events,
             summary,
             resumed_at: None,
+            checkpointed: None,
+            resume_notes: Vec::new(),
             step_times: StepTimes::default(),
         })
     }
 
-    /// Continues from the run directory's latest checkpoint: model, optimiser
-    /// state and data position are restored, and metrics rows logged after the
-    /// checkpoint (by the run that was killed) are dropped.
+    /// Continues from the run directory's latest intact checkpoint: model,
+    /// optimiser state and data position are restored, and every log is cut
+    /// back to the checkpoint (rows the killed run wrote after it would
+    /// otherwise appear twice).
     pub fn resume(mut self) -> Result<Self, TrainError> {
-        let (dir, state) = checkpoint::latest(&self.run)?;
+        let found = checkpoint::latest(self.run.dir())?;
+        let (dir, state) = (found.dir, found.state);
         let model_path = dir.join(checkpoint::MODEL_FILE);
         let model = self.model.take().expect(HELD).try_load_file(&model_path);
         self.model = Some(model.map_err(|e| TrainError::Checkpoint {
@@ -227,18 +245,39 @@ impl<M: Network + 'static> Trainer<M> {
             path: optim_path.clone(),
             reason: e.to_string(),
         })?;
-        crate::files::truncate_lines(&self.run.path("metrics.csv"), state.metrics_lines)?;
-        self.metrics = LineLog::append(&self.run.path("metrics.csv"))?;
+        self.run.rewind(state.step, state.metrics_lines)?;
+        self.metrics = LineLog::append(&self.run.path(METRICS_FILE))?;
         self.summary.best_test_acc = state.best_test_acc;
         self.summary.best_test_acc_step = state.best_test_acc_step;
         self.summary.initial_test_loss = state.initial_test_loss;
         self.resumed_at = Some(state.step);
+        self.checkpointed = Some(state.step);
+        for note in &found.rejected {
+            self.log_event("checkpoint_rejected", serde_json::json!({ "reason": note }))?;
+        }
+        self.resume_notes = found.rejected;
         self.events.line(&event(
             "resume",
             serde_json::json!({ "step": state.step, "checkpoint": dir.display().to_string() }),
         ))?;
         self.state = state;
         Ok(self)
+    }
+
+    /// Newer checkpoints that [`Self::resume`] passed over because they were
+    /// damaged, with the reason for each (also in `events.jsonl`).
+    pub fn resume_notes(&self) -> &[String] {
+        &self.resume_notes
+    }
+
+    /// Appends an event to the run's `events.jsonl`.
+    pub fn log_event(&mut self, name: &str, fields: serde_json::Value) -> Result<(), TrainError> {
+        Ok(self.events.line(&event(name, fields))?)
+    }
+
+    /// Optimiser steps taken so far (the checkpoint's, after a resume).
+    pub fn step(&self) -> u64 {
+        self.state.step
     }
 
     /// Adds an observer.
@@ -266,8 +305,7 @@ impl<M: Network + 'static> Trainer<M> {
     }
 
     fn total_steps(&self) -> u64 {
-        let full = self.steps_per_epoch() * self.config.epochs;
-        self.config.max_steps.map_or(full, |m| m.min(full))
+        self.config.total_steps(self.steps_per_epoch())
     }
 
     /// Runs to the end (or to divergence or interruption) and returns the summary,
@@ -294,7 +332,14 @@ impl<M: Network + 'static> Trainer<M> {
         let status = match self.train_loop(&run_info) {
             Ok(status) => status,
             Err(e) => {
-                self.summary.status = Status::Interrupted;
+                // Resumable only from a checkpoint; the disk may be full, so
+                // the summary is written if it can be.
+                self.summary.status = if self.checkpointed.is_some() {
+                    Status::Interrupted
+                } else {
+                    Status::Failed
+                };
+                self.summary.error = Some(e.to_string());
                 let _ = self.finish();
                 return Err(e);
             }
@@ -333,8 +378,15 @@ impl<M: Network + 'static> Trainer<M> {
                 }
                 if self.stop.load(Ordering::SeqCst) {
                     self.state.wall_s = wall_offset + started.elapsed().as_secs_f64();
-                    self.flush(&mut window, false)?;
-                    self.save_checkpoint()?;
+                    // Steps since the last row, if any (else that row already says it all).
+                    if !window.losses.is_empty()
+                        && let Some((at, cause)) = self.flush(&mut window, false)?
+                    {
+                        return self.diverge(at, cause);
+                    }
+                    if let Some((at, cause)) = self.save_checkpoint()? {
+                        return self.diverge(at, cause);
+                    }
                     self.events
                         .line(&event("interrupted", serde_json::json!({ "step": self.state.step })))?;
                     return Ok(Status::Interrupted);
@@ -359,14 +411,20 @@ impl<M: Network + 'static> Trainer<M> {
             if self.state.batch_in_epoch == spe {
                 self.state.epoch += 1;
                 self.state.batch_in_epoch = 0;
-                self.save_checkpoint()?;
+                if let Some((at, cause)) = self.save_checkpoint()? {
+                    return self.diverge(at, cause);
+                }
             }
             if self.state.step >= run.total_steps {
-                if self.state.batch_in_epoch != 0 {
-                    self.save_checkpoint()?;
-                }
                 break;
             }
+        }
+        // The final state (also after 0 steps: the initial weights) can be
+        // exported or extended.
+        if self.checkpointed != Some(self.state.step)
+            && let Some((at, cause)) = self.save_checkpoint()?
+        {
+            return self.diverge(at, cause);
         }
         Ok(Status::Completed)
     }
@@ -418,6 +476,7 @@ impl<M: Network + 'static> Trainer<M> {
             grads = clip_global_norm(model, grads, max_norm);
         }
         let mut diverged = None;
+        let mut failed = None;
         {
             let view = BackwardView {
                 info: &info,
@@ -428,20 +487,38 @@ impl<M: Network + 'static> Trainer<M> {
                 traces: traces.as_deref(),
             };
             for o in &mut self.observers {
-                if let Control::Diverged(cause) = o.after_backward(&view) {
-                    diverged.get_or_insert(cause);
+                match o.after_backward(&view) {
+                    Control::Continue => {}
+                    Control::Diverged(cause) => {
+                        diverged.get_or_insert(cause);
+                    }
+                    Control::Failed(error) => {
+                        failed.get_or_insert(error);
+                    }
                 }
             }
         }
         if diverged.is_some() {
             return Ok(diverged);
         }
+        if let Some(error) = failed {
+            return Err(TrainError::Observer(error));
+        }
         let model = self.model.take().expect(HELD);
         let model = self.model.insert(self.optim.step(info.lr, model, grads));
         for o in &mut self.observers {
-            if let Control::Diverged(cause) = o.after_step(&info, model) {
-                diverged.get_or_insert(cause);
+            match o.after_step(&info, model) {
+                Control::Continue => {}
+                Control::Diverged(cause) => {
+                    diverged.get_or_insert(cause);
+                }
+                Control::Failed(error) => {
+                    failed.get_or_insert(error);
+                }
             }
+        }
+        if let Some(error) = failed {
+            return Err(TrainError::Observer(error));
         }
         window.losses.push(loss.inner().reshape([1]));
         window.correct.push(correct.reshape([1]));
@@ -536,13 +613,25 @@ impl<M: Network + 'static> Trainer<M> {
         )
     }
 
-    fn save_checkpoint(&mut self) -> Result<(), TrainError> {
+    /// Saves a checkpoint once every observer has finished with the steps
+    /// before it; returns instead the step and cause of a divergence that an
+    /// observer found while finishing.
+    fn save_checkpoint(&mut self) -> Result<Option<(u64, String)>, TrainError> {
+        let last = self.state.step.saturating_sub(1);
+        for o in &mut self.observers {
+            match o.before_checkpoint() {
+                Control::Continue => {}
+                Control::Diverged(cause) => return Ok(Some((last, cause))),
+                Control::Failed(error) => return Err(TrainError::Observer(error)),
+            }
+        }
         let dir = checkpoint::save(&self.run, self.model(), &self.optim, &self.state, &self.summary)?;
+        self.checkpointed = Some(self.state.step);
         self.events.line(&event(
             "checkpoint",
             serde_json::json!({ "step": self.state.step, "dir": dir.display().to_string() }),
         ))?;
-        Ok(())
+        Ok(None)
     }
 
     fn diverge(&mut self, step: u64, cause: String) -> Result<Status, TrainError> {
@@ -566,7 +655,7 @@ impl<M: Network + 'static> Trainer<M> {
             o.on_finish(&mut self.summary)?;
         }
         let json = serde_json::to_string_pretty(&self.summary).expect("summary serialises");
-        write_atomic(&self.run.path("summary.json"), json.as_bytes())?;
+        write_atomic(&self.run.path(SUMMARY_FILE), json.as_bytes())?;
         self.events.line(&event(
             "end",
             serde_json::json!({ "status": self.summary.status, "step": self.state.step }),
