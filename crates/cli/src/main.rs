@@ -52,6 +52,9 @@ fn main() {
     // reported like a full disk, instead of the signal killing the process mid-write.
     // SAFETY: called before any other thread exists; SIG_IGN is a valid disposition.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // `gradscope ... | head` ends quietly when the reader goes, as Unix tools do.
+    // SAFETY: as above; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab_cmd::run(args),

@@ -134,6 +134,10 @@ pub fn render(ins: &Inspection) -> String {
         for n in &v.notes {
             out.push_str(&format!("- note: {n}\n"));
         }
+        if let Some(a) = &v.attenuation {
+            out.push_str(&a.describe());
+            out.push('\n');
+        }
         if let Some(l) = v.initial_loss {
             out.push_str(&format!(
                 "initial loss {l:.4} (uniform prediction: ln {} = {:.4})\n",

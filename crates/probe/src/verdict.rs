@@ -149,6 +149,80 @@ pub struct AuditRow {
     pub measured_gain: Option<f64>,
 }
 
+/// How much the back-propagated signal shrinks (or grows) per layer on its way
+/// to the input: the measurement behind "each sigmoid layer multiplies the
+/// gradient by sigmoid'(x) <= 0.25".
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attenuation {
+    /// Main-path layers the factor spans (the head excluded).
+    pub layers: usize,
+    /// Geometric mean of the signal-RMS ratios of neighbouring layers (toward
+    /// the input) at the first probe step: `(first / last)^(1 / (layers - 1))`.
+    #[serde(with = "json_float")]
+    pub per_layer: f64,
+    /// The same factor, median over every probe step of the run.
+    #[serde(with = "json_float")]
+    pub per_layer_median: f64,
+    /// The activations' own share at the first probe step: `||f'(a) * g|| / ||g||`
+    /// at each layer, geometric mean over the layers.
+    #[serde(default, with = "json_float::option")]
+    pub through_activation: Option<f64>,
+    /// The largest value f' takes (0.25 for sigmoid), which bounds `through_activation`.
+    #[serde(default, with = "json_float::option")]
+    pub derivative_bound: Option<f64>,
+}
+
+impl Attenuation {
+    /// One line for people: the factor beside its bound.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "signal per layer toward the input: x{} at the first probe step, x{} median over the run ({} layers)",
+            num(self.per_layer),
+            num(self.per_layer_median),
+            self.layers
+        );
+        if let Some(a) = self.through_activation {
+            text.push_str(&format!("; through the activation alone x{}", num(a)));
+            if let Some(b) = self.derivative_bound {
+                text.push_str(&format!(" (bound: f' <= {})", num(b)));
+            }
+        }
+        text
+    }
+}
+
+/// The per-layer attenuation of `records` over the main path `profile`.
+fn attenuation(points: &[ProbePoint], records: &[ProbeRecord], profile: &[usize]) -> Option<Attenuation> {
+    let (&lo, &hi) = (profile.first()?, profile.last()?);
+    if profile.len() < 2 {
+        return None;
+    }
+    let per_layer = |r: &ProbeRecord| {
+        let f = (r.get(lo, "signal_rms")? / r.get(hi, "signal_rms")?).powf(1.0 / (profile.len() - 1) as f64);
+        f.is_finite().then_some(f)
+    };
+    let first = records.first()?;
+    let mut all: Vec<f64> = records.iter().filter_map(per_layer).collect();
+    all.sort_by(f64::total_cmp);
+    let through: Vec<f64> = profile
+        .iter()
+        .filter_map(|&i| Some(first.get(i, "preact_signal_l2")? / first.get(i, "signal_l2")?))
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    let bound = profile
+        .iter()
+        .filter_map(|&i| points[i].activation.map(|a| a.max_derivative()))
+        .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
+    Some(Attenuation {
+        layers: profile.len(),
+        per_layer: per_layer(first)?,
+        per_layer_median: *all.get(all.len() / 2)?,
+        through_activation: (!through.is_empty())
+            .then(|| (through.iter().map(|x| x.ln()).sum::<f64>() / through.len() as f64).exp()),
+        derivative_bound: bound,
+    })
+}
+
 /// Everything the probe concludes about a run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdicts {
@@ -156,6 +230,9 @@ pub struct Verdicts {
     pub alerts: Vec<Alert>,
     pub notes: Vec<String>,
     pub audit: Vec<AuditRow>,
+    /// Per-layer change of the back-propagated signal, beside its bound.
+    #[serde(default)]
+    pub attenuation: Option<Attenuation>,
     /// Loss at the first probe step beside ln(classes), its value for uniform predictions.
     #[serde(default, with = "json_float::option")]
     pub initial_loss: Option<f64>,
@@ -572,6 +649,7 @@ pub fn judge(
         alerts,
         notes,
         audit: audit(points, records.first(), &profile),
+        attenuation: attenuation(points, records, &profile),
         initial_loss,
         uniform_loss,
     }
@@ -686,6 +764,34 @@ mod tests {
         let past = judge(&points, &records(&points, 20, |_| 2.3, signal(g * 0.99, 10)), 10, None);
         assert!(!rules(&at).contains(&Rule::Vanishing), "{:?}", at.alerts);
         assert!(rules(&past).contains(&Rule::Vanishing));
+    }
+
+    #[test]
+    fn attenuation_is_the_geometric_mean_per_layer() {
+        let points = net(10, Activation::Sigmoid);
+        // 0.25 per layer in signal, the activation passing 0.2 of it at every layer.
+        let recs = records(
+            &points,
+            5,
+            |_| 2.3,
+            |step, i| {
+                let s = f64::powi(0.25 + 0.01 * step as f64, (10 - i) as i32);
+                vec![("signal_rms", s), ("signal_l2", 4.0 * s), ("preact_signal_l2", 0.8 * s)]
+            },
+        );
+        let a = judge(&points, &recs, 10, None).attenuation.unwrap();
+        assert_eq!(a.layers, 10);
+        assert!((a.per_layer - 0.25).abs() < 1e-12, "{}", a.per_layer);
+        assert!((a.per_layer_median - 0.27).abs() < 1e-12, "{}", a.per_layer_median);
+        assert!((a.through_activation.unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(a.derivative_bound, Some(0.25));
+        assert!(a.describe().contains("x0.250 at the first probe step") && a.describe().contains("f' <= 0.250"));
+        // One layer has no neighbour: no factor.
+        let one = net(1, Activation::Relu);
+        assert_eq!(
+            judge(&one, &records(&one, 3, |_| 2.3, signal(0.5, 1)), 10, None).attenuation,
+            None
+        );
     }
 
     #[test]
