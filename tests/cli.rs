@@ -525,8 +525,33 @@ fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
         "{evidence}"
     );
     assert!(stdout.contains("CONFIRMED"), "{stdout}");
+    // One section per claim, each with its verdict and only its own runs in its charts.
     let html = std::fs::read_to_string(out.join("report/report.html")).unwrap();
-    assert!(html.contains("<h2>Claims</h2>"));
+    assert_eq!(html.matches("<section id=").count(), 6, "one section per claim");
+    for c in claims {
+        let id = c["id"].as_str().unwrap();
+        let start = html.find(&format!("<section id=\"{id}\">")).unwrap();
+        let section = &html[start..start + html[start..].find("</section>").unwrap()];
+        assert!(
+            section.contains("CONFIRMED") && section.contains("What to look at"),
+            "{id}"
+        );
+        let runs = c["runs"].as_array().unwrap().len();
+        for chart in ["loss_train_step", "acc_test_step", "start_signal_rms"] {
+            let csv = std::fs::read_to_string(out.join(format!("report/{id}-{chart}.csv"))).unwrap();
+            let lines: std::collections::BTreeSet<&str> =
+                csv.lines().skip(1).map(|l| l.split("\",").next().unwrap()).collect();
+            assert!(
+                !lines.is_empty() && lines.len() <= runs,
+                "{id}-{chart}: {} lines for {runs} runs",
+                lines.len()
+            );
+            assert!(
+                section.contains(&format!("{id}-{chart}.csv")),
+                "{id}: {chart} drawn in its section"
+            );
+        }
+    }
 
     // A second run reuses every completed run.
     let again = gradscope()

@@ -203,25 +203,41 @@ pub fn run(args: LabArgs) -> Result<()> {
             dirs.push(j.dir.clone());
         }
     }
-    let mut report = gradscope_report::build(&dirs, gradscope_report::ReportOptions::default())?;
+    let mut report = gradscope_report::lab_report(&dirs, Vec::new())?;
     let mut results: Vec<ClaimResult> = Vec::new();
     for claim in &suite.claims {
+        // The claim's runs by role, in the order its kind names them.
+        let mut roles: Vec<&str> = claim.kind.roles().to_vec();
+        roles.extend(
+            claim
+                .roles
+                .keys()
+                .map(String::as_str)
+                .filter(|r| !claim.kind.roles().contains(r)),
+        );
         let mut by_role: BTreeMap<String, Vec<gradscope_report::RunData>> = BTreeMap::new();
-        for r in &report.runs {
-            if let Some(job) = jobs.iter().find(|j| j.dir == r.dir && j.claim == claim.id) {
-                by_role.entry(job.role.clone()).or_default().push(r.clone());
+        let mut ordered: Vec<(String, gradscope_report::RunData)> = Vec::new();
+        for role in roles {
+            for job in jobs.iter().filter(|j| j.claim == claim.id && j.role == role) {
+                if let Some(r) = report.runs.iter().find(|r| r.dir == job.dir) {
+                    by_role.entry(job.role.clone()).or_default().push(r.clone());
+                    ordered.push((job.role.clone(), r.clone()));
+                }
             }
         }
-        results.push(evaluate(claim, &by_role));
+        let result = evaluate(claim, &by_role);
+        report
+            .sections
+            .push(gradscope_report::claim_section(result.clone(), &ordered)?);
+        results.push(result);
     }
-    report.claims = results.clone();
     let html = report.write(&args.out.join("report"))?;
     let json = serde_json::to_string_pretty(&serde_json::json!({ "suite": suite.name, "claims": results }))?;
     gradscope_train::files::write_atomic(&args.out.join("claims.json"), json.as_bytes())?;
     println!(
         "{} ({} runs, {:.0} s)\n",
         suite.name,
-        jobs.len(),
+        dirs.len(),
         started.elapsed().as_secs_f64()
     );
     for c in &results {

@@ -159,8 +159,32 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> String {
 fn line_chart(title: &str, x_desc: &str, y_desc: &str, lines: &[Line], log_y: bool) -> Result<String, String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (860, 480)).into_drawing_area();
+        // The legend goes below the plot, never over the lines: one or two
+        // columns, as many rows as it needs.
+        let columns = if lines.iter().all(|l| l.label.chars().count() <= 52) {
+            2
+        } else {
+            1
+        };
+        let legend_h = if lines.is_empty() {
+            0
+        } else {
+            12 + 20 * lines.len().div_ceil(columns) as u32
+        };
+        let root = SVGBackend::with_string(&mut svg, (860, 480 + legend_h)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
+        let (root, legend) = root.split_vertically(480);
+        for (i, l) in lines.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            let (col, row) = ((i % columns) as i32, (i / columns) as i32);
+            let (x, y) = (84 + col * 390, 6 + row * 20);
+            legend
+                .draw(&PathElement::new(vec![(x, y + 8), (x + 26, y + 8)], c.stroke_width(3)))
+                .map_err(draw_err)?;
+            legend
+                .draw(&Text::new(l.label.clone(), (x + 34, y), ("sans-serif", 14)))
+                .map_err(draw_err)?;
+        }
         let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.iter().copied()).collect();
         let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9);
         let x_min = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(x_max);
@@ -210,6 +234,7 @@ fn draw_lines(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .y_labels(8)
                 .x_label_formatter(&|v| tick(*v))
                 .y_label_formatter(&|v| if log_y { format!("{v:.0e}") } else { tick(*v) })
                 .draw()
@@ -226,17 +251,8 @@ fn draw_lines(
                 let pts: Vec<(f64, f64)> = l.points.iter().copied().filter(|p| !log_y || p.1 > 0.0).collect();
                 chart
                     .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-                    .map_err(draw_err)?
-                    .label(l.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                    .map_err(draw_err)?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()
-                .map_err(draw_err)?;
         }};
     }
     if log_y {
@@ -304,7 +320,11 @@ pub fn convergence(
     let span = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max) / ys.iter().copied().fold(f64::INFINITY, f64::min);
     let log_y = metric != Metric::TestAcc && span > 20.0;
     let compared = groups.iter().map(|g| g.0.as_str()).collect::<Vec<_>>().join(" vs ");
-    let title = format!("{}: {compared}", metric.axis());
+    // A title that fits the chart's width; the legend below names every line.
+    let title = match format!("{}: {compared}", metric.axis()) {
+        t if t.chars().count() <= 72 => t,
+        _ => metric.axis().to_owned(),
+    };
     Ok(Chart {
         name: format!(
             "{}_{}",
@@ -524,6 +544,81 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
         title,
         svg,
         csv,
+    })
+}
+
+/// Per-layer profile of `metric` at the first probe step, one line per group
+/// (mean over its seeds, with their spread as a band): how the signal
+/// changes with depth before training moves anything.
+pub fn start_profile(
+    runs: &[RunData],
+    groups: &[(String, Vec<usize>)],
+    metric: &str,
+    axis: &str,
+) -> Result<Chart, String> {
+    let lines: Vec<Line> = groups
+        .iter()
+        .map(|(label, idx)| {
+            let members: Vec<Vec<(f64, f64)>> = idx
+                .iter()
+                .filter_map(|&i| {
+                    let run = &runs[i];
+                    let rec = run.probe.first()?;
+                    Some(
+                        profile(run)
+                            .into_iter()
+                            .filter_map(|(x, p)| {
+                                rec.get(p, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v))
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            group_line(label, &members)
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    let title = format!("{axis} by depth at the first probe step (0 = input side)");
+    Ok(Chart {
+        name: format!("start_{metric}"),
+        svg: line_chart(&title, "relative depth", axis, &lines, true)?,
+        csv: csv_of(&lines, "relative_depth", metric),
+        title,
+    })
+}
+
+/// Mean share of dead (ReLU) or saturated (sigmoid/tanh) units over the
+/// main-path layers against steps, one line per group (mean over its seeds).
+pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Result<Chart, String> {
+    let share = |run: &RunData, metric: &str| -> Vec<(f64, f64)> {
+        let layers = profile(run);
+        run.probe
+            .iter()
+            .filter_map(|rec| {
+                let v: Vec<f64> = layers.iter().filter_map(|(_, i)| rec.get(*i, metric)).collect();
+                (!v.is_empty()).then(|| (rec.step as f64, 100.0 * v.iter().sum::<f64>() / v.len() as f64))
+            })
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for (label, idx) in groups {
+        for (metric, what) in [("dead_frac", "dead"), ("saturated_frac", "saturated")] {
+            let members: Vec<Vec<(f64, f64)>> = idx
+                .iter()
+                .map(|&i| share(&runs[i], metric))
+                .filter(|m| !m.is_empty())
+                .collect();
+            if !members.is_empty() {
+                lines.push(group_line(&format!("{label}: {what}"), &members));
+            }
+        }
+    }
+    let title = "% of units dead (ReLU: zero for every example) or saturated, mean over layers".to_owned();
+    Ok(Chart {
+        name: "regimes".into(),
+        svg: line_chart(&title, "optimiser step", "% of units", &lines, false)?,
+        csv: csv_of(&lines, "step", "percent"),
+        title,
     })
 }
 

@@ -47,8 +47,95 @@ fn inline_svg(svg: &str) -> &str {
     }
 }
 
+fn figure(c: &crate::Chart) -> String {
+    format!(
+        "<figure id=\"{}\">{}<figcaption>{} &mdash; data: <code>{}.csv</code></figcaption></figure>",
+        escape(&c.name),
+        inline_svg(&c.svg),
+        escape(&c.title),
+        escape(&c.name)
+    )
+}
+
+/// The lab's page: what every claim says and whether it held, on one screen,
+/// then one section per claim with its evidence, its runs and its charts.
+fn lab_body(report: &Report) -> String {
+    let mut body = String::from(
+        "<h1>gradscope lab</h1><p class=\"sub\">Each claim of the vanishing-gradient story, measured on its own runs and judged by a rule written before the runs (<code>crates/report/src/lab.rs</code>).</p>",
+    );
+    body.push_str("<table class=\"claims\"><thead><tr><th>#</th><th>claim</th><th>verdict</th><th>key number</th></tr></thead><tbody>");
+    for (k, s) in report.sections.iter().enumerate() {
+        let c = &s.result;
+        body.push_str(&format!(
+            "<tr><td>{}</td><td><a href=\"#{}\">{}</a></td><td class=\"{}\">{}</td><td>{}</td></tr>",
+            k + 1,
+            escape(&c.id),
+            escape(&c.title),
+            outcome_class(c.outcome),
+            outcome_word(c.outcome),
+            escape(&c.key)
+        ));
+    }
+    body.push_str("</tbody></table>");
+    for (k, s) in report.sections.iter().enumerate() {
+        let c = &s.result;
+        body.push_str(&format!(
+            "<section id=\"{}\"><h2>{}. {}</h2><p class=\"verdict {}\">{}</p><p class=\"look\"><b>What to look at:</b> {}.</p><ul>{}</ul>",
+            escape(&c.id),
+            k + 1,
+            escape(&c.title),
+            outcome_class(c.outcome),
+            outcome_word(c.outcome),
+            escape(c.kind.look_at()),
+            c.evidence
+                .iter()
+                .map(|e| format!("<li>{}</li>", escape(e)))
+                .collect::<String>()
+        ));
+        body.push_str("<details><summary>its runs</summary><table><thead><tr><th>role</th><th>seed</th><th>model</th><th>final test acc</th><th>probe verdict</th><th>run directory</th></tr></thead><tbody>");
+        for r in &s.runs {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"v-{}\">{}</td><td><code>{}</code></td></tr>",
+                escape(&r.role),
+                r.seed,
+                escape(&r.model),
+                pct(r.final_test_acc),
+                escape(&r.verdict),
+                escape(&r.verdict),
+                escape(&r.dir.display().to_string())
+            ));
+        }
+        body.push_str("</tbody></table></details>");
+        for chart in &s.charts {
+            body.push_str(&figure(chart));
+        }
+        body.push_str("</section>");
+    }
+    body
+}
+
+fn outcome_class(o: crate::lab::Outcome) -> &'static str {
+    match o {
+        crate::lab::Outcome::Confirmed => "v-healthy",
+        crate::lab::Outcome::NotConfirmed => "v-vanishing",
+    }
+}
+
+fn outcome_word(o: crate::lab::Outcome) -> &'static str {
+    match o {
+        crate::lab::Outcome::Confirmed => "CONFIRMED",
+        crate::lab::Outcome::NotConfirmed => "NOT CONFIRMED",
+    }
+}
+
 /// Renders the whole report as one HTML document.
 pub fn render(report: &Report) -> String {
+    if !report.sections.is_empty() {
+        let mut body = lab_body(report);
+        body.push_str("<h2>Configurations</h2>");
+        body.push_str(&configurations(report));
+        return page(&body);
+    }
     let names: Vec<String> = report.runs.iter().map(|r| escape(&r.label)).collect();
     let mut body = format!(
         "<h1>gradscope report</h1><p class=\"sub\">{} run(s): {}</p>",
@@ -62,35 +149,11 @@ pub fn render(report: &Report) -> String {
         }
         body.push_str("</ul></div>");
     }
-    if !report.claims.is_empty() {
-        body.push_str("<h2>Claims</h2><table><thead><tr><th>claim</th><th>measured verdict</th><th>evidence</th></tr></thead><tbody>");
-        for c in &report.claims {
-            let (class, word) = match c.outcome {
-                crate::lab::Outcome::Confirmed => ("healthy", "confirmed"),
-                crate::lab::Outcome::NotConfirmed => ("vanishing", "not confirmed"),
-            };
-            body.push_str(&format!(
-                "<tr><td>{}</td><td class=\"v-{class}\">{word}</td><td><ul>{}</ul></td></tr>",
-                escape(&c.title),
-                c.evidence
-                    .iter()
-                    .map(|e| format!("<li>{}</li>", escape(e)))
-                    .collect::<String>()
-            ));
-        }
-        body.push_str("</tbody></table>");
-    }
     body.push_str("<h2>Summary</h2>");
     body.push_str(&summary_table(&report.summary, report.options.target_acc));
     body.push_str("<h2>Charts</h2>");
     for c in &report.charts {
-        body.push_str(&format!(
-            "<figure id=\"{}\">{}<figcaption>{} &mdash; data: <code>{}.csv</code></figcaption></figure>",
-            escape(&c.name),
-            inline_svg(&c.svg),
-            escape(&c.title),
-            escape(&c.name)
-        ));
+        body.push_str(&figure(c));
     }
     body.push_str("<h2>Verdicts</h2>");
     for r in &report.runs {
@@ -123,15 +186,26 @@ pub fn render(report: &Report) -> String {
         }
     }
     body.push_str("<h2>Configurations</h2>");
+    body.push_str(&configurations(report));
+    page(&body)
+}
+
+/// Each run's configuration, folded.
+fn configurations(report: &Report) -> String {
+    let mut out = String::new();
     for r in &report.runs {
         let cfg = toml::to_string_pretty(&r.config).unwrap_or_default();
-        body.push_str(&format!(
+        out.push_str(&format!(
             "<details><summary>{} <code>{}</code></summary><pre>{}</pre></details>",
             escape(&r.label),
             escape(&r.dir.display().to_string()),
             escape(&cfg)
         ));
     }
+    out
+}
+
+fn page(body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradscope report</title><style>{}</style></head><body>{}</body></html>\n",
         STYLE, body
@@ -143,4 +217,5 @@ h1{margin-bottom:0}.sub{color:#555;margin-top:.3em}figure{margin:1.5em 0}figcapt
 table{border-collapse:collapse;width:100%;font-size:.92em}th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left}\
 th{background:#f4f4f4}.v-vanishing,.v-exploding{color:#b00020;font-weight:bold}.v-healthy{color:#006d3c;font-weight:bold}\
 .warn{background:#fff4e5;border:1px solid #f0b060;padding:.5em 1em;margin:1em 0}pre{background:#f7f7f7;padding:.8em;overflow:auto}\
-svg{max-width:100%;height:auto}";
+svg{max-width:100%;height:auto}section{border-top:2px solid #ccc;margin-top:2.5em}.verdict{font-size:1.2em}\
+.look{background:#eef5fb;padding:.5em .8em}table.claims td:nth-child(3){white-space:nowrap}";

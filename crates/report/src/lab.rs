@@ -58,6 +58,30 @@ pub enum ClaimKind {
 }
 
 impl ClaimKind {
+    /// What a reader should look at in the claim's charts.
+    pub fn look_at(self) -> &'static str {
+        match self {
+            ClaimKind::DeepVsShallow => {
+                "the depth profile: the deep net's signal falls by a constant factor per layer toward the input (a straight line on the log axis), the shallow net's barely falls; the loss chart: the deep net stays near ln 10 = 2.30"
+            }
+            ClaimKind::Cure => {
+                "the depth profile: the ReLU/He net's signal stays level across depth where the sigmoid net's falls; the loss chart: only the ReLU net learns"
+            }
+            ClaimKind::DeadUnits => {
+                "the units chart: most ReLU units are dead from the start and stay dead (no gradient reaches them); the accuracy chart: only the LeakyReLU net learns"
+            }
+            ClaimKind::Batchnorm => {
+                "the accuracy chart: both BatchNorm nets learn, whatever their initialisation; both plain sigmoid nets stay at chance"
+            }
+            ClaimKind::Skip => {
+                "the loss chart: the deep plain nets stay near ln 10 = 2.30 while the residual net of the same depth trains faster than the shallow one; the depth profile at the first step: with the residual net's initialisation but no skips the signal fades toward the input, with skips it stays level"
+            }
+            ClaimKind::Init => {
+                "the depth profile at step 0: with a small init the signal dies within a few layers, Xavier lets it fade, He keeps it level; the accuracy chart follows the same order"
+            }
+        }
+    }
+
     /// The roles a claim of this kind must define.
     pub fn roles(self) -> &'static [&'static str] {
         match self {
@@ -155,8 +179,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClaimResult {
     pub id: String,
+    pub kind: ClaimKind,
     pub title: String,
     pub outcome: Outcome,
+    /// The claim's one number a reader should remember.
+    pub key: String,
     pub evidence: Vec<String>,
     pub runs: Vec<String>,
 }
@@ -241,6 +268,7 @@ fn pct(x: f64) -> String {
 pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> ClaimResult {
     let role = |name: &str| -> Vec<&RunData> { by_role.get(name).map(|v| v.iter().collect()).unwrap_or_default() };
     let mut ev = Vec::new();
+    let mut key = String::new();
     let ok = match spec.kind {
         ClaimKind::DeepVsShallow => {
             let (deep, shallow) = (role("deep"), role("shallow"));
@@ -262,6 +290,15 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
                 .and_then(|v| v.attenuation.as_ref())
             {
                 ev.push(format!("deep net: {}", a.describe()));
+                key = format!(
+                    "signal x{:.2} per layer{}",
+                    a.per_layer,
+                    a.derivative_bound
+                        .map_or(String::new(), |b| format!(" (sigmoid' <= {b})"))
+                );
+            }
+            if key.is_empty() {
+                key = format!("accuracy: deep {}, shallow {}", pct(a_deep), pct(a_shallow));
             }
             ev.push(format!(
                 "final test accuracy: deep {}, shallow {}",
@@ -284,6 +321,7 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
                 pct(a_sick),
                 pct(a_cured)
             ));
+            key = format!("accuracy: sigmoid {}, ReLU + He {}", pct(a_sick), pct(a_cured));
             f_cured == 0 && f_sick > 0 && a_cured >= a_sick + 0.05
         }
         ClaimKind::DeadUnits => {
@@ -351,6 +389,12 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
                     mean(&gains) * 100.0
                 )
             });
+            key = format!(
+                "{} of ReLU units dead; accuracy ReLU {}, LeakyReLU {}",
+                pct(dead),
+                pct(accs(&relu)),
+                pct(accs(&leaky))
+            );
             dead > 0.1 && z_relu > z_leaky && every
         }
         ClaimKind::Batchnorm => {
@@ -364,6 +408,13 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
             ev.push(format!(
                 "trainable with BatchNorm: {trainable}; small init still trains with BatchNorm: {robust}"
             ));
+            key = format!(
+                "accuracy with BatchNorm {} / {}, without {} / {}",
+                pct(bx),
+                pct(bs),
+                pct(px),
+                pct(ps)
+            );
             trainable && robust
         }
         ClaimKind::Skip => {
@@ -407,6 +458,12 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
                 ));
                     dc > sp
                 };
+            key = format!(
+                "accuracy: shallow plain {}, deep plain {}, deep residual {}",
+                pct(accs(&role("shallow_plain"))),
+                pct(accs(&role("deep_plain"))),
+                pct(accs(&role("deep_residual")))
+            );
             dp > sp && dr <= dp && dr <= sp && share > 0.5 && control_degrades
         }
         ClaimKind::Init => {
@@ -422,13 +479,16 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
             ev.push(format!(
                 "first/last layer signal at step 0: small {rs:.1e}, Xavier {rx:.1e}, He {rh:.1e}"
             ));
+            key = format!("accuracy: small {}, Xavier {}, He {}", pct(s), pct(x), pct(h));
             s < x.min(h) && rs < rx.min(rh) && h >= x - 0.02
         }
     };
     ClaimResult {
         id: spec.id.clone(),
+        kind: spec.kind,
         title: spec.title.clone(),
         outcome: if ok { Outcome::Confirmed } else { Outcome::NotConfirmed },
+        key,
         evidence: ev,
         runs: by_role
             .values()

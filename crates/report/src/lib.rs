@@ -60,8 +60,103 @@ pub struct Report {
     pub summary: Vec<SummaryRow>,
     pub warnings: Vec<String>,
     pub options: ReportOptions,
-    /// Judged claims (set by the lab), shown first in `report.html`.
-    pub claims: Vec<lab::ClaimResult>,
+    /// The lab's judged claims, each with the charts of its own runs: a lab
+    /// report shows these instead of charts of every run together.
+    pub sections: Vec<ClaimSection>,
+}
+
+/// One claim of a lab report: its verdict and evidence, its runs (role and
+/// seed), and charts drawn from those runs only, one colour per role.
+pub struct ClaimSection {
+    pub result: lab::ClaimResult,
+    pub runs: Vec<SectionRun>,
+    pub charts: Vec<Chart>,
+}
+
+/// A run as a claim section lists it.
+pub struct SectionRun {
+    pub role: String,
+    pub seed: u64,
+    pub model: String,
+    pub dir: PathBuf,
+    pub final_test_acc: Option<f64>,
+    pub verdict: String,
+}
+
+/// Draws a claim's section from its runs, given with their role names.
+pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Result<ClaimSection, ReportError> {
+    let data: Vec<RunData> = runs
+        .iter()
+        .map(|(role, r)| {
+            let mut r = r.clone();
+            r.label = format!("{} ({})", role.replace('_', " "), r.config.model.label());
+            r
+        })
+        .collect();
+    let groups = label::groups(&data);
+    let mut charts = Vec::new();
+    for m in [Metric::TrainLoss, Metric::TestAcc] {
+        charts.push(charts::convergence(&data, &groups, m, XAxis::Step, 1).map_err(ReportError::Draw)?);
+    }
+    if data.iter().any(|r| !r.probe.is_empty()) {
+        charts.push(
+            charts::start_profile(&data, &groups, "signal_rms", "back-propagated signal RMS |dL/dh|")
+                .map_err(ReportError::Draw)?,
+        );
+        if result.kind == lab::ClaimKind::DeadUnits {
+            charts.push(charts::regimes_by_group(&data, &groups).map_err(ReportError::Draw)?);
+        }
+    }
+    for c in &mut charts {
+        c.name = format!("{}-{}", result.id, c.name);
+    }
+    let runs = runs
+        .iter()
+        .map(|(role, r)| SectionRun {
+            role: role.replace('_', " "),
+            seed: r.config.seed,
+            model: r.config.model.label(),
+            dir: r.dir.clone(),
+            final_test_acc: r.metrics.iter().rev().find_map(|m| m.test_acc),
+            verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.to_string()),
+        })
+        .collect();
+    Ok(ClaimSection { result, runs, charts })
+}
+
+/// A lab report: a summary of every claim, then one section per claim.
+pub fn lab_report(dirs: &[PathBuf], sections: Vec<ClaimSection>) -> Result<Report, ReportError> {
+    let (mut runs, warnings) = load_runs(dirs)?;
+    label::assign_labels(&mut runs);
+    let options = ReportOptions::default();
+    let summary = summary_rows(&runs, options.target_acc);
+    Ok(Report {
+        runs,
+        charts: Vec::new(),
+        summary,
+        warnings,
+        options,
+        sections,
+    })
+}
+
+/// Loads the runs, skipping unusable ones with a warning.
+fn load_runs(dirs: &[PathBuf]) -> Result<(Vec<RunData>, Vec<String>), ReportError> {
+    let mut warnings = Vec::new();
+    let mut runs = Vec::new();
+    for d in dirs {
+        match load_run(d, &mut warnings) {
+            Ok(r) => runs.push(r),
+            Err(e) => warnings.push(format!("skipped {}: {e}", d.display())),
+        }
+    }
+    if runs.is_empty() {
+        return Err(ReportError::NothingUsable {
+            given: dirs.len(),
+            warnings,
+        });
+    }
+    Ok((runs, warnings))
 }
 
 /// Marks a directory as a gradscope report, which a later report may replace.
@@ -86,20 +181,7 @@ fn may_write_into(dir: &Path) -> std::io::Result<bool> {
 
 /// Loads the runs (skipping unusable ones with a warning) and draws every chart.
 pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportError> {
-    let mut warnings = Vec::new();
-    let mut runs = Vec::new();
-    for d in dirs {
-        match load_run(d, &mut warnings) {
-            Ok(r) => runs.push(r),
-            Err(e) => warnings.push(format!("skipped {}: {e}", d.display())),
-        }
-    }
-    if runs.is_empty() {
-        return Err(ReportError::NothingUsable {
-            given: dirs.len(),
-            warnings,
-        });
-    }
+    let (mut runs, warnings) = load_runs(dirs)?;
     label::assign_labels(&mut runs);
     let groups = label::groups(&runs);
     let mut charts = Vec::new();
@@ -124,7 +206,7 @@ pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportE
         summary,
         warnings,
         options,
-        claims: Vec::new(),
+        sections: Vec::new(),
     })
 }
 
@@ -154,7 +236,7 @@ impl Report {
             REPORT_MARKER.into(),
             "written by gradscope; a report here may be replaced by the next one\n",
         )?;
-        for c in &self.charts {
+        for c in self.charts.iter().chain(self.sections.iter().flat_map(|s| &s.charts)) {
             write(format!("{}.svg", c.name), &c.svg)?;
             write(format!("{}.csv", c.name), &c.csv)?;
         }
