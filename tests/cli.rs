@@ -560,6 +560,15 @@ fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
         .unwrap();
     assert!(again.status.success());
     let log = String::from_utf8_lossy(&again.stderr);
+    // A run of another configuration where a job's run belongs is never reused nor overwritten.
+    let foreign = out.join("initialisation/small-s0");
+    let config = foreign.join("config.toml");
+    let mine = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, mine.replace("lr = 0.1", "lr = 0.2")).unwrap();
+    let (_, err) = run_err(&["lab", "--quick", "--quiet", "--out", o]);
+    assert!(err.contains("small-s0 holds a run of another configuration"), "{err}");
+    std::fs::write(&config, &mine).unwrap();
+
     // 17 jobs of 6 claims, 3 of them shared between claims: 14 runs, all reused.
     assert_eq!(log.matches("reused").count(), 17, "{log}");
 

@@ -103,6 +103,16 @@ fn command_line(job: &Job) -> Result<String> {
 
 /// Runs one job, or reuses/resumes what a previous lab left in its directory.
 fn run_job(job: &Job) -> Result<&'static str> {
+    // What a previous lab left here is reused only if it is this very run.
+    if job.dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
+        let saved = gradscope_train::run_dir::read_config(&job.dir)?;
+        if saved != job.config {
+            bail!(
+                "{} holds a run of another configuration (from another suite or version); move it away or choose another --out",
+                job.dir.display()
+            );
+        }
+    }
     let summary = job.dir.join("summary.json");
     if let Ok(text) = std::fs::read_to_string(&summary) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
