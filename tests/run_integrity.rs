@@ -341,7 +341,23 @@ fn compare_never_writes_over_a_users_files() {
     // A report gradscope wrote is brought up to date in place.
     let ours = tmp.path().join("ours");
     run_ok(&["compare", run.to_str().unwrap(), "--out", ours.to_str().unwrap()]);
-    run_ok(&["compare", run.to_str().unwrap(), "--out", ours.to_str().unwrap()]);
+    let seed2 = tmp.path().join("seed2");
+    train_ok(&["--max-steps", "5", "--seed", "2"], &seed2);
+    run_ok(&[
+        "compare",
+        run.to_str().unwrap(),
+        seed2.to_str().unwrap(),
+        "--out",
+        ours.to_str().unwrap(),
+    ]);
+    // Two seeds share a label; every CSV row still names its run.
+    let csv = std::fs::read_to_string(ours.join("spectrogram_grad_l2.csv")).unwrap();
+    let mut keys = std::collections::HashSet::new();
+    for line in csv.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        assert!(keys.insert(cols[1..4].join(",")), "duplicate row for {line}");
+    }
+    assert!(csv.contains("seed2") && keys.len() > 2, "{csv}");
 }
 
 #[test]

@@ -458,7 +458,8 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
     let panel_h = 260u32;
     let height = 60 + panel_h * runs.len().max(1) as u32 + 40;
     let mut svg = String::new();
-    let mut csv = format!("run,layer,step,log10_{metric}\n");
+    // `dir` tells apart runs that share a label (seeds of one configuration).
+    let mut csv = format!("run,dir,layer,step,log10_{metric}\n");
     let title = format!(
         "{what}: log10 per layer (rows, input at the bottom) and step (columns), shared colour scale {lo}..{hi}"
     );
@@ -507,7 +508,13 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
                         continue;
                     };
                     let l = v.log10();
-                    csv.push_str(&format!("\"{}\",{},{},{l}\n", run.label, run.points[i].name, rec.step));
+                    csv.push_str(&format!(
+                        "\"{}\",\"{}\",{},{},{l}\n",
+                        run.label,
+                        run.dir.display(),
+                        run.points[i].name,
+                        rec.step
+                    ));
                     let (x, y) = (col as f64, row as f64);
                     cells.push(Rectangle::new(
                         [(x, y), (x + 1.0, y + 1.0)],
