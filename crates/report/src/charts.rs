@@ -293,6 +293,27 @@ fn csv_of(lines: &[Line], x: &str, y: &str) -> String {
     out
 }
 
+/// One line per group of runs (mean over its seeds, their spread as a band),
+/// from each run's series; runs without one are left out, empty groups too.
+fn group_lines(
+    runs: &[RunData],
+    groups: &[(String, Vec<usize>)],
+    series: impl Fn(&RunData) -> Option<Vec<(f64, f64)>>,
+) -> Vec<Line> {
+    groups
+        .iter()
+        .map(|(label, idx)| {
+            let members: Vec<Vec<(f64, f64)>> = idx
+                .iter()
+                .filter_map(|&i| series(&runs[i]))
+                .filter(|m| !m.is_empty())
+                .collect();
+            group_line(label, &members)
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect()
+}
+
 /// Convergence overlay of one metric for every run, seed groups as mean + band.
 pub fn convergence(
     runs: &[RunData],
@@ -301,17 +322,7 @@ pub fn convergence(
     x: XAxis,
     smooth: usize,
 ) -> Result<Chart, String> {
-    let lines: Vec<Line> = groups
-        .iter()
-        .map(|(label, idx)| {
-            let members: Vec<Vec<(f64, f64)>> = idx
-                .iter()
-                .map(|&i| moving_average(&series(&runs[i], metric, x), smooth))
-                .collect();
-            group_line(label, &members)
-        })
-        .filter(|l| !l.points.is_empty())
-        .collect();
+    let lines = group_lines(runs, groups, |r| Some(moving_average(&series(r, metric, x), smooth)));
     let ys: Vec<f64> = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
@@ -563,28 +574,15 @@ pub fn start_profile(
     metric: &str,
     axis: &str,
 ) -> Result<Chart, String> {
-    let lines: Vec<Line> = groups
-        .iter()
-        .map(|(label, idx)| {
-            let members: Vec<Vec<(f64, f64)>> = idx
-                .iter()
-                .filter_map(|&i| {
-                    let run = &runs[i];
-                    let rec = run.probe.first()?;
-                    Some(
-                        profile(run)
-                            .into_iter()
-                            .filter_map(|(x, p)| {
-                                rec.get(p, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v))
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
-            group_line(label, &members)
-        })
-        .filter(|l| !l.points.is_empty())
-        .collect();
+    let lines = group_lines(runs, groups, |run| {
+        let rec = run.probe.first()?;
+        Some(
+            profile(run)
+                .into_iter()
+                .filter_map(|(x, p)| rec.get(p, metric).filter(|v| v.is_finite() && *v > 0.0).map(|v| (x, v)))
+                .collect(),
+        )
+    });
     let title = format!("{axis} by depth at the first probe step (0 = input side)");
     Ok(Chart {
         name: format!("start_{metric}"),
@@ -608,17 +606,12 @@ pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Re
             .collect()
     };
     let mut lines = Vec::new();
-    for (label, idx) in groups {
-        for (metric, what) in [("dead_frac", "dead"), ("saturated_frac", "saturated")] {
-            let members: Vec<Vec<(f64, f64)>> = idx
-                .iter()
-                .map(|&i| share(&runs[i], metric))
-                .filter(|m| !m.is_empty())
-                .collect();
-            if !members.is_empty() {
-                lines.push(group_line(&format!("{label}: {what}"), &members));
-            }
-        }
+    for (metric, what) in [("dead_frac", "dead"), ("saturated_frac", "saturated")] {
+        let named: Vec<(String, Vec<usize>)> = groups
+            .iter()
+            .map(|(l, idx)| (format!("{l}: {what}"), idx.clone()))
+            .collect();
+        lines.extend(group_lines(runs, &named, |r| Some(share(r, metric))));
     }
     let title = "% of units dead (ReLU: zero for every example) or saturated, mean over layers".to_owned();
     Ok(Chart {
