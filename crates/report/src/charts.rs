@@ -157,6 +157,19 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> String {
 
 /// Draws lines on one chart; `log_y` for values spanning decades.
 fn line_chart(title: &str, x_desc: &str, y_desc: &str, lines: &[Line], log_y: bool) -> Result<String, String> {
+    line_chart_in(title, x_desc, y_desc, lines, log_y, None)
+}
+
+/// [`line_chart`] with a fixed y range (e.g. 0-100 for percentages, so that a
+/// flat line does not look like wild swings).
+fn line_chart_in(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+    log_y: bool,
+    y_range: Option<(f64, f64)>,
+) -> Result<String, String> {
     let mut svg = String::new();
     {
         // The legend goes below the plot, never over the lines: one or two
@@ -191,10 +204,10 @@ fn line_chart(title: &str, x_desc: &str, y_desc: &str, lines: &[Line], log_y: bo
         let pos: Vec<f64> = all.iter().map(|p| p.1).filter(|y| !log_y || *y > 0.0).collect();
         let y_min = pos.iter().copied().fold(f64::INFINITY, f64::min);
         let y_max = pos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (y_min, y_max) = if y_min.is_finite() {
-            (y_min, y_max.max(y_min * 1.0001 + 1e-12))
-        } else {
-            (1e-3, 1.0)
+        let (y_min, y_max) = match y_range {
+            Some(range) => range,
+            None if y_min.is_finite() => (y_min, y_max.max(y_min * 1.0001 + 1e-12)),
+            None => (1e-3, 1.0),
         };
         draw_lines(
             &root,
@@ -588,7 +601,9 @@ pub fn start_profile(
         name: format!("start_{metric}"),
         svg: line_chart(&title, "relative depth", axis, &lines, true)?,
         csv: csv_of(&lines, "relative_depth", metric),
-        title,
+        title: format!(
+            "{title}; a layer whose signal is exactly 0 (every unit dead) has no point on the log axis, so a net dead near its output shows only its last layers"
+        ),
     })
 }
 
@@ -616,7 +631,14 @@ pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Re
     let title = "% of units dead (ReLU: zero for every example) or saturated, mean over layers".to_owned();
     Ok(Chart {
         name: "regimes".into(),
-        svg: line_chart(&title, "optimiser step", "% of units", &lines, false)?,
+        svg: line_chart_in(
+            &title,
+            "optimiser step",
+            "% of units",
+            &lines,
+            false,
+            Some((0.0, 100.0)),
+        )?,
         csv: csv_of(&lines, "step", "percent"),
         title,
     })
