@@ -77,7 +77,7 @@ impl ClaimKind {
                 "the loss chart: the deep plain nets stay near ln 10 = 2.30 while the residual net of the same depth trains faster than the shallow one; the depth profile at the first step: with the residual net's initialisation but no skips the signal fades toward the input, with skips it stays level"
             }
             ClaimKind::Init => {
-                "the depth profile at step 0: with a small init the signal dies within a few layers, Xavier lets it fade, He keeps it level; the accuracy chart follows the same order"
+                "the depth profile at step 0: with a small init the signal dies within a few layers, Xavier lets it fade, He keeps it level; the accuracy chart: the small init stays at chance (He and Xavier both train at this depth)"
             }
         }
     }
@@ -262,10 +262,56 @@ fn pct(x: f64) -> String {
 ///   reaching the residual blocks' inputs arrives through the skip path. With an
 ///   optional role `deep_plain_same_init` (the residual net's initialisation
 ///   without its skips), that net must degrade too: the skips, not the init, cure.
-/// - `init`: the small initialisation ends with the lowest accuracy and the most
-///   attenuated signal (first/last layer at step 0), and He is within 2 points
-///   of Xavier or better.
+/// - `init`: the small initialisation ends with the lowest accuracy, and the
+///   signal at step 0 (first/last layer) is ordered as He et al. (2015) predict
+///   for ReLU: small attenuates it most, Xavier (gain 1/sqrt 2 per layer) more
+///   than He (gain 1). How He and Xavier rank in accuracy is evidence, not a
+///   test: at this size the gap between them is within one seed's noise.
+///
+/// With several seeds, the rule must also hold in each seed on its own: a claim
+/// that holds over the pooled seeds but not in every one is not confirmed,
+/// and its evidence says "on average only".
 pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> ClaimResult {
+    let mut result = evaluate_pooled(spec, by_role);
+    let seeds: std::collections::BTreeSet<u64> = by_role.values().flatten().map(|r| r.config.seed).collect();
+    if seeds.len() < 2 {
+        return result;
+    }
+    let failing: Vec<u64> = seeds
+        .iter()
+        .copied()
+        .filter(|&seed| {
+            let one: BTreeMap<String, Vec<RunData>> = by_role
+                .iter()
+                .map(|(role, runs)| {
+                    (
+                        role.clone(),
+                        runs.iter().filter(|r| r.config.seed == seed).cloned().collect(),
+                    )
+                })
+                .collect();
+            evaluate_pooled(spec, &one).outcome != Outcome::Confirmed
+        })
+        .collect();
+    let n = seeds.len();
+    let seed_list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    result.evidence.push(match (result.outcome, failing.is_empty()) {
+        (Outcome::Confirmed, true) => format!("holds in each of the {n} seeds on its own"),
+        (Outcome::Confirmed, false) => {
+            result.outcome = Outcome::NotConfirmed;
+            format!(
+                "confirmed on average only: holds over the pooled seeds but not in seed(s) {} on its own ({} of {n} hold)",
+                seed_list(&failing),
+                n - failing.len()
+            )
+        }
+        (Outcome::NotConfirmed, _) => format!("holds in {} of the {n} seeds on its own", n - failing.len()),
+    });
+    result
+}
+
+/// The claim's rule over every given run, seeds pooled.
+fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> ClaimResult {
     let role = |name: &str| -> Vec<&RunData> { by_role.get(name).map(|v| v.iter().collect()).unwrap_or_default() };
     let mut ev = Vec::new();
     let mut key = String::new();
@@ -527,7 +573,7 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
             vec![
                 ("the small init ends with the lowest accuracy", s < x.min(h)),
                 ("the small init attenuates the signal most at step 0", rs < rx.min(rh)),
-                ("He is within 2 points of Xavier or better", h >= x - 0.02),
+                ("Xavier attenuates the signal more than He at step 0", rx < rh),
             ]
         }
     };
@@ -690,6 +736,33 @@ mod tests {
             last.contains("1 failed (more than 10% of the ReLU units are dead)") && last.contains("more seeds"),
             "{last}"
         );
+    }
+
+    #[test]
+    fn a_claim_that_holds_on_average_only_is_not_confirmed() {
+        let spec = ClaimSpec {
+            id: "dead".into(),
+            kind: ClaimKind::DeadUnits,
+            title: "t".into(),
+            roles: BTreeMap::new(),
+        };
+        // Seed 1's ReLU net has no dead units: pooled, 25% are dead (> 10%).
+        let by_role = |dead_1: f64| {
+            BTreeMap::from([
+                (
+                    "relu".to_owned(),
+                    vec![run(0, 0.11, 0.5, 0.5), run(1, 0.11, dead_1, 0.5)],
+                ),
+                ("leaky".to_owned(), vec![run(0, 0.85, 0.0, 0.0), run(1, 0.75, 0.0, 0.0)]),
+            ])
+        };
+        let r = evaluate(&spec, &by_role(0.0));
+        assert_eq!(r.outcome, Outcome::NotConfirmed, "{:?}", r.evidence);
+        let last = r.evidence.last().unwrap();
+        assert!(last.contains("on average only") && last.contains("seed(s) 1"), "{last}");
+        let r = evaluate(&spec, &by_role(0.5));
+        assert_eq!(r.outcome, Outcome::Confirmed, "{:?}", r.evidence);
+        assert!(r.evidence.last().unwrap().contains("each of the 2 seeds"));
     }
 
     #[test]
