@@ -569,6 +569,20 @@ fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
     assert!(err.contains("small-s0 holds a run of another configuration"), "{err}");
     std::fs::write(&config, &mine).unwrap();
 
+    // A run another process is writing (its lock held) is neither moved aside nor retrained.
+    let busy = out.join("initialisation/xavier-s0");
+    std::fs::remove_file(busy.join("summary.json")).unwrap();
+    let checkpoints = busy.join("checkpoints");
+    std::fs::rename(&checkpoints, out.join("kept-checkpoints")).unwrap();
+    let lock = std::fs::File::open(busy.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let (_, err) = run_err(&["lab", "--quick", "--quiet", "--out", o]);
+    assert!(err.contains("xavier-s0 is in use by"), "{err}");
+    assert!(busy.join("config.toml").exists(), "left where it was");
+    drop(lock);
+    std::fs::rename(out.join("kept-checkpoints"), &checkpoints).unwrap();
+    run_ok(&["lab", "--quick", "--quiet", "--out", o]);
+
     // 17 jobs of 6 claims, 3 of them shared between claims: 14 runs, all reused.
     assert_eq!(log.matches("reused").count(), 17, "{log}");
 

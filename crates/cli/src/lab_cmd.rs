@@ -125,6 +125,10 @@ fn run_job(job: &Job) -> Result<&'static str> {
         (gradscope_train::resume(&job.dir, Default::default())?, "resumed")
     } else {
         if job.dir.exists() {
+            // Another process still training here (a second lab on the same --out) is left alone.
+            if job.dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
+                drop(gradscope_train::RunDir::open(&job.dir)?);
+            }
             // A previous lab died before this run's first checkpoint: keep it aside, never delete it.
             let aside = job
                 .dir
