@@ -328,11 +328,7 @@ impl TrainConfig {
         let fraction = |x: f64| x.is_finite() && (0.0..1.0).contains(&x);
         check(positive(self.lr), "lr", self.lr, "a positive finite number")?;
         match self.optimizer {
-            Optimizer::Sgd {
-                momentum,
-                nesterov,
-                weight_decay,
-            } => {
+            Optimizer::Sgd { momentum, nesterov, .. } => {
                 check(fraction(momentum), "optimizer.momentum", momentum, "a number in [0, 1)")?;
                 check(
                     !nesterov || momentum > 0.0,
@@ -340,24 +336,12 @@ impl TrainConfig {
                     nesterov,
                     "false unless momentum > 0 (as in PyTorch)",
                 )?;
-                check(
-                    non_negative(weight_decay),
-                    "optimizer.weight_decay",
-                    weight_decay,
-                    "a finite number >= 0",
-                )?;
             }
             Optimizer::Adam {
-                beta1,
-                beta2,
-                epsilon,
-                weight_decay,
+                beta1, beta2, epsilon, ..
             }
             | Optimizer::Adamw {
-                beta1,
-                beta2,
-                epsilon,
-                weight_decay,
+                beta1, beta2, epsilon, ..
             } => {
                 check(fraction(beta1), "optimizer.beta1", beta1, "a number in [0, 1)")?;
                 check(fraction(beta2), "optimizer.beta2", beta2, "a number in [0, 1)")?;
@@ -367,14 +351,17 @@ impl TrainConfig {
                     epsilon,
                     "a positive finite number",
                 )?;
-                check(
-                    non_negative(weight_decay),
-                    "optimizer.weight_decay",
-                    weight_decay,
-                    "a finite number >= 0",
-                )?;
             }
         }
+        let (Optimizer::Sgd { weight_decay, .. }
+        | Optimizer::Adam { weight_decay, .. }
+        | Optimizer::Adamw { weight_decay, .. }) = self.optimizer;
+        check(
+            non_negative(weight_decay),
+            "optimizer.weight_decay",
+            weight_decay,
+            "a finite number >= 0",
+        )?;
         match self.schedule {
             Schedule::Constant => {}
             Schedule::Step { every, gamma } => {
