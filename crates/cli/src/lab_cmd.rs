@@ -12,10 +12,11 @@ use gradscope_report::lab::{ClaimResult, Job, Outcome, Suite, evaluate};
 use gradscope_train::{Backend, ModelChoice, Optimizer, Status};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The default suite and its quick variant, compiled in so `gradscope lab`
-/// works outside a checkout too.
+/// The default suite and its quick and full variants, compiled in so
+/// `gradscope lab` works outside a checkout too.
 const DEFAULT_SUITE: &str = include_str!("../../../experiments/vanishing.toml");
 const QUICK_SUITE: &str = include_str!("../../../experiments/quick.toml");
+const FULL_SUITE: &str = include_str!("../../../experiments/full.toml");
 
 #[derive(Args, Debug)]
 pub struct LabArgs {
@@ -25,6 +26,10 @@ pub struct LabArgs {
     /// The quick suite (one seed, one epoch).
     #[arg(long, conflicts_with = "suite")]
     pub quick: bool,
+    /// The full suite: three seeds, and skip connections on convolutional
+    /// ResNets too (several minutes on a 2-core CPU).
+    #[arg(long, conflicts_with_all = ["suite", "quick"])]
+    pub full: bool,
     /// Output directory; runs already completed in it are reused.
     #[arg(long, default_value = "lab")]
     pub out: PathBuf,
@@ -51,11 +56,13 @@ pub struct LabArgs {
 }
 
 fn load_suite(args: &LabArgs) -> Result<Suite> {
-    match (&args.suite, args.quick) {
-        (Some(p), _) => Suite::load(p).map_err(anyhow::Error::msg),
-        (None, true) => Suite::parse(QUICK_SUITE).map_err(|e| anyhow::anyhow!("bundled quick suite: {e}")),
-        (None, false) => Suite::parse(DEFAULT_SUITE).map_err(|e| anyhow::anyhow!("bundled default suite: {e}")),
-    }
+    let (name, text) = match (&args.suite, args.quick, args.full) {
+        (Some(p), ..) => return Suite::load(p).map_err(anyhow::Error::msg),
+        (None, true, _) => ("quick", QUICK_SUITE),
+        (None, _, true) => ("full", FULL_SUITE),
+        (None, false, false) => ("default", DEFAULT_SUITE),
+    };
+    Suite::parse(text).map_err(|e| anyhow::anyhow!("bundled {name} suite: {e}"))
 }
 
 /// A `gradscope train` command line reproducing `job`.
@@ -144,6 +151,7 @@ fn run_job(job: &Job) -> Result<&'static str> {
     if s.status == Status::Interrupted {
         bail!("{} was interrupted", job.dir.display());
     }
+    crate::tensorboard_cmd::export_after_run(&job.dir);
     Ok(what)
 }
 

@@ -12,6 +12,7 @@ mod lab_cmd;
 mod models_cmd;
 mod parity_cmd;
 mod progress;
+mod tensorboard_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Command {
     Parity(parity_cmd::ParityArgs),
     /// Measure training throughput, probe overhead and IDX load time.  Example: `gradscope bench --presets mlp-sigmoid-8x256 --threads 1,2`
     Bench(bench_cmd::BenchArgs),
+    /// Write TensorBoard event files for runs (training writes them too).  Example: `gradscope tensorboard lab && tensorboard --logdir lab`
+    Tensorboard(tensorboard_cmd::TensorboardArgs),
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
         Command::Compare(args) => compare_cmd::run(args),
         Command::Parity(args) => parity_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Tensorboard(args) => tensorboard_cmd::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

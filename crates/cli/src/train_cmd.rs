@@ -394,6 +394,7 @@ fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, d
         }
         Err(e) => eprintln!("warning: no report for {}: {e}", dir.display()),
     }
+    crate::tensorboard_cmd::export_after_run(dir);
     let acc = summary
         .final_test_acc
         .map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0));

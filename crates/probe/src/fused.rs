@@ -396,6 +396,7 @@ impl HostJob {
                         let (update, weight) = diff_l2(before, after);
                         push("weight_l2", weight);
                         push("update_l2", update);
+                        push("weight_before_l2", l2(before));
                     }
                     None => push("weight_l2", l2(after)),
                 }

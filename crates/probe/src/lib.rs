@@ -24,6 +24,6 @@ mod worker;
 pub use gradscope_train::ProbeSchedule;
 pub use module::{ModuleGrads, ParamGrad};
 pub use observer::{GradientProbe, ProbeConfig, Reductions};
-pub use record::{ProbeRecord, read_probe_csv};
+pub use record::{GradHistogram, ProbeRecord, read_hist_csv, read_probe_csv};
 pub use table::{Inspection, inspect, render};
 pub use verdict::{Alert, Verdicts, judge};

@@ -453,6 +453,7 @@ impl<M: Network> Observer<M> for GradientProbe {
                     stats.batch.push(Some(i), "weight_l2", l2(w));
                     if let Some(Some(b)) = before.get(i) {
                         stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
+                        stats.batch.push(Some(i), "weight_before_l2", l2(b));
                     }
                 }
                 // Read on the training thread, the form measured on an H100

@@ -86,6 +86,49 @@ pub fn hist_lines(step: u64, point: &ProbePoint, counts: &[f64]) -> String {
     out
 }
 
+/// One histogram of `probe_hist.csv`: |g| of a layer's weights at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradHistogram {
+    pub step: u64,
+    pub layer: String,
+    /// `(lower edge in log10 |g|, count)` of each non-empty bin, in file order;
+    /// every bin is [`HIST_WIDTH`] decades wide.
+    pub bins: Vec<(f64, f64)>,
+    /// Entries that were exactly zero.
+    pub zeros: f64,
+}
+
+/// Reads `probe_hist.csv` back, one [`GradHistogram`] per (step, layer);
+/// a malformed line is an error naming it.
+pub fn read_hist_csv(path: &Path) -> Result<Vec<GradHistogram>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out: Vec<GradHistogram> = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let bad = || format!("{}:{}: expected `{HIST_HEADER}`, found `{line}`", path.display(), n + 1);
+        let cols: Vec<&str> = line.split(',').collect();
+        let [step, layer, _depth, lo, count] = cols[..] else {
+            return Err(bad());
+        };
+        let step: u64 = step.parse().map_err(|_| bad())?;
+        let count: f64 = count.parse().map_err(|_| bad())?;
+        if out.last().is_none_or(|h| h.step != step || h.layer != layer) {
+            out.push(GradHistogram {
+                step,
+                layer: layer.to_owned(),
+                bins: Vec::new(),
+                zeros: 0.0,
+            });
+        }
+        let h = out.last_mut().expect("just pushed");
+        if lo == "zero" {
+            h.zeros += count;
+        } else {
+            h.bins.push((lo.parse().map_err(|_| bad())?, count));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads `probe.csv` back into records (for `gradscope inspect` and reports).
 /// `points` gives the layer order; unknown layers are an error naming the line.
 pub fn read_probe_csv(path: &Path, points: &[ProbePoint]) -> Result<Vec<ProbeRecord>, String> {

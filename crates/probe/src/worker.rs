@@ -125,9 +125,13 @@ impl Writer {
             // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
             if let Some(w) = latest.filter(|w| *w != 0.0) {
                 layer.insert("grad_weight_ratio".into(), g / w);
-                if let Some(u) = layer.remove("update_l2") {
-                    layer.insert("update_weight_ratio".into(), u / w);
-                }
+            }
+            // The update relative to the weights it started from: a zero-initialised
+            // layer's first update has no ratio (against the weights after it, it
+            // would read exactly 1).
+            let before = layer.remove("weight_before_l2").filter(|w| *w != 0.0);
+            if let (Some(u), Some(w)) = (layer.remove("update_l2"), before) {
+                layer.insert("update_weight_ratio".into(), u / w);
             }
         }
         let lines = rec.csv_lines(&self.points);
@@ -279,6 +283,7 @@ mod tests {
         s.values.push((Some(0), "weight_l2", 2.0));
         s.values.push((Some(0), "weight_numel", 16.0));
         s.values.push((Some(0), "update_l2", 0.01));
+        s.values.push((Some(0), "weight_before_l2", 2.0));
         s.vectors.push((0, VectorKind::UnitMaxAbs, dead_units.to_vec()));
         s
     }
@@ -344,6 +349,7 @@ mod tests {
             if let Some(weight) = weight {
                 s.values.push((Some(0), "weight_l2", weight));
                 s.values.push((Some(0), "update_l2", 0.1 * weight));
+                s.values.push((Some(0), "weight_before_l2", weight));
             }
             let meta = Meta {
                 step,
@@ -368,6 +374,29 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("probe.csv")).unwrap();
         assert!(csv.contains("1,hidden.0,0,grad_weight_ratio,0.5"), "{csv}");
         assert!(!csv.contains("1,hidden.0,0,weight_l2"), "{csv}");
+        assert!(!csv.contains("weight_before_l2"), "consumed by the ratio: {csv}");
+    }
+
+    /// A zero-initialised layer's first update has no update:weight ratio (it
+    /// is not 1, as it would be against the weights after the update).
+    #[test]
+    fn an_update_from_zero_weights_has_no_ratio() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let mut s = StepStats::default();
+        s.values.push((Some(0), "grad_l2", 1.0));
+        s.values.push((Some(0), "weight_l2", 0.3));
+        s.values.push((Some(0), "update_l2", 0.3));
+        s.values.push((Some(0), "weight_before_l2", 0.0));
+        let meta = Meta {
+            step: 0,
+            update: true,
+            window_end: false,
+        };
+        let rec = w.write(meta, s).unwrap();
+        assert_eq!(rec.get(0, "update_weight_ratio"), None);
+        assert_eq!(rec.get(0, "update_l2"), None);
+        assert_eq!(rec.get(0, "weight_before_l2"), None);
     }
 
     /// A job handed over while the worker polls, and one after it has gone

@@ -456,6 +456,59 @@ fn ramp(t: f64) -> RGBColor {
     RGBColor(mix(a.1.0, b.1.0), mix(a.1.1, b.1.1), mix(a.1.2, b.1.2))
 }
 
+/// Cells whose value is exactly zero (no gradient at all): log10 has no value
+/// for them, and white is kept for "not measured".
+const ZERO_CELL: RGBColor = RGBColor(190, 190, 190);
+
+/// The heatmaps' key: the colour ramp with its decades labelled, and what the
+/// grey and white cells mean.
+fn colour_bar(area: &DrawingArea<SVGBackend, Shift>, lo: f64, hi: f64) -> Result<(), String> {
+    let (bar, key) = area.split_vertically(46);
+    let mut chart = ChartBuilder::on(&bar)
+        .margin_left(128)
+        .margin_right(40)
+        .margin_top(4)
+        .x_label_area_size(22)
+        .build_cartesian_2d(lo..hi, 0.0..1.0)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_y_axis()
+        .x_labels(((hi - lo) as usize + 1).min(12))
+        .x_label_style(("sans-serif", 13))
+        .x_label_formatter(&|v| format!("1e{v:.0}"))
+        .draw()
+        .map_err(draw_err)?;
+    let n = 100;
+    chart
+        .draw_series((0..n).map(|k| {
+            let a = lo + (hi - lo) * k as f64 / n as f64;
+            let b = lo + (hi - lo) * (k + 1) as f64 / n as f64;
+            Rectangle::new([(a, 0.0), (b, 1.0)], ramp(k as f64 / n as f64).filled())
+        }))
+        .map_err(draw_err)?;
+    key.fill(&WHITE).map_err(draw_err)?;
+    let style = ("sans-serif", 13).into_font().color(&BLACK);
+    key.draw(&Rectangle::new([(128, 6), (142, 18)], ZERO_CELL.filled()))
+        .map_err(draw_err)?;
+    key.draw(&Text::new(
+        "exactly 0 (no gradient reached the layer)",
+        (148, 6),
+        style.clone(),
+    ))
+    .map_err(draw_err)?;
+    key.draw(&Rectangle::new([(450, 6), (464, 18)], BLACK.stroke_width(1)))
+        .map_err(draw_err)?;
+    key.draw(&Text::new(
+        "not measured, or undefined (a ratio to zero weights)",
+        (470, 6),
+        style,
+    ))
+    .map_err(draw_err)?;
+    Ok(())
+}
+
 /// Layer x step heatmap of log10 `metric` for each run, on one colour scale
 /// shared by all runs so that they can be compared.
 pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, String> {
@@ -480,19 +533,20 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
         (-8.0, 0.0)
     };
     let panel_h = 260u32;
-    let height = 60 + panel_h * runs.len().max(1) as u32 + 40;
+    // Title, colour bar with its key, then one panel per run.
+    let (title_h, bar_h) = (40u32, 70u32);
+    let height = title_h + bar_h + panel_h * runs.len().max(1) as u32;
     let mut svg = String::new();
     // `dir` tells apart runs that share a label (seeds of one configuration).
     let mut csv = format!("run,dir,layer,step,log10_{metric}\n");
-    let title = format!(
-        "{what}: log10 per layer (rows, input at the bottom) and step (columns), shared colour scale {lo}..{hi}"
-    );
+    let title = format!("{what}: log10 per layer (rows, input at the bottom) and probed step (columns)");
     {
         let root = SVGBackend::with_string(&mut svg, (860, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let (top, rest) = root.split_vertically(40);
+        let (top, rest) = root.split_vertically(title_h);
         top.titled(&title, ("sans-serif", 15)).map_err(draw_err)?;
-        let (body, legend) = rest.split_vertically(height - 40 - 40);
+        let (legend, body) = rest.split_vertically(bar_h);
+        colour_bar(&legend, lo, hi)?;
         let panels = body.split_evenly((runs.len().max(1), 1));
         for (run, area) in runs.iter().zip(panels.iter()) {
             let layers: Vec<usize> = (0..run.points.len())
@@ -528,9 +582,11 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
             let mut cells = Vec::new();
             for (col, rec) in recs.iter().enumerate() {
                 for (row, &i) in layers.iter().enumerate() {
-                    let Some(v) = rec.get(i, metric).filter(|v| *v > 0.0 && v.is_finite()) else {
+                    let Some(v) = rec.get(i, metric).filter(|v| *v >= 0.0 && v.is_finite()) else {
                         continue;
                     };
+                    let (x, y) = (col as f64, row as f64);
+                    // log10(0) = -inf: written so, drawn grey.
                     let l = v.log10();
                     csv.push_str(&format!(
                         "\"{}\",\"{}\",{},{},{l}\n",
@@ -539,35 +595,16 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
                         run.points[i].name,
                         rec.step
                     ));
-                    let (x, y) = (col as f64, row as f64);
-                    cells.push(Rectangle::new(
-                        [(x, y), (x + 1.0, y + 1.0)],
-                        ramp((l - lo) / (hi - lo)).filled(),
-                    ));
+                    let colour = if v == 0.0 {
+                        ZERO_CELL
+                    } else {
+                        ramp((l - lo) / (hi - lo))
+                    };
+                    cells.push(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], colour.filled()));
                 }
             }
             chart.draw_series(cells).map_err(draw_err)?;
         }
-        // Colour bar.
-        let mut bar = ChartBuilder::on(&legend)
-            .margin(6)
-            .margin_left(128)
-            .x_label_area_size(18)
-            .build_cartesian_2d(lo..hi, 0.0..1.0)
-            .map_err(draw_err)?;
-        bar.configure_mesh()
-            .disable_mesh()
-            .disable_y_axis()
-            .x_label_formatter(&|v| format!("1e{v:.0}"))
-            .draw()
-            .map_err(draw_err)?;
-        let n = 100;
-        bar.draw_series((0..n).map(|k| {
-            let a = lo + (hi - lo) * k as f64 / n as f64;
-            let b = lo + (hi - lo) * (k + 1) as f64 / n as f64;
-            Rectangle::new([(a, 0.0), (b, 1.0)], ramp(k as f64 / n as f64).filled())
-        }))
-        .map_err(draw_err)?;
         root.present().map_err(draw_err)?;
     }
     Ok(Chart {
@@ -621,14 +658,20 @@ pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Re
             .collect()
     };
     let mut lines = Vec::new();
-    for (metric, what) in [("dead_frac", "dead"), ("saturated_frac", "saturated")] {
+    for (metric, what) in [
+        ("dead_frac", "dead"),
+        ("saturated_frac", "saturated"),
+        ("negative_frac", "on the negative slope"),
+    ] {
         let named: Vec<(String, Vec<usize>)> = groups
             .iter()
             .map(|(l, idx)| (format!("{l}: {what}"), idx.clone()))
             .collect();
         lines.extend(group_lines(runs, &named, |r| Some(share(r, metric))));
     }
-    let title = "% of units dead (ReLU: zero for every example) or saturated, mean over layers".to_owned();
+    // LeakyReLU units are never dead: their negative slope scales the gradient
+    // instead of cutting it, so the chart shows how many values sit there.
+    let title = "% of units dead (ReLU) or saturated; of LeakyReLU values below zero".to_owned();
     Ok(Chart {
         name: "regimes".into(),
         svg: line_chart_in(

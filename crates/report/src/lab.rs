@@ -35,6 +35,10 @@ pub struct ClaimSpec {
     pub id: String,
     pub kind: ClaimKind,
     pub title: String,
+    /// TrainConfig fields overriding the suite's `base` for every role of
+    /// this claim (a CNN claim's optimiser and epochs, say).
+    #[serde(default)]
+    pub base: toml::Table,
     /// Role name -> TrainConfig fields overriding `base`.
     pub roles: BTreeMap<String, toml::Table>,
 }
@@ -74,7 +78,7 @@ impl ClaimKind {
                 "the accuracy chart: both BatchNorm nets learn, whatever their initialisation; both plain sigmoid nets stay at chance"
             }
             ClaimKind::Skip => {
-                "the loss chart: the deep plain nets stay near ln 10 = 2.30 while the residual net of the same depth trains faster than the shallow one; the depth profile at the first step: with the residual net's initialisation but no skips the signal fades toward the input, with skips it stays level"
+                "the loss chart: the deep plain net stays near ln 10 = 2.30 while the residual net of the same depth trains about as well as the shallow one or better; the depth profile at the first step: with skips the signal stays level across depth (in the control, the residual net's initialisation without skips, it fades toward the input)"
             }
             ClaimKind::Init => {
                 "the depth profile at step 0: with a small init the signal dies within a few layers, Xavier lets it fade, He keeps it level; the accuracy chart: the small init stays at chance (He and Xavier both train at this depth)"
@@ -137,7 +141,7 @@ impl Suite {
             for (role, overrides) in &c.roles {
                 for &seed in &self.seeds {
                     let mut table = self.base.clone();
-                    for (k, v) in overrides {
+                    for (k, v) in c.base.iter().chain(overrides) {
                         table.insert(k.clone(), v.clone());
                     }
                     table.insert("seed".into(), toml::Value::Integer(seed as i64));
@@ -196,9 +200,31 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-/// Training loss of a run's last logged window.
+/// Whether a deep residual net escapes the degradation of the plain net of
+/// its depth: its training loss `residual` lies at most 10% of the
+/// degradation gap (`deep_plain - shallow_plain`) above the shallow plain
+/// net's, or below it. Parity within a margin rather than strictly below: a
+/// residual net that starts near the identity begins shallower than the
+/// shallow net and must grow its branches, so on a short budget it can trail
+/// the shallow net by a little while the plain net of its depth does not train.
+fn no_degradation(shallow_plain: f64, deep_plain: f64, residual: f64) -> bool {
+    let gap = deep_plain - shallow_plain;
+    residual < deep_plain && residual - shallow_plain <= 0.1 * gap.max(0.0)
+}
+
+/// A run's final training loss: the mean of its logged losses over the last
+/// epoch (the last half of a run shorter than two epochs). One logged window
+/// is a few hundred examples, too noisy to rank nets whose losses are close.
 fn train_loss(r: &RunData) -> Option<f64> {
-    r.metrics.iter().rev().find_map(|m| m.train_loss)
+    let end = r.metrics.last()?.epoch;
+    let from = end - (end / 2.0).min(1.0);
+    let tail: Vec<f64> = r
+        .metrics
+        .iter()
+        .filter(|m| m.epoch > from || m.epoch == end)
+        .filter_map(|m| m.train_loss)
+        .collect();
+    (!tail.is_empty()).then(|| mean(&tail))
 }
 
 /// Final test accuracy of a run (last evaluated row).
@@ -509,7 +535,7 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
                     .collect::<Vec<_>>(),
             );
             ev.push(format!(
-                "final training loss: shallow plain {sp:.3}, deep plain {dp:.3}, deep residual {dr:.3}"
+                "training loss over the last epoch: shallow plain {sp:.3}, deep plain {dp:.3}, deep residual {dr:.3}"
             ));
             ev.push(format!(
                 "final test accuracy: shallow plain {}, deep plain {}, deep residual {}",
@@ -529,7 +555,7 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
                 || {
                     let dc = loss("deep_plain_same_init");
                     ev.push(format!(
-                    "control, the residual net's initialisation without skips: final training loss {dc:.3}, test accuracy {}",
+                    "control, the residual net's initialisation without skips: training loss over the last epoch {dc:.3}, test accuracy {}",
                     pct(accs(&control))
                 ));
                     dc > sp
@@ -546,8 +572,8 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
                     dp > sp,
                 ),
                 (
-                    "the deep residual net ends at or below both plain nets' training loss",
-                    dr <= dp && dr <= sp,
+                    "the deep residual net does not degrade: it closes at least 90% of the gap between the deep and the shallow plain net's training loss",
+                    no_degradation(sp, dp, dr),
                 ),
                 (
                     "more than half of the gradient reaches the blocks through the skips",
@@ -607,7 +633,7 @@ mod tests {
 
     #[test]
     fn bundled_suites_parse_and_expand() {
-        for (file, seeds) in [("vanishing.toml", 2), ("quick.toml", 1)] {
+        for (file, seeds) in [("vanishing.toml", 2), ("quick.toml", 1), ("full.toml", 3)] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../experiments")
                 .join(file);
@@ -691,6 +717,7 @@ mod tests {
             id: "dead".into(),
             kind: ClaimKind::DeadUnits,
             title: "t".into(),
+            base: toml::Table::new(),
             roles: BTreeMap::new(),
         };
         let judge = |relu: Vec<RunData>, leaky: Vec<RunData>| {
@@ -744,6 +771,7 @@ mod tests {
             id: "dead".into(),
             kind: ClaimKind::DeadUnits,
             title: "t".into(),
+            base: toml::Table::new(),
             roles: BTreeMap::new(),
         };
         // Seed 1's ReLU net has no dead units: pooled, 25% are dead (> 10%).
@@ -776,13 +804,55 @@ mod tests {
     #[test]
     fn role_overrides_base() {
         let suite = Suite::parse(
-            "name = \"x\"\nseeds = [3]\n[base]\nlr = 0.1\n[[claims]]\nid = \"c\"\nkind = \"cure\"\ntitle = \"t\"\nroles.sick = { lr = 0.5 }\nroles.cured = {}\n",
+            "name = \"x\"\nseeds = [3]\n[base]\nlr = 0.1\nepochs = 2\n[[claims]]\nid = \"c\"\nkind = \"cure\"\ntitle = \"t\"\nbase = { lr = 0.2, batch_size = 16 }\nroles.sick = { lr = 0.5 }\nroles.cured = {}\n",
         )
         .unwrap();
         let jobs = suite.jobs(Path::new("out")).unwrap();
         let sick = jobs.iter().find(|j| j.role == "sick").unwrap();
         assert_eq!((sick.config.lr, sick.config.seed), (0.5, 3));
         assert_eq!(sick.dir, Path::new("out/c/sick-s3"));
-        assert_eq!(jobs.iter().find(|j| j.role == "cured").unwrap().config.lr, 0.1);
+        // Suite base < claim base < role.
+        let cured = &jobs.iter().find(|j| j.role == "cured").unwrap().config;
+        assert_eq!((cured.lr, cured.batch_size, cured.epochs), (0.2, 16, 2));
+    }
+
+    /// The final training loss averages the last epoch, not the last window:
+    /// one noisy window does not decide a comparison.
+    #[test]
+    fn final_training_loss_is_the_last_epochs_mean() {
+        let mut r = run(0, 0.5, 0.0, 0.0);
+        let template = r.metrics[0].clone();
+        let row = |epoch: f64, loss: f64| gradscope_train::MetricsRow {
+            step: (epoch * 100.0) as u64,
+            epoch,
+            train_loss: Some(loss),
+            ..template.clone()
+        };
+        r.metrics = vec![
+            row(1.0, 9.0),
+            row(1.5, 2.0),
+            row(2.0, 1.0),
+            row(2.5, 1.0),
+            row(3.0, 4.0),
+        ];
+        assert_eq!(train_loss(&r), Some(2.5), "epoch 2 to 3: the row at 2.0 closes epoch 2");
+        // Shorter than two epochs: the last half.
+        r.metrics = vec![row(0.25, 9.0), row(0.5, 3.0), row(0.75, 1.0), row(1.0, 2.0)];
+        assert_eq!(train_loss(&r), Some(1.5));
+        r.metrics = vec![row(0.0, 7.0)];
+        assert_eq!(train_loss(&r), Some(7.0), "a lone row counts");
+    }
+
+    #[test]
+    fn degradation_rule_and_its_boundary() {
+        // Deep plain stuck at 2.25, shallow at 0.25: the residual may trail by 0.2
+        // (binary fractions, so that the boundary is exact).
+        assert!(no_degradation(0.25, 2.25, 0.125), "below the shallow net");
+        assert!(no_degradation(0.25, 2.25, 0.45), "10% of the gap");
+        assert!(!no_degradation(0.25, 2.25, 0.46));
+        // No degradation to recover: the residual net must match the shallow one.
+        assert!(no_degradation(0.5, 0.4, 0.3));
+        assert!(!no_degradation(0.3, 0.3, 0.31));
+        assert!(!no_degradation(0.3, 2.3, f64::NAN), "a missing loss never confirms");
     }
 }

@@ -37,6 +37,9 @@ pub const FORENSICS_FILE: &str = "forensics.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The per-run report (`report.html` and its charts).
 pub const REPORT_DIR: &str = "report";
+/// Name prefix of the run's TensorBoard event file, kept in the run directory
+/// itself so that TensorBoard names the run after it.
+pub const TENSORBOARD_PREFIX: &str = "events.out.tfevents.";
 /// Locked by the process writing the run; holds its PID.
 pub const LOCK_FILE: &str = ".lock";
 
