@@ -66,7 +66,7 @@ fn load_suite(args: &LabArgs) -> Result<Suite> {
 }
 
 /// A `gradscope train` command line reproducing `job`.
-fn command_line(job: &Job) -> Result<String> {
+pub(crate) fn command_line(job: &Job) -> Result<String> {
     let c = &job.config;
     let ModelChoice::Preset { preset } = &c.model else {
         let path = job.dir.with_extension("toml");
@@ -109,7 +109,7 @@ fn command_line(job: &Job) -> Result<String> {
 }
 
 /// Runs one job, or reuses/resumes what a previous lab left in its directory.
-fn run_job(job: &Job) -> Result<&'static str> {
+pub(crate) fn run_job(job: &Job) -> Result<&'static str> {
     // What a previous lab left here is reused only if it is this very run.
     if job.dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
         let saved = gradscope_train::run_dir::read_config(&job.dir)?;

@@ -7,6 +7,7 @@ mod alloc;
 mod bench_cmd;
 mod compare_cmd;
 mod data_cmd;
+mod fix_cmd;
 mod inspect_cmd;
 mod lab_cmd;
 mod models_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Per-layer gradient table and verdicts of a run.  Example: `gradscope inspect runs/mlp-sigmoid-10x128-20261127-101500`
     Inspect(inspect_cmd::InspectArgs),
+    /// Try each remedy a run's verdict calls for and rank them by measurement.  Example: `gradscope fix runs/x`
+    Fix(fix_cmd::FixArgs),
     /// Compare runs: convergence and gradient-flow charts, summary, report.html.  Example: `gradscope compare runs/a runs/b --out report`
     Compare(compare_cmd::CompareArgs),
     /// Run the same training on several backends and compare losses and gradients.  Example: `gradscope parity --backends flex,wgpu`
@@ -66,6 +69,7 @@ fn main() {
         Command::Train(args) => train_cmd::run(*args),
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Compare(args) => compare_cmd::run(args),
+        Command::Fix(args) => fix_cmd::run(args),
         Command::Parity(args) => parity_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Tensorboard(args) => tensorboard_cmd::run(args),

@@ -80,6 +80,23 @@ pub fn assign_labels(runs: &mut [RunData]) {
                 .join(", ")
         };
     }
+    // Runs that share a label and a seed are not seeds of one configuration
+    // (e.g. the same run at two lengths): the directory tells them apart.
+    let clash: Vec<bool> = (0..runs.len())
+        .map(|i| {
+            (0..runs.len())
+                .any(|j| j != i && runs[j].label == runs[i].label && runs[j].config.seed == runs[i].config.seed)
+        })
+        .collect();
+    for (run, clash) in runs.iter_mut().zip(clash) {
+        if clash {
+            let name = run
+                .dir
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            run.label = format!("{} [{name}]", run.label);
+        }
+    }
 }
 
 /// Indices of runs grouped by label (runs that differ only in seed), in first-seen order.
@@ -92,4 +109,42 @@ pub fn groups(runs: &[RunData]) -> Vec<(String, Vec<usize>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn run(dir: &str, seed: u64, lr: f64) -> RunData {
+        RunData {
+            dir: PathBuf::from(dir),
+            config: gradscope_train::TrainConfig {
+                seed,
+                lr,
+                ..Default::default()
+            },
+            metrics: Vec::new(),
+            summary: None,
+            points: Vec::new(),
+            probe: Vec::new(),
+            verdicts: None,
+            label: String::new(),
+        }
+    }
+
+    /// Seeds of one configuration share a label (and a band); two runs of the
+    /// same configuration and seed do not pass for seeds.
+    #[test]
+    fn same_seed_runs_are_told_apart_by_directory() {
+        let mut runs = vec![run("a/s0", 0, 0.1), run("a/s1", 1, 0.1), run("b", 0, 0.5)];
+        assign_labels(&mut runs);
+        assert_eq!(runs[0].label, runs[1].label);
+        assert_eq!(groups(&runs).len(), 2);
+        let mut runs = vec![run("x/original", 0, 0.1), run("x/control", 0, 0.1)];
+        assign_labels(&mut runs);
+        assert_ne!(runs[0].label, runs[1].label);
+        assert!(runs[1].label.ends_with("[control]"), "{}", runs[1].label);
+        assert_eq!(groups(&runs).len(), 2);
+    }
 }

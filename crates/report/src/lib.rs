@@ -6,6 +6,7 @@
 //! probe crates and never trains, probes or changes them.
 
 pub mod charts;
+pub mod fix;
 pub mod html;
 pub mod lab;
 pub mod label;
@@ -183,6 +184,22 @@ fn may_write_into(dir: &Path) -> std::io::Result<bool> {
 pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportError> {
     let (mut runs, warnings) = load_runs(dirs)?;
     label::assign_labels(&mut runs);
+    draw(runs, warnings, options)
+}
+
+/// As [`build`], with each run's legend label given (each run its own line).
+pub fn build_labelled(runs: &[(String, PathBuf)], options: ReportOptions) -> Result<Report, ReportError> {
+    let dirs: Vec<PathBuf> = runs.iter().map(|r| r.1.clone()).collect();
+    let (mut loaded, warnings) = load_runs(&dirs)?;
+    for run in &mut loaded {
+        if let Some((label, _)) = runs.iter().find(|r| r.1 == run.dir) {
+            run.label = label.clone();
+        }
+    }
+    draw(loaded, warnings, options)
+}
+
+fn draw(runs: Vec<RunData>, warnings: Vec<String>, options: ReportOptions) -> Result<Report, ReportError> {
     let groups = label::groups(&runs);
     let mut charts = Vec::new();
     for m in [Metric::TrainLoss, Metric::TestLoss, Metric::TestAcc] {

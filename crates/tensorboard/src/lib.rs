@@ -213,10 +213,7 @@ fn events(run: &RunData, hists: &[GradHistogram], start: f64) -> Vec<Event> {
             .or_default()
             .extend(scalar("verdict/healthy".into(), healthy));
         for alert in &verdicts.alerts {
-            let rule = serde_json::to_value(alert.rule)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let rule = alert.rule.as_str();
             by_step
                 .entry(alert.steps[0])
                 .or_default()
