@@ -106,6 +106,36 @@ fn print_table(judged: &[Judged]) {
     }
 }
 
+/// The ranking as the report's lead table.
+fn ranking_table(plan: &Plan, judged: &[Judged], steps: u64) -> gradscope_report::LeadTable {
+    let names: Vec<&str> = plan.flagged.iter().map(|r| r.as_str()).collect();
+    gradscope_report::LeadTable {
+        title: "Remedies, ranked".into(),
+        text: format!(
+            "The run was flagged: {}. Each remedy was trained for {steps} steps from the same seed and data, beside the unchanged configuration; a cure does not diverge, clears every flag the run had, and ends at least {:.0} points of test accuracy above the control.",
+            names.join(", "),
+            fix::BETTER_BY * 100.0
+        ),
+        columns: ["rank", "remedy", "cured", "test acc", "verdict after", "why"]
+            .map(String::from)
+            .to_vec(),
+        rows: judged
+            .iter()
+            .enumerate()
+            .map(|(k, j)| {
+                vec![
+                    (k + 1).to_string(),
+                    j.description.clone(),
+                    if j.cured { "yes" } else { "no" }.into(),
+                    j.final_test_acc.map_or("n/a".into(), |a| format!("{:.1}%", a * 100.0)),
+                    j.verdict.map_or("-".into(), |v| v.to_string()),
+                    j.because.clone(),
+                ]
+            })
+            .collect(),
+    }
+}
+
 pub fn run(args: FixArgs) -> Result<()> {
     let mut warnings = Vec::new();
     let original = gradscope_report::load_run(&args.run, &mut warnings).map_err(anyhow::Error::msg)?;
@@ -202,7 +232,8 @@ pub fn run(args: FixArgs) -> Result<()> {
             .zip(&jobs[1..])
             .map(|(c, j)| (c.remedy.describe().to_owned(), j.dir.clone())),
     );
-    let report = gradscope_report::build_labelled(&labelled, gradscope_report::ReportOptions::default())?;
+    let mut report = gradscope_report::build_labelled(&labelled, gradscope_report::ReportOptions::default())?;
+    report.lead = Some(ranking_table(&plan, &judged, steps));
     let html = report.write(&out.join("report"))?;
     println!(
         "ranking: {}\nreport: {}",

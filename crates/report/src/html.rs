@@ -149,6 +149,25 @@ pub fn render(report: &Report) -> String {
         }
         body.push_str("</ul></div>");
     }
+    if let Some(lead) = &report.lead {
+        body.push_str(&format!(
+            "<h2>{}</h2><p>{}</p><table><thead><tr>",
+            escape(&lead.title),
+            escape(&lead.text)
+        ));
+        for c in &lead.columns {
+            body.push_str(&format!("<th>{}</th>", escape(c)));
+        }
+        body.push_str("</tr></thead><tbody>");
+        for row in &lead.rows {
+            body.push_str("<tr>");
+            for cell in row {
+                body.push_str(&format!("<td>{}</td>", escape(cell)));
+            }
+            body.push_str("</tr>");
+        }
+        body.push_str("</tbody></table>");
+    }
     body.push_str("<h2>Summary</h2>");
     body.push_str(&summary_table(&report.summary, report.options.target_acc));
     body.push_str("<h2>Charts</h2>");

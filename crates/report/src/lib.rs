@@ -64,6 +64,17 @@ pub struct Report {
     /// The lab's judged claims, each with the charts of its own runs: a lab
     /// report shows these instead of charts of every run together.
     pub sections: Vec<ClaimSection>,
+    /// A table shown before the summary (e.g. `gradscope fix`'s ranking).
+    pub lead: Option<LeadTable>,
+}
+
+/// A titled table with a sentence under the title, drawn at the top of a report.
+#[derive(Debug, Clone, Default)]
+pub struct LeadTable {
+    pub title: String,
+    pub text: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
 }
 
 /// One claim of a lab report: its verdict and evidence, its runs (role and
@@ -138,6 +149,7 @@ pub fn lab_report(dirs: &[PathBuf], sections: Vec<ClaimSection>) -> Result<Repor
         warnings,
         options,
         sections,
+        lead: None,
     })
 }
 
@@ -224,6 +236,7 @@ fn draw(runs: Vec<RunData>, warnings: Vec<String>, options: ReportOptions) -> Re
         warnings,
         options,
         sections: Vec::new(),
+        lead: None,
     })
 }
 
