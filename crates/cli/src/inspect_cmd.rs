@@ -24,6 +24,22 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
         print!("{}", gradscope_probe::render(&ins));
+        if let Ok(Some(s)) = gradscope_train::run_dir::read_summary(&args.run) {
+            let acc = s.final_test_acc.map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0));
+            let status = format!("{:?}", s.status).to_lowercase();
+            println!("run: {status}, {} steps, final test accuracy {acc}", s.steps);
+        }
+        let report = args.run.join(gradscope_train::run_dir::REPORT_DIR).join("report.html");
+        if report.is_file() {
+            println!("report: {}", report.display());
+        }
+        if ins
+            .verdicts
+            .as_ref()
+            .is_some_and(|v| v.verdict != gradscope_probe::verdict::Verdict::Healthy)
+        {
+            println!("try the remedies: gradscope fix {}", args.run.display());
+        }
     }
     Ok(())
 }

@@ -370,10 +370,10 @@ pub fn default_run_dir(label: &str) -> PathBuf {
 }
 
 fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, dir: &Path, quiet: bool) -> Result<()> {
-    let epochs = trainer.config.epochs;
     let trainer_lr = trainer.config.lr;
-    trainer.observe(Box::new(Progress::new(quiet, epochs)));
-    let probed = match GradientProbe::for_run(&trainer.config)? {
+    let mut probe = GradientProbe::for_run(&trainer.config)?;
+    trainer.observe(Box::new(Progress::new(quiet, probe.as_mut().map(GradientProbe::live))));
+    let probed = match probe {
         Some(probe) => {
             trainer.observe(Box::new(probe));
             true

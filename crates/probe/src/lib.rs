@@ -23,7 +23,7 @@ mod worker;
 
 pub use gradscope_train::ProbeSchedule;
 pub use module::{ModuleGrads, ParamGrad};
-pub use observer::{GradientProbe, ProbeConfig, Reductions};
+pub use observer::{GradientProbe, Live, LiveHandle, ProbeConfig, Reductions};
 pub use record::{GradHistogram, ProbeRecord, read_hist_csv, read_probe_csv};
 pub use table::{Inspection, inspect, render};
 pub use verdict::{Alert, Verdicts, judge};

@@ -177,8 +177,44 @@ enum Pending {
     Device(Meta, StepStats, Vec<Option<Tensor<1>>>),
 }
 
+/// The latest probed step in brief, for a live display ([`GradientProbe::live`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Live {
+    pub step: u64,
+    /// RMS of dL/dh at the first main-path layer over that at the last: how
+    /// much of the signal reaches the input side (1: all of it).
+    pub signal_ratio: Option<f64>,
+    /// Mean share of dead (ReLU) or saturated (sigmoid/tanh) units over the main path.
+    pub stuck_units: Option<f64>,
+}
+
+impl Live {
+    fn of(rec: &ProbeRecord, points: &[ProbePoint]) -> Self {
+        let profile = crate::verdict::profile_points(points);
+        let signal = |i: Option<&usize>| i.and_then(|&i| rec.get(i, "signal_rms"));
+        let signal_ratio = match (signal(profile.first()), signal(profile.last())) {
+            (Some(first), Some(last)) if last > 0.0 => Some(first / last),
+            _ => None,
+        };
+        let stuck: Vec<f64> = profile
+            .iter()
+            .filter_map(|&i| rec.get(i, "dead_frac").or_else(|| rec.get(i, "saturated_frac")))
+            .collect();
+        Self {
+            step: rec.step,
+            signal_ratio,
+            stuck_units: (!stuck.is_empty()).then(|| stuck.iter().sum::<f64>() / stuck.len() as f64),
+        }
+    }
+}
+
+/// Where the probe leaves its latest [`Live`] summary.
+pub type LiveHandle = std::sync::Arc<std::sync::Mutex<Option<Live>>>;
+
 /// The gradient probe. Add it to a trainer with `trainer.observe(Box::new(probe))`.
 pub struct GradientProbe {
+    /// Shared with a display, when one asked ([`Self::live`]).
+    live: Option<LiveHandle>,
     config: ProbeConfig,
     dir: PathBuf,
     points: Vec<ProbePoint>,
@@ -207,6 +243,7 @@ impl GradientProbe {
     pub fn new(config: ProbeConfig) -> Self {
         Self {
             config,
+            live: None,
             dir: PathBuf::new(),
             points: Vec::new(),
             ids: None,
@@ -332,8 +369,19 @@ impl GradientProbe {
         control
     }
 
+    /// A handle on the latest probed step in brief, updated as records are
+    /// written: what a progress display shows about the gradients.
+    pub fn live(&mut self) -> LiveHandle {
+        self.live.get_or_insert_with(Default::default).clone()
+    }
+
     /// Keeps a written record; diverged when it holds a non-finite value.
     fn keep(&mut self, rec: ProbeRecord, nonfinite: bool) -> Control {
+        if let Some(live) = &self.live
+            && let Ok(mut slot) = live.lock()
+        {
+            *slot = Some(Live::of(&rec, &self.points));
+        }
         self.records.push(rec);
         if !nonfinite {
             return Control::Continue;
@@ -529,7 +577,46 @@ impl<M: Network> Observer<M> for GradientProbe {
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
+    use gradscope_models::PointKind;
     use gradscope_train::Backend;
+
+    /// The live summary: input-side over output-side signal of the main path
+    /// (the head left out), and the mean share of stuck units.
+    #[test]
+    fn live_summary_of_a_record() {
+        let point = |name: &str, kind: PointKind, act| ProbePoint {
+            name: name.into(),
+            kind,
+            depth: 0,
+            activation: act,
+            params: vec![],
+            weight: None,
+            shape: vec![4],
+            has_norm: false,
+            block: None,
+            main_path: true,
+        };
+        let relu = Some(gradscope_models::Activation::Relu);
+        let points = vec![
+            point("h1", PointKind::Dense, relu),
+            point("h2", PointKind::Dense, relu),
+            point("head", PointKind::Head, None),
+        ];
+        let mut rec = ProbeRecord::new(7, 3);
+        for (i, (signal, dead)) in [(0.01, 0.5), (1.0, 0.0), (9.0, 0.0)].into_iter().enumerate() {
+            rec.layers[i].insert("signal_rms".into(), signal);
+            rec.layers[i].insert("dead_frac".into(), dead);
+        }
+        let live = Live::of(&rec, &points);
+        assert_eq!(live.step, 7);
+        assert_eq!(live.signal_ratio, Some(0.01));
+        assert_eq!(live.stuck_units, Some(0.25));
+        let mut probe = GradientProbe::new(ProbeConfig::default());
+        let handle = probe.live();
+        probe.points = points;
+        assert_eq!(probe.keep(rec, false), Control::Continue);
+        assert_eq!(*handle.lock().unwrap(), Some(live));
+    }
 
     #[test]
     fn auto_reductions_know_the_cpu_backends() {

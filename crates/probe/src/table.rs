@@ -111,6 +111,12 @@ pub fn render(ins: &Inspection) -> String {
             alerts.join(", ")
         ));
     }
+    out.push_str(&format!(
+        "(dL/dh@S: RMS of the back-propagated signal at step S, the first and last probed step; |gW|@S: L2 norm of the \
+         layer's weight gradient; sat/dead %: units saturated (sigmoid/tanh) or dead (ReLU: zero for every example) at \
+         step {}; +skip: a residual block's output; alerts: the rules that fired on the layer)\n",
+        last.step
+    ));
     if let Some(v) = &ins.verdicts {
         out.push_str(&format!("\nverdict: {}\n", v.verdict));
         for a in &v.alerts {

@@ -317,10 +317,14 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
             ),
         ));
         if !points.iter().any(|p| p.has_norm) {
-            ranked.push((
-                2,
-                "add BatchNorm before each activation to keep pre-activations out of saturation".into(),
-            ));
+            // Saturation is named only where the probe saw it: a deep sigmoid
+            // net can vanish with every unit in the linear range.
+            let why = if sat_frac > 0.2 {
+                "to keep pre-activations out of saturation"
+            } else {
+                "to hold each layer's pre-activations at unit scale, so the gradient keeps its scale through depth"
+            };
+            ranked.push((2, format!("add BatchNorm before each activation {why}")));
         }
     }
     // Tiny initialisation: weight RMS well below Xavier's at the first probe.

@@ -201,7 +201,12 @@ fn line_chart_in(
         let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.iter().copied()).collect();
         let x_max = all.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1e-9);
         let x_min = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(x_max);
-        let pos: Vec<f64> = all.iter().map(|p| p.1).filter(|y| !log_y || *y > 0.0).collect();
+        // A diverged run's inf never sets the range (a log axis would never end).
+        let pos: Vec<f64> = all
+            .iter()
+            .map(|p| p.1)
+            .filter(|y| y.is_finite() && (!log_y || *y > 0.0))
+            .collect();
         let y_min = pos.iter().copied().fold(f64::INFINITY, f64::min);
         let y_max = pos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let (y_min, y_max) = match y_range {
@@ -401,6 +406,65 @@ pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart,
         title,
     })
 }
+
+/// One run's weight-gradient norm per layer over steps (log axis): the
+/// per-layer view the heatmap gives in colour, as lines one can read values
+/// off. Nets deeper than [`LAYER_LINES`] layers show evenly spaced layers,
+/// the first and last always among them.
+pub fn layer_norms(run: &RunData, index: usize) -> Result<Chart, String> {
+    let layers: Vec<usize> = (0..run.points.len())
+        .filter(|&i| run.probe.iter().any(|r| r.get(i, "grad_l2").is_some()))
+        .collect();
+    let shown: Vec<usize> = if layers.len() <= LAYER_LINES {
+        layers.clone()
+    } else {
+        let mut picked: Vec<usize> = (0..LAYER_LINES)
+            .map(|k| layers[k * (layers.len() - 1) / (LAYER_LINES - 1)])
+            .collect();
+        picked.dedup();
+        picked
+    };
+    let lines: Vec<Line> = shown
+        .iter()
+        .map(|&i| Line {
+            label: run.points[i].name.clone(),
+            points: run
+                .probe
+                .iter()
+                .filter_map(|r| {
+                    r.get(i, "grad_l2")
+                        .filter(|v| v.is_finite() && *v > 0.0)
+                        .map(|v| (r.step as f64, v))
+                })
+                .collect(),
+            band: None,
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    let title = format!("{}: weight-gradient norm per layer", run.label);
+    Ok(Chart {
+        name: format!("layer_grad_l2_{index}"),
+        svg: line_chart(&title, "optimiser step", "||dL/dW||", &lines, true)?,
+        csv: std::iter::once("run,dir,layer,step,grad_l2\n".to_owned())
+            .chain(lines.iter().flat_map(|l| {
+                l.points.iter().map(|p| {
+                    format!(
+                        "\"{}\",\"{}\",{},{},{}\n",
+                        run.label.replace('"', "'"),
+                        run.dir.display(),
+                        l.label,
+                        p.0,
+                        p.1
+                    )
+                })
+            }))
+            .collect(),
+        title,
+    })
+}
+
+/// Most layers [`layer_norms`] draws in one chart: one colour each.
+pub const LAYER_LINES: usize = PALETTE.len();
 
 /// Mean fraction of saturated or dead units over main-path layers, per run, over steps.
 pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
@@ -719,6 +783,57 @@ mod tests {
         assert_eq!(tick(2.35), "2.35");
         assert_eq!(tick(0.004), "0.004");
         assert_eq!(tick(120.0), "120");
+    }
+
+    #[test]
+    fn layer_norms_pick_evenly_spaced_layers_first_and_last_included() {
+        let mut run = crate::label::tests::run("r", 0, 0.1);
+        run.points = (0..20)
+            .map(|i| gradscope_models::ProbePoint {
+                name: format!("l{i}"),
+                kind: gradscope_models::PointKind::Dense,
+                depth: i,
+                activation: None,
+                params: vec![],
+                weight: None,
+                shape: vec![1],
+                has_norm: false,
+                block: None,
+                main_path: true,
+            })
+            .collect();
+        let mut rec = gradscope_probe::ProbeRecord::new(0, 20);
+        for (i, l) in rec.layers.iter_mut().enumerate() {
+            l.insert("grad_l2".into(), 1.0 + i as f64);
+        }
+        run.probe = vec![rec];
+        let chart = layer_norms(&run, 0).unwrap();
+        let layers: Vec<&str> = chart
+            .csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(2).unwrap())
+            .collect();
+        assert_eq!(layers.len(), LAYER_LINES);
+        assert_eq!((layers[0], layers[LAYER_LINES - 1]), ("l0", "l19"));
+        assert!(
+            chart.csv.starts_with("run,dir,layer,step,grad_l2\n\"\",\"r\",l0,0,1\n"),
+            "{}",
+            chart.csv
+        );
+    }
+
+    #[test]
+    fn a_line_through_infinity_draws_on_a_finite_axis() {
+        let line = Line {
+            label: "diverged".into(),
+            points: vec![(0.0, 1.0), (1.0, f64::INFINITY), (2.0, f64::NAN), (3.0, 1e3)],
+            band: None,
+        };
+        for log_y in [true, false] {
+            let svg = line_chart("t", "x", "y", std::slice::from_ref(&line), log_y).unwrap();
+            assert!(svg.contains("<svg"));
+        }
     }
 
     #[test]

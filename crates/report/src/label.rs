@@ -112,11 +112,11 @@ pub fn groups(runs: &[RunData]) -> Vec<(String, Vec<usize>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn run(dir: &str, seed: u64, lr: f64) -> RunData {
+    pub(crate) fn run(dir: &str, seed: u64, lr: f64) -> RunData {
         RunData {
             dir: PathBuf::from(dir),
             config: gradscope_train::TrainConfig {

@@ -192,6 +192,10 @@ fn may_write_into(dir: &Path) -> std::io::Result<bool> {
     Ok(ours)
 }
 
+/// Runs that get a chart of their own (per-layer gradient norms); the rest
+/// are in the charts that overlay every run.
+const MAX_LAYER_CHARTS: usize = 8;
+
 /// Loads the runs (skipping unusable ones with a warning) and draws every chart.
 pub fn build(dirs: &[PathBuf], options: ReportOptions) -> Result<Report, ReportError> {
     let (mut runs, warnings) = load_runs(dirs)?;
@@ -223,6 +227,14 @@ fn draw(runs: Vec<RunData>, warnings: Vec<String>, options: ReportOptions) -> Re
                 .map_err(ReportError::Draw)?,
         );
         charts.push(charts::flow_profile(&runs, "grad_l2", "weight-gradient L2 norm").map_err(ReportError::Draw)?);
+        for (k, run) in runs
+            .iter()
+            .filter(|r| !r.probe.is_empty())
+            .take(MAX_LAYER_CHARTS)
+            .enumerate()
+        {
+            charts.push(charts::layer_norms(run, k).map_err(ReportError::Draw)?);
+        }
         charts.push(charts::spectrogram(&runs, "grad_l2", "weight-gradient norm").map_err(ReportError::Draw)?);
         charts
             .push(charts::spectrogram(&runs, "update_weight_ratio", "update:weight ratio").map_err(ReportError::Draw)?);
