@@ -2,8 +2,10 @@
 //! (seed groups as mean and band), per-layer gradient-flow profiles, layer x step
 //! gradient "spectrograms" on a shared colour scale, activation regimes, the
 //! summary table, a self-contained `report.html` with every chart inline, and the
-//! CSV behind every chart. It reads run directories written by the train and
-//! probe crates and never trains, probes or changes them.
+//! CSV behind every chart; and the judging of runs against each other: the
+//! lab's claims ([`lab`]) and `gradscope fix`'s remedies ([`fix`]), which it
+//! plans as configurations for others to train. It reads run directories
+//! written by the train and probe crates and never trains, probes or changes them.
 
 pub mod charts;
 pub mod fix;
