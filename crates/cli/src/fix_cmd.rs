@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use gradscope_report::fix::{self, Judged, Plan};
 use gradscope_report::lab::Job;
-use gradscope_train::run_dir::{EVENTS_FILE, VERDICTS_FILE};
+use gradscope_train::run_dir::VERDICTS_FILE;
 
 #[derive(Args, Debug)]
 pub struct FixArgs {
@@ -30,15 +30,8 @@ pub struct FixArgs {
 
 /// The steps the run was planned to take (its `start` event), else those it took.
 fn planned_steps(run: &gradscope_report::RunData) -> u64 {
-    let planned = std::fs::read_to_string(run.dir.join(EVENTS_FILE))
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                (v["event"] == "start").then(|| v["total_steps"].as_u64())?
-            })
-        });
-    planned
+    gradscope_train::run_dir::read_start(&run.dir)
+        .map(|s| s.total_steps)
         .or(run.summary.as_ref().map(|s| s.steps))
         .unwrap_or(run.metrics.last().map_or(0, |m| m.step))
 }

@@ -28,7 +28,7 @@ use gradscope_probe::measure::HIST_WIDTH;
 use gradscope_probe::verdict::Verdict;
 use gradscope_probe::{GradHistogram, read_hist_csv};
 use gradscope_report::{RunData, load_run};
-use gradscope_train::run_dir::{EVENTS_FILE, PROBE_HIST_FILE, TENSORBOARD_PREFIX};
+use gradscope_train::run_dir::{PROBE_HIST_FILE, TENSORBOARD_PREFIX, read_start};
 
 /// Why a run could not be exported.
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +110,7 @@ pub fn export(dir: &Path) -> Result<PathBuf, ExportError> {
 
 /// Unix time at which the run started (its `start` event), else now.
 fn start_time(dir: &Path) -> f64 {
-    let from_events = std::fs::read_to_string(dir.join(EVENTS_FILE)).ok().and_then(|text| {
-        text.lines().find_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["event"] == "start").then_some(())?;
-            let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str()?).ok()?;
-            Some(t.timestamp_millis() as f64 / 1000.0)
-        })
-    });
-    from_events.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0)
+    read_start(dir).map_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0, |s| s.unix_s)
 }
 
 /// Seconds into the run at `step`, interpolated between logged rows.

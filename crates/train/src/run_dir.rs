@@ -216,6 +216,28 @@ pub fn event(name: &str, fields: serde_json::Value) -> String {
     serde_json::Value::Object(obj).to_string()
 }
 
+/// When a run started and the steps it planned: its `start` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    /// Unix time, in seconds.
+    pub unix_s: f64,
+    pub total_steps: u64,
+}
+
+/// Reads the run's `start` event back from `events.jsonl`, if it has one.
+pub fn read_start(dir: &Path) -> Option<Started> {
+    let text = std::fs::read_to_string(dir.join(EVENTS_FILE)).ok()?;
+    text.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["event"] == "start").then_some(())?;
+        let time = chrono::DateTime::parse_from_rfc3339(v["time"].as_str()?).ok()?;
+        Some(Started {
+            unix_s: time.timestamp_millis() as f64 / 1000.0,
+            total_steps: v["total_steps"].as_u64()?,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +314,20 @@ mod tests {
             "step,layer\n8,x\n9,x\n19,x\n19,y\n"
         );
         assert!(!run.path(PROBE_HIST_FILE).exists());
+    }
+
+    #[test]
+    fn the_start_event_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_start(dir.path()), None);
+        let lines = [
+            event("evaluation", serde_json::json!({ "step": 0 })),
+            event("start", serde_json::json!({ "total_steps": 40 })),
+        ];
+        std::fs::write(dir.path().join(EVENTS_FILE), lines.join("\n")).unwrap();
+        let started = read_start(dir.path()).unwrap();
+        assert_eq!(started.total_steps, 40);
+        assert!((started.unix_s - chrono::Utc::now().timestamp() as f64).abs() < 60.0);
     }
 
     #[test]
