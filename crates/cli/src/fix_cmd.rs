@@ -80,23 +80,17 @@ fn jobs(plan: &Plan, out: &Path) -> Vec<Job> {
         .collect()
 }
 
-fn print_table(judged: &[Judged]) {
-    println!(
-        "\n{:<4} {:<40} {:<6} {:>9}  {:<10} why",
-        "rank", "remedy", "cured", "test acc", "verdict"
-    );
-    for (k, j) in judged.iter().enumerate() {
-        let verdict = j.verdict.map_or("-".into(), |v| v.to_string());
+/// The ranking table in the terminal: the same rows as the report's.
+fn print_table(table: &gradscope_report::LeadTable) {
+    let line = |c: &[String]| {
         println!(
-            "{:<4} {:<40} {:<6} {:>9}  {:<10} {}",
-            k + 1,
-            j.description,
-            if j.cured { "yes" } else { "no" },
-            j.final_test_acc.map_or("n/a".into(), |a| format!("{:.1}%", a * 100.0)),
-            verdict,
-            j.because
-        );
-    }
+            "{:<4} {:<40} {:<6} {:>9}  {:<13} {}",
+            c[0], c[1], c[2], c[3], c[4], c[5]
+        )
+    };
+    println!();
+    line(&table.columns);
+    table.rows.iter().for_each(|r| line(r));
 }
 
 /// The ranking as the report's lead table.
@@ -195,7 +189,8 @@ pub fn run(args: FixArgs) -> Result<()> {
         .map(|(remedy, run)| fix::judge(&plan.flagged, control, remedy, run))
         .collect();
     fix::rank(&mut judged);
-    print_table(&judged);
+    let table = ranking_table(&plan, &judged, steps);
+    print_table(&table);
     match judged.first().filter(|j| j.cured) {
         Some(best) => println!("\nbest: {} cures it ({})", best.description, best.dir),
         None => println!(
@@ -226,7 +221,7 @@ pub fn run(args: FixArgs) -> Result<()> {
             .map(|(c, j)| (c.remedy.describe().to_owned(), j.dir.clone())),
     );
     let mut report = gradscope_report::build_labelled(&labelled, gradscope_report::ReportOptions::default())?;
-    report.lead = Some(ranking_table(&plan, &judged, steps));
+    report.lead = Some(table);
     let html = report.write(&out.join("report"))?;
     println!(
         "ranking: {}\nreport: {}",
