@@ -800,3 +800,53 @@ fn bench_pytorch_names_the_missing_interpreter() {
         "{err}"
     );
 }
+
+/// `watch` follows a run another process writes: it waits for the directory
+/// to appear, redraws as records come, and exits by itself when the run
+/// ends, its last frame the finished run's table and verdict.
+#[test]
+fn watch_follows_a_run_from_before_it_starts_to_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let log = tmp.path().join("watch.txt");
+    let watch = gradscope()
+        .args(["watch", run.to_str().unwrap(), "--interval", "0.05"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("watch waiting for the run", || text().contains("waiting for"));
+    run_ok(&[
+        "train",
+        "--preset",
+        "mlp-sigmoid-10x128",
+        "--max-steps",
+        "30",
+        "--out",
+        run.to_str().unwrap(),
+        "-q",
+    ]);
+    let watch = std::cell::RefCell::new(watch);
+    wait_for("watch to exit after the run ended", || {
+        watch.borrow_mut().try_wait().unwrap().is_some()
+    });
+    assert!(watch.into_inner().wait().unwrap().success());
+    let out = text();
+    let last = out.rsplit("gradscope watch ").next().unwrap();
+    assert!(last.contains("(completed)"), "{out}");
+    assert!(last.contains("step 30,"), "{last}");
+    assert!(
+        last.contains("hidden.1") && last.contains("verdict: vanishing"),
+        "{last}"
+    );
+}
+
+#[test]
+fn watch_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let (_, err) = run_err(&["watch", missing.to_str().unwrap(), "--once"]);
+    assert!(err.contains("no such run directory"), "{err}");
+    let (_, err) = run_err(&["watch", tmp.path().to_str().unwrap(), "--interval", "0"]);
+    assert!(err.contains("--interval: found 0"), "{err}");
+}

@@ -126,6 +126,13 @@ fn ranking_table(plan: &Plan, judged: &[Judged], steps: u64) -> gradscope_report
 pub fn run(args: FixArgs) -> Result<()> {
     let mut warnings = Vec::new();
     let original = gradscope_report::load_run(&args.run, &mut warnings).map_err(anyhow::Error::msg)?;
+    let Some(config) = &original.config else {
+        bail!(
+            "{}: no config.toml; `gradscope fix` retrains gradscope's own configurations, and this run was probed in a training loop of your own (try its remedies there: see {})",
+            args.run.display(),
+            args.run.join(VERDICTS_FILE).display()
+        );
+    };
     let mut flagged = fix::flags(&original);
     if original.verdicts.is_none() {
         if original.summary.as_ref().is_some_and(|s| s.diverged.is_some()) {
@@ -145,9 +152,9 @@ pub fn run(args: FixArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let rough = fix::plan(&original.config, &flagged, 1).map_err(anyhow::Error::msg)?;
+    let rough = fix::plan(config, &flagged, 1).map_err(anyhow::Error::msg)?;
     let steps = steps_for(&args, &original, rough.candidates.len() + 1)?;
-    let plan = fix::plan(&original.config, &flagged, steps).map_err(anyhow::Error::msg)?;
+    let plan = fix::plan(config, &flagged, steps).map_err(anyhow::Error::msg)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&args.run));
     let jobs = jobs(&plan, &out);
     if args.list_jobs {

@@ -7,7 +7,7 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// A run directory written by `gradscope train`.
+    /// A run directory written by `gradscope train` (or a `ModelProbe`).
     pub run: PathBuf,
     /// Print verdicts.json instead of the table.
     #[arg(long)]
@@ -33,10 +33,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         if report.is_file() {
             println!("report: {}", report.display());
         }
+        // `fix` retrains a configuration: a run of gradscope's own.
         if ins
             .verdicts
             .as_ref()
             .is_some_and(|v| v.verdict != gradscope_probe::verdict::Verdict::Healthy)
+            && args.run.join(gradscope_train::run_dir::CONFIG_FILE).is_file()
         {
             println!("try the remedies: gradscope fix {}", args.run.display());
         }

@@ -15,6 +15,7 @@ mod parity_cmd;
 mod progress;
 mod tensorboard_cmd;
 mod train_cmd;
+mod watch_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,8 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Write TensorBoard event files for runs (training writes them too).  Example: `gradscope tensorboard lab && tensorboard --logdir lab`
     Tensorboard(tensorboard_cmd::TensorboardArgs),
+    /// Follow a run another process is writing: latest metrics, per-layer table, verdict so far.  Example: `gradscope watch runs/x`
+    Watch(watch_cmd::WatchArgs),
 }
 
 fn main() {
@@ -73,6 +76,7 @@ fn main() {
         Command::Parity(args) => parity_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Tensorboard(args) => tensorboard_cmd::run(args),
+        Command::Watch(args) => watch_cmd::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -4,17 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use gradscope_train::run_dir::{CONFIG_FILE, METRICS_FILE};
+use gradscope_train::run_dir::{CONFIG_FILE, METRICS_FILE, POINTS_FILE, is_run};
 
 #[derive(Args, Debug)]
 pub struct TensorboardArgs {
     /// Run directories, or folders holding them (a lab's output, `runs/`).
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
-}
-
-fn is_run(dir: &Path) -> bool {
-    dir.join(CONFIG_FILE).is_file() && dir.join(METRICS_FILE).is_file()
 }
 
 /// Run directories at or below `dir` (three levels down at most).
@@ -51,7 +47,7 @@ pub fn run(args: TensorboardArgs) -> Result<()> {
         runs_under(d, 3, &mut runs);
         if runs.len() == before {
             bail!(
-                "{}: no run directory (one with {CONFIG_FILE} and {METRICS_FILE}) in it or below it",
+                "{}: no run directory (one with {METRICS_FILE} and {CONFIG_FILE} or {POINTS_FILE}) in it or below it",
                 d.display()
             );
         }

@@ -63,6 +63,23 @@ pub fn capture<const D: usize>(h: Tensor<D>, slot: &GradSlot) -> Tensor<D> {
     h
 }
 
+/// Whether `h` is an autodiff tensor, whose gradient [`capture`] would keep
+/// (not a validation or inference pass on the inner backend).
+#[allow(deprecated)] // ndarray
+pub fn is_tracked<const D: usize>(h: &Tensor<D>) -> bool {
+    macro_rules! on {
+        ($backend:ty) => {
+            if h.clone().try_into_primitive::<Autodiff<$backend>>().is_ok() {
+                return true;
+            }
+        };
+    }
+    on!(Flex);
+    on!(NdArray);
+    on!(Cube);
+    false
+}
+
 type AdTensor<B> = <Autodiff<B> as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
 fn capture_on<B: Backend, const D: usize>(h: AdTensor<B>, slot: GradSlot) -> AdTensor<B>
@@ -152,6 +169,7 @@ mod tests {
         assert_eq!(g.dims(), [2, 12]);
         g.to_data().assert_eq(&TensorData::new(vec![2f32; 24], [2, 12]), true);
 
+        assert!(is_tracked(&x) && !is_tracked(&x.clone().inner()));
         let untracked = GradSlot::default();
         let y = capture(Tensor::<2>::ones([2, 2], &device), &untracked);
         let _ = (y.sum() + x.sum()).backward();

@@ -34,7 +34,7 @@ pub mod resnet;
 pub mod zoo;
 
 pub use activation::{Activation, Regime};
-pub use capture::{GradSlot, capture};
+pub use capture::{GradSlot, capture, is_tracked};
 pub use common::{Head, ModelError, Network, Norm, NormPlacement};
 pub use init::Init;
 pub use interop::{InteropError, export_safetensors, import_safetensors};

@@ -106,6 +106,18 @@ pub struct Trace {
     pub post: Tensor<2>,
 }
 
+impl Trace {
+    /// The trace of a point whose output is `post` (and whose activation's
+    /// input is `pre`, where it is kept), without autodiff: traces are only
+    /// read, never differentiated.
+    pub fn of<const D: usize>(pre: Option<Tensor<D>>, post: &Tensor<D>) -> Self {
+        Self {
+            pre: pre.map(|pre| flatten(pre.inner())),
+            post: flatten(post.clone().inner()),
+        }
+    }
+}
+
 /// Records probe points during a forward pass; a no-op when probing is off.
 pub(crate) struct Recorder<'a> {
     taps: Option<&'a Taps>,
@@ -145,11 +157,7 @@ impl<'a> Recorder<'a> {
         let i = self.next;
         self.next += 1;
         if let Some(traces) = self.traces.as_mut() {
-            // Without autodiff: the traces are only read, never differentiated.
-            traces.push(Trace {
-                pre: pre.map(|pre| flatten(pre.inner())),
-                post: flatten(post.clone().inner()),
-            });
+            traces.push(Trace::of(pre, &post));
         }
         match self.taps.map(|t| &t.out[i]) {
             Some(slot) => capture(post, slot),

@@ -278,7 +278,7 @@ struct At {
 /// place only into buffers nobody else holds and copies the rest.
 pub struct HostJob {
     read: Transfer,
-    loss: usize,
+    loss: Option<usize>,
     /// Each tap is read once even when two points use it (skip shares).
     taps: Vec<Option<usize>>,
     at: Vec<At>,
@@ -298,7 +298,7 @@ impl HostJob {
             || vec![None; view.points.len()],
             |(model, ids)| gather.add_params(model, ids),
         );
-        let loss = gather.add(view.loss.clone());
+        let loss = view.loss.clone().map(|l| gather.add(l));
         let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
         let at: Vec<At> = (0..view.points.len())
             .map(|i| {
@@ -308,6 +308,9 @@ impl HostJob {
                     (grad(view.bias[i]), GradPrefix::Bias),
                 ];
                 let p = &view.points[i];
+                let trace = view.traces[i]
+                    .as_ref()
+                    .expect("the host path reads probe points that were traced");
                 At {
                     activation: p.activation,
                     skip: p
@@ -315,10 +318,10 @@ impl HostJob {
                         .as_ref()
                         .filter(|b| b.identity_skip)
                         .map(|b| (b.input, b.branch)),
-                    post: gather.add(view.traces[i].post.clone()),
-                    features: view.traces[i].post.dims()[1],
+                    post: gather.add(trace.post.clone()),
+                    features: trace.post.dims()[1],
                     // The activation's input: read only where there is an activation.
-                    pre: p.activation.and(view.traces[i].pre.clone()).map(|t| gather.add(t)),
+                    pre: p.activation.and(trace.pre.clone()).map(|t| gather.add(t)),
                     norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
                     grads,
                     before: before[i],
@@ -364,7 +367,9 @@ impl HostJob {
             }
             None => Vec::new(),
         };
-        out.values.push((None, "loss", values[self.loss][0] as f64));
+        if let Some(loss) = self.loss {
+            out.values.push((None, "loss", values[loss][0] as f64));
+        }
         for (i, at) in self.at.iter().enumerate() {
             let g = self.taps[i].map(|k| &*values[k]);
             let pre = at.pre.map(|k| &*values[k]);

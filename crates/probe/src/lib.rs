@@ -7,12 +7,14 @@
 //! it knows nothing about datasets, optimisers or how results are drawn.
 //! Statistics are taken on the host from one read per probe step ([`fused`]),
 //! on the probe's own thread while the next step trains, or as device
-//! reductions ([`measure`], the cross-check); [`module`] offers
-//! the weight-gradient half for any Burn module, e.g. inside burn-train.
+//! reductions ([`measure`], the cross-check); [`ModelProbe`] brings the
+//! probe, with dL/dh at the tensors a user marks, to any Burn module trained by
+//! burn-train's `Learner` or a loop of the user's own.
 
 mod cache;
 pub mod fused;
 pub mod measure;
+pub mod model_probe;
 pub mod module;
 pub mod observer;
 pub mod parity;
@@ -21,7 +23,9 @@ pub mod table;
 pub mod verdict;
 mod worker;
 
+pub use gradscope_models::Activation;
 pub use gradscope_train::ProbeSchedule;
+pub use model_probe::ModelProbe;
 pub use module::{ModuleGrads, ParamGrad};
 pub use observer::{GradientProbe, Live, LiveHandle, ProbeConfig, Reductions};
 pub use record::{GradHistogram, ProbeRecord, read_hist_csv, read_probe_csv};

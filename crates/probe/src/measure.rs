@@ -109,11 +109,13 @@ impl Default for Batch {
 /// forward traces, the parameter gradients, and which parameters are each
 /// point's weight and bias (`(id, rank)`).
 pub struct StepView<'a> {
-    /// The step's loss (read with everything else).
-    pub loss: Tensor<1>,
+    /// The step's loss (read with everything else), where the loop gave it.
+    pub loss: Option<Tensor<1>>,
     pub points: &'a [ProbePoint],
     pub taps: &'a TapGrads,
-    pub traces: &'a [Trace],
+    /// Per point, what the forward pass saw there (`None` for a point whose
+    /// output was not recorded: a layer known only by its parameters).
+    pub traces: &'a [Option<Trace>],
     pub grads: &'a GradientsParams,
     pub weight: &'a [Option<(ParamId, usize)>],
     pub bias: &'a [Option<(ParamId, usize)>],
@@ -135,10 +137,13 @@ pub struct StepStats {
 /// cross-check of [`crate::fused::HostJob::compute`]; `GRADSCOPE_PROBE_REDUCTIONS=device`).
 pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
-    batch.push(None, "loss", view.loss.clone());
+    if let Some(loss) = &view.loss {
+        batch.push(None, "loss", loss.clone());
+    }
     for (i, p) in view.points.iter().enumerate() {
+        let trace = view.traces[i].as_ref();
         // f' once per point: for the signal below the activation and for saturation.
-        let d = p.activation.and_then(|act| derivative(act, &view.traces[i]));
+        let d = p.activation.zip(trace).and_then(|(act, trace)| derivative(act, trace));
         if let Some(g) = &view.taps.out[i] {
             let flat = g.clone().flatten::<1>(0, 1);
             let norm = l2(&flat);
@@ -170,7 +175,9 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
         {
             grad_stats(batch, i, &g, GradPrefix::Bias);
         }
-        if let Some(alive) = activation_stats(batch, i, p.activation, &view.traces[i], d.as_ref()) {
+        if let Some(trace) = trace
+            && let Some(alive) = activation_stats(batch, i, p.activation, trace, d.as_ref())
+        {
             batch.push_vector(i, VectorKind::UnitMaxAbs, alive);
         }
         if let Some(links) = p.block.as_ref().filter(|b| b.identity_skip)
@@ -182,6 +189,23 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
             batch.push(Some(i), "skip_share", s.clone() / (s + b + 1e-30));
         }
     }
+}
+
+/// Adds an update step's weight norms to `stats` (device path): each point's
+/// main weight after the optimiser step, and where `before` holds it from
+/// before the step, the update's size; then reads the step's device batch.
+pub fn finish_device_step(stats: &mut StepStats, before: &[Option<Tensor<1>>], after: &[Option<Tensor<1>>]) {
+    for (i, w) in after.iter().enumerate() {
+        let Some(w) = w else { continue };
+        stats.batch.push(Some(i), "weight_l2", l2(w));
+        if let Some(Some(b)) = before.get(i) {
+            stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
+            stats.batch.push(Some(i), "weight_before_l2", l2(b));
+        }
+    }
+    let read = std::mem::take(&mut stats.batch).read();
+    stats.values.extend(read.values);
+    stats.vectors.extend(read.vectors);
 }
 
 /// L2 norm of a flat tensor, as `[1]`.

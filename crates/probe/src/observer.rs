@@ -8,19 +8,19 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burn::module::ParamId;
+use burn::module::{Module, ParamId};
 use burn::tensor::Tensor;
 use gradscope_models::{Network, ProbePoint, named_params};
-use gradscope_train::files::{LineLog, write_atomic};
+use gradscope_train::files::write_atomic;
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
 
 use crate::fused::{HostJob, Reading};
-use crate::measure::{StepStats, StepView, device_step, l2, param_values};
-use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, read_probe_csv};
+use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
+use crate::record::{ProbeRecord, read_probe_csv};
 use crate::verdict::{WINDOW, judge};
 use crate::worker::{Job, Meta, Worker, Writer};
 use gradscope_train::ProbeSchedule;
-use gradscope_train::run_dir::{FORENSICS_FILE, POINTS_FILE, PROBE_FILE, PROBE_HIST_FILE, VERDICTS_FILE};
+use gradscope_train::run_dir::{FORENSICS_FILE, POINTS_FILE, PROBE_FILE, VERDICTS_FILE};
 
 /// Probe records kept for NaN forensics.
 pub const FORENSICS_DEPTH: usize = 20;
@@ -106,7 +106,7 @@ impl Reductions {
 
     /// The path for a run whose probe steps look like `view`.
     fn resolve(self, view: &StepView<'_>) -> Path {
-        let reading = Reading::of(&view.loss);
+        let reading = Reading::of(view.loss.as_ref().expect("the trainer gives every probed step's loss"));
         match self {
             Reductions::Host => Path::Host(reading),
             Reductions::Device => Path::Device,
@@ -114,6 +114,7 @@ impl Reductions {
                 let per_point = view
                     .traces
                     .iter()
+                    .flatten()
                     .map(|t| 3 * t.post.shape().num_elements())
                     .sum::<usize>()
                     / view.traces.len().max(1);
@@ -161,11 +162,38 @@ impl Default for ProbeConfig {
     }
 }
 
-struct Ids {
-    weight: Vec<Option<(ParamId, usize)>>,
-    bias: Vec<Option<(ParamId, usize)>>,
+/// Each probe point's main weight and bias in a model, as `(id, rank)`.
+pub(crate) struct Ids {
+    pub weight: Vec<Option<(ParamId, usize)>>,
+    pub bias: Vec<Option<(ParamId, usize)>>,
     /// `weight`'s ids alone, for [`param_values`].
-    weight_ids: Vec<Option<ParamId>>,
+    pub weight_ids: Vec<Option<ParamId>>,
+}
+
+impl Ids {
+    /// Finds the points' parameters in `model` (once per run: ids are fixed for it).
+    pub fn of<M: Module>(points: &[ProbePoint], model: &M) -> Self {
+        let named = named_params(model);
+        let find = |path: Option<&String>| {
+            let path = path?;
+            named.iter().find(|n| &n.path == path).map(|n| (n.id, n.shape.len()))
+        };
+        let weight: Vec<_> = points.iter().map(|p| find(p.weight.as_ref())).collect();
+        Self {
+            weight_ids: weight.iter().map(|w| w.map(|(id, _)| id)).collect(),
+            weight,
+            bias: points
+                .iter()
+                .map(|p| {
+                    find(
+                        p.params
+                            .iter()
+                            .find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A probe step measured in `after_backward`, handed to the worker in `after_step`.
@@ -282,34 +310,6 @@ impl GradientProbe {
         &self.records
     }
 
-    /// Finds the points' parameters in `model` (once: ids are fixed for a run).
-    fn find_ids<M: Network>(&mut self, model: &M) {
-        if self.ids.is_some() {
-            return;
-        }
-        let named = named_params(model);
-        let find = |path: Option<&String>| {
-            let path = path?;
-            named.iter().find(|n| &n.path == path).map(|n| (n.id, n.shape.len()))
-        };
-        let weight: Vec<_> = self.points.iter().map(|p| find(p.weight.as_ref())).collect();
-        self.ids = Some(Ids {
-            weight_ids: weight.iter().map(|w| w.map(|(id, _)| id)).collect(),
-            weight,
-            bias: self
-                .points
-                .iter()
-                .map(|p| {
-                    find(
-                        p.params
-                            .iter()
-                            .find(|q| q.ends_with("bias") && Some(*q) != p.weight.as_ref()),
-                    )
-                })
-                .collect(),
-        });
-    }
-
     fn measure<M: Network>(&mut self, view: &BackwardView<'_, M>) -> Pending {
         let (Some(taps), Some(traces)) = (view.taps, view.traces) else {
             unreachable!("called on probed steps")
@@ -321,13 +321,13 @@ impl GradientProbe {
             update,
             window_end: self.probes.is_multiple_of(WINDOW as u64),
         };
-        self.find_ids(view.model);
-        let ids = self.ids.as_ref().expect("just found");
+        let ids = self.ids.get_or_insert_with(|| Ids::of(&self.points, view.model));
+        let traces: Vec<_> = traces.iter().cloned().map(Some).collect();
         let step = StepView {
-            loss: view.loss.clone().inner(),
+            loss: Some(view.loss.clone().inner()),
             points: &self.points,
             taps,
-            traces,
+            traces: &traces,
             grads: view.grads,
             weight: &ids.weight,
             bias: &ids.bias,
@@ -387,7 +387,7 @@ impl GradientProbe {
             return Control::Continue;
         }
         let rec = self.records.last().expect("just pushed");
-        match self.write_forensics(rec) {
+        match write_forensics(&self.dir, &self.points, &self.records) {
             Ok(cause) => Control::Diverged(cause),
             Err(e) => Control::Diverged(format!(
                 "non-finite values at step {} (forensics not written: {e})",
@@ -395,27 +395,34 @@ impl GradientProbe {
             )),
         }
     }
+}
 
-    fn write_forensics(&self, rec: &ProbeRecord) -> Result<String, TrainError> {
-        let (point, metric, value) = rec.first_nonfinite().expect("called on a non-finite record");
-        let layer = if point == usize::MAX {
-            "model".to_owned()
-        } else {
-            self.points[point].name.clone()
-        };
-        let cause = format!("{metric} of {layer} is {value} at step {}", rec.step);
-        let json = serde_json::json!({
-            "step": rec.step,
-            "first_layer": layer,
-            "first_quantity": metric,
-            "value": value.to_string(),
-            "cause": cause,
-            "records": &self.records[self.records.len().saturating_sub(FORENSICS_DEPTH)..],
-        });
-        let text = serde_json::to_string_pretty(&json).expect("forensics serialise");
-        write_atomic(&self.dir.join(FORENSICS_FILE), text.as_bytes())?;
-        Ok(cause)
-    }
+/// Writes `forensics.json` for a run whose latest record holds a non-finite
+/// value: where it is, and the records before it. Returns the cause in words.
+pub(crate) fn write_forensics(
+    dir: &std::path::Path,
+    points: &[ProbePoint],
+    records: &[ProbeRecord],
+) -> Result<String, TrainError> {
+    let rec = records.last().expect("called with the non-finite record last");
+    let (point, metric, value) = rec.first_nonfinite().expect("called on a non-finite record");
+    let layer = if point == usize::MAX {
+        "model".to_owned()
+    } else {
+        points[point].name.clone()
+    };
+    let cause = format!("{metric} of {layer} is {value} at step {}", rec.step);
+    let json = serde_json::json!({
+        "step": rec.step,
+        "first_layer": layer,
+        "first_quantity": metric,
+        "value": value.to_string(),
+        "cause": cause,
+        "records": &records[records.len().saturating_sub(FORENSICS_DEPTH)..],
+    });
+    let text = serde_json::to_string_pretty(&json).expect("forensics serialise");
+    write_atomic(&dir.join(FORENSICS_FILE), text.as_bytes())?;
+    Ok(cause)
 }
 
 impl<M: Network> Observer<M> for GradientProbe {
@@ -434,26 +441,13 @@ impl<M: Network> Observer<M> for GradientProbe {
                 self.records = read_probe_csv(&csv_path, &self.points).map_err(TrainError::Observer)?;
             }
         }
-        let mut csv = LineLog::append(&csv_path)?;
-        let mut hist = LineLog::append(&self.dir.join(PROBE_HIST_FILE))?;
-        if csv.is_empty() {
-            csv.line(PROBE_HEADER)?;
-        }
-        if hist.is_empty() {
-            hist.line(HIST_HEADER)?;
-        }
+        let mut writer = Writer::open(&self.dir, &self.points)?;
         // Ratios divide by the latest weight norms: after a resume, those of
         // the last update step before the checkpoint, as the run had them.
-        let weight_l2 = (0..self.points.len())
+        writer.weight_l2 = (0..self.points.len())
             .map(|i| self.records.iter().rev().find_map(|r| r.get(i, "weight_l2")))
             .collect();
-        self.worker = Some(Worker::start(Writer {
-            points: self.points.clone(),
-            alive: vec![None; self.points.len()],
-            weight_l2,
-            csv,
-            hist_csv: hist,
-        }));
+        self.worker = Some(Worker::start(writer));
         self.started = Some(Instant::now());
         Ok(())
     }
@@ -496,21 +490,9 @@ impl<M: Network> Observer<M> for GradientProbe {
                 } else {
                     Vec::new()
                 };
-                for (i, w) in after.iter().enumerate() {
-                    let Some(w) = w else { continue };
-                    stats.batch.push(Some(i), "weight_l2", l2(w));
-                    if let Some(Some(b)) = before.get(i) {
-                        stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
-                        stats.batch.push(Some(i), "weight_before_l2", l2(b));
-                    }
-                }
                 // Read on the training thread, the form measured on an H100
-                // (+31 ms per probed ResNet-20 step). Finished on the probe's
-                // thread instead, as the host path is, it ran past its time
-                // limit there once, cause unknown; not kept (BENCHMARKS.md).
-                let read = std::mem::take(&mut stats.batch).read();
-                stats.values.extend(read.values);
-                stats.vectors.extend(read.vectors);
+                // (+31 ms per probed ResNet-20 step); see BENCHMARKS.md.
+                finish_device_step(&mut stats, &before, &after);
                 Job::Done(meta, stats)
             }
         };

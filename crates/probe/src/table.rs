@@ -12,7 +12,7 @@ use crate::verdict::Verdicts;
 pub enum InspectError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
-    #[error("{dir} is not a gradscope run (no config.toml)")]
+    #[error("{dir} is not a gradscope run (no config.toml, no points.json)")]
     NotARun { dir: String },
     #[error("{dir}: no probe data (was the run trained with --probe off?)")]
     NoProbe { dir: String },
@@ -31,12 +31,14 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         path: p.display().to_string(),
         reason,
     };
-    if !dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
+    let points_path = dir.join(gradscope_train::run_dir::POINTS_FILE);
+    // A run of `gradscope train` has a config.toml; one of a `ModelProbe` in
+    // a loop of the user's own has only the probe's files.
+    if !dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() && !points_path.exists() {
         return Err(InspectError::NotARun {
             dir: dir.display().to_string(),
         });
     }
-    let points_path = dir.join(gradscope_train::run_dir::POINTS_FILE);
     if !points_path.exists() {
         return Err(InspectError::NoProbe {
             dir: dir.display().to_string(),
@@ -62,6 +64,15 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
     })
 }
 
+/// A factor with three significant digits, in scientific notation when tiny or huge.
+fn ratio(x: f64) -> String {
+    if (1e-3..1e3).contains(&x.abs()) {
+        format!("{x:.3}").trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        format!("{x:.1e}")
+    }
+}
+
 fn sci(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.2e}"))
 }
@@ -73,10 +84,11 @@ pub fn render(ins: &Inspection) -> String {
         return "no probe records\n".into();
     };
     let mut out = format!(
-        "{:<24} {:>11} {:>11} {:>11} {:>11} {:>12}  alerts\n",
+        "{:<24} {:>11} {:>11} {:>9} {:>11} {:>11} {:>12}  alerts\n",
         "layer",
         format!("dL/dh@{}", first.step),
         format!("dL/dh@{}", last.step),
+        "x/layer",
         format!("|gW|@{}", first.step),
         format!("|gW|@{}", last.step),
         "sat/dead %"
@@ -100,11 +112,23 @@ pub fn render(ins: &Inspection) -> String {
         } else {
             p.name.clone()
         };
+        // How the signal changes on its way down from the next main-path
+        // layer toward the output to this one, at the first probed step.
+        let next = ins.points[i + 1..].iter().position(|q| q.main_path).map(|k| i + 1 + k);
+        let factor = match (
+            p.main_path,
+            first.get(i, "signal_rms"),
+            next.and_then(|n| first.get(n, "signal_rms")),
+        ) {
+            (true, Some(here), Some(above)) if above > 0.0 => format!("x{}", ratio(here / above)),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<24} {:>11} {:>11} {:>11} {:>11} {:>12}  {}\n",
+            "{:<24} {:>11} {:>11} {:>9} {:>11} {:>11} {:>12}  {}\n",
             name,
             sci(first.get(i, "signal_rms")),
             sci(last.get(i, "signal_rms")),
+            factor,
             sci(first.get(i, "grad_l2")),
             sci(last.get(i, "grad_l2")),
             units.unwrap_or_else(|| "-".into()),
@@ -112,9 +136,11 @@ pub fn render(ins: &Inspection) -> String {
         ));
     }
     out.push_str(&format!(
-        "(dL/dh@S: RMS of the back-propagated signal at step S, the first and last probed step; |gW|@S: L2 norm of the \
-         layer's weight gradient; sat/dead %: units saturated (sigmoid/tanh) or dead (ReLU: zero for every example) at \
+        "(dL/dh@S: RMS of the back-propagated signal at step S, the first and last probed step; x/layer: dL/dh here over \
+         dL/dh at the next layer toward the output, at step {} (below 1: the signal shrinks on its way to the input); \
+         |gW|@S: L2 norm of the layer's weight gradient; sat/dead %: units saturated (sigmoid/tanh) or dead (ReLU: zero for every example) at \
          step {}; +skip: a residual block's output; alerts: the rules that fired on the layer)\n",
+        first.step,
         last.step
     ));
     if let Some(v) = &ins.verdicts {

@@ -24,7 +24,8 @@ use gradscope_train::files::LineLog;
 
 use crate::fused::HostJob;
 use crate::measure::{StepStats, VectorKind};
-use crate::record::{ProbeRecord, hist_lines};
+use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
+use gradscope_train::run_dir::{PROBE_FILE, PROBE_HIST_FILE};
 
 /// What a probe step's record needs besides its statistics.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +69,26 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer appending to the run's `probe.csv` and `probe_hist.csv` in
+    /// `dir` (each given its header if new).
+    pub fn open(dir: &std::path::Path, points: &[ProbePoint]) -> Result<Self, TrainError> {
+        let mut csv = LineLog::append(&dir.join(PROBE_FILE))?;
+        let mut hist_csv = LineLog::append(&dir.join(PROBE_HIST_FILE))?;
+        if csv.is_empty() {
+            csv.line(PROBE_HEADER)?;
+        }
+        if hist_csv.is_empty() {
+            hist_csv.line(HIST_HEADER)?;
+        }
+        Ok(Self {
+            points: points.to_vec(),
+            alive: vec![None; points.len()],
+            weight_l2: vec![None; points.len()],
+            csv,
+            hist_csv,
+        })
+    }
+
     /// Takes a job's statistics and writes its record; `own_thread`: on the
     /// worker's own thread, not the training thread ([`HostJob::compute`]).
     fn run(&mut self, job: Job, own_thread: bool) -> Written {
@@ -84,7 +105,7 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, meta: Meta, stats: StepStats) -> Result<ProbeRecord, TrainError> {
+    pub fn write(&mut self, meta: Meta, stats: StepStats) -> Result<ProbeRecord, TrainError> {
         let mut rec = ProbeRecord::new(meta.step, self.points.len());
         for (p, m, v) in stats.values {
             match p {
@@ -289,14 +310,7 @@ mod tests {
     }
 
     fn writer(dir: &std::path::Path) -> Writer {
-        let points = vec![point("hidden.0", 0)];
-        Writer {
-            alive: vec![None; points.len()],
-            weight_l2: vec![None; points.len()],
-            points,
-            csv: LineLog::append(&dir.join("probe.csv")).unwrap(),
-            hist_csv: LineLog::append(&dir.join("probe_hist.csv")).unwrap(),
-        }
+        Writer::open(dir, &[point("hidden.0", 0)]).unwrap()
     }
 
     /// Records and CSV lines are the same whether the worker runs on its own

@@ -91,6 +91,12 @@ fn moving_average(v: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Whether any run logged `metric` (a training loop of the user's own logs
+/// no test metrics: no empty chart is drawn for them).
+pub fn logged(runs: &[RunData], metric: Metric) -> bool {
+    runs.iter().any(|r| !series(r, metric, XAxis::Step).is_empty())
+}
+
 fn series(run: &RunData, metric: Metric, x: XAxis) -> Vec<(f64, f64)> {
     run.metrics
         .iter()
@@ -407,14 +413,42 @@ pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart,
     })
 }
 
-/// One run's weight-gradient norm per layer over steps (log axis): the
-/// per-layer view the heatmap gives in colour, as lines one can read values
-/// off. Nets deeper than [`LAYER_LINES`] layers show evenly spaced layers,
-/// the first and last always among them.
-pub fn layer_norms(run: &RunData, index: usize) -> Result<Chart, String> {
+/// What [`layer_lines`] draws per layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerSeries {
+    /// The weight gradient's L2 norm.
+    GradL2,
+    /// The back-propagated signal's RMS, dL/dh at the layer's output.
+    SignalRms,
+}
+
+impl LayerSeries {
+    fn metric(self) -> &'static str {
+        match self {
+            LayerSeries::GradL2 => "grad_l2",
+            LayerSeries::SignalRms => "signal_rms",
+        }
+    }
+    fn what(self) -> (&'static str, &'static str) {
+        match self {
+            LayerSeries::GradL2 => ("weight-gradient norm", "||dL/dW||"),
+            LayerSeries::SignalRms => ("back-propagated signal RMS", "RMS dL/dh"),
+        }
+    }
+}
+
+/// One run's `series` per layer over steps (log axis): the per-layer view the
+/// heatmap gives in colour, as lines one can read values off. Nets deeper
+/// than [`LAYER_LINES`] layers show evenly spaced layers, the first and last
+/// always among them. `None` when no layer has the series.
+pub fn layer_lines(run: &RunData, series: LayerSeries, index: usize) -> Result<Option<Chart>, String> {
+    let metric = series.metric();
     let layers: Vec<usize> = (0..run.points.len())
-        .filter(|&i| run.probe.iter().any(|r| r.get(i, "grad_l2").is_some()))
+        .filter(|&i| run.probe.iter().any(|r| r.get(i, metric).is_some()))
         .collect();
+    if layers.is_empty() {
+        return Ok(None);
+    }
     let shown: Vec<usize> = if layers.len() <= LAYER_LINES {
         layers.clone()
     } else {
@@ -432,7 +466,7 @@ pub fn layer_norms(run: &RunData, index: usize) -> Result<Chart, String> {
                 .probe
                 .iter()
                 .filter_map(|r| {
-                    r.get(i, "grad_l2")
+                    r.get(i, metric)
                         .filter(|v| v.is_finite() && *v > 0.0)
                         .map(|v| (r.step as f64, v))
                 })
@@ -441,11 +475,12 @@ pub fn layer_norms(run: &RunData, index: usize) -> Result<Chart, String> {
         })
         .filter(|l| !l.points.is_empty())
         .collect();
-    let title = format!("{}: weight-gradient norm per layer", run.label);
-    Ok(Chart {
-        name: format!("layer_grad_l2_{index}"),
-        svg: line_chart(&title, "optimiser step", "||dL/dW||", &lines, true)?,
-        csv: std::iter::once("run,dir,layer,step,grad_l2\n".to_owned())
+    let (what, axis) = series.what();
+    let title = format!("{}: {what} per layer", run.label);
+    Ok(Some(Chart {
+        name: format!("layer_{metric}_{index}"),
+        svg: line_chart(&title, "optimiser step", axis, &lines, true)?,
+        csv: std::iter::once(format!("run,dir,layer,step,{metric}\n"))
             .chain(lines.iter().flat_map(|l| {
                 l.points.iter().map(|p| {
                     format!(
@@ -460,10 +495,136 @@ pub fn layer_norms(run: &RunData, index: usize) -> Result<Chart, String> {
             }))
             .collect(),
         title,
-    })
+    }))
 }
 
-/// Most layers [`layer_norms`] draws in one chart: one colour each.
+/// Most layers [`grad_histograms`] draws for a run.
+pub const HISTOGRAM_LAYERS: usize = 4;
+
+/// TensorBoard's distribution view of a run's |g| histograms (`probe_hist.csv`):
+/// for up to [`HISTOGRAM_LAYERS`] layers spread over the depth (first and last
+/// included), a heatmap of the share of the layer's weight-gradient entries
+/// per half-decade of |g| (rows) at each histogram step (columns), with the
+/// share that is exactly 0 in a row of its own. `None` when the run has no
+/// histograms.
+pub fn grad_histograms(
+    run: &RunData,
+    hists: &[gradscope_probe::GradHistogram],
+    index: usize,
+) -> Result<Option<Chart>, String> {
+    let layers: Vec<&str> = run
+        .points
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|name| hists.iter().any(|h| h.layer == *name))
+        .collect();
+    if layers.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<&str> = if layers.len() <= HISTOGRAM_LAYERS {
+        layers.clone()
+    } else {
+        (0..HISTOGRAM_LAYERS)
+            .map(|k| layers[k * (layers.len() - 1) / (HISTOGRAM_LAYERS - 1)])
+            .collect()
+    };
+    let steps: Vec<u64> = {
+        let set: std::collections::BTreeSet<u64> = hists.iter().map(|h| h.step).collect();
+        set.into_iter().collect()
+    };
+    // Rows: the run's range of occupied bins, whole decades.
+    let edges = hists
+        .iter()
+        .flat_map(|h| h.bins.iter().filter(|b| b.1 > 0.0).map(|b| b.0));
+    let (lo, hi) = edges.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| (lo.min(e), hi.max(e)));
+    let (lo, hi) = if lo.is_finite() {
+        (lo.floor(), (hi + gradscope_probe::measure::HIST_WIDTH).ceil())
+    } else {
+        (-8.0, 0.0)
+    };
+    // Colour: log10 of the share of entries, from 1e-4 (and below) to all of them.
+    let (share_lo, share_hi) = (-4.0, 0.0);
+    let zero_row = lo - 1.0;
+    let cols = if shown.len() == 1 { 1 } else { 2 };
+    let rows = shown.len().div_ceil(cols);
+    let (title_h, bar_h, panel_h) = (40u32, 70u32, 250u32);
+    let height = title_h + bar_h + panel_h * rows as u32;
+    let title = format!("{}: |dL/dW| histograms per layer over training", run.label);
+    let mut svg = String::new();
+    let mut csv = "run,dir,layer,step,bin_lo_log10,share\n".to_owned();
+    {
+        let root = SVGBackend::with_string(&mut svg, (860, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (top, rest) = root.split_vertically(title_h);
+        top.titled(&title, ("sans-serif", 15)).map_err(draw_err)?;
+        let (legend, body) = rest.split_vertically(bar_h);
+        let key = CellKey {
+            grey: None,
+            white: "no entries; colour: share of the layer's entries in the bin",
+        };
+        colour_bar(&legend, share_lo, share_hi, &key)?;
+        let panels = body.split_evenly((rows, cols));
+        for (layer, area) in shown.iter().zip(panels.iter()) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(*layer, ("sans-serif", 14))
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0f64..steps.len().max(1) as f64, zero_row..hi)
+                .map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc("step")
+                .y_desc("|g|")
+                .x_labels(steps.len().clamp(2, 6))
+                .x_label_formatter(&|x| steps.get(x.floor() as usize).map_or(String::new(), |s| s.to_string()))
+                .y_labels(((hi - zero_row) as usize + 1).min(12))
+                .y_label_formatter(&|y| {
+                    if *y < lo { "= 0".into() } else { format!("1e{y:.0}") }
+                })
+                .draw()
+                .map_err(draw_err)?;
+            let mut cells = Vec::new();
+            for h in hists.iter().filter(|h| h.layer == *layer) {
+                let total = h.zeros + h.bins.iter().map(|b| b.1).sum::<f64>();
+                let Some(col) = steps.iter().position(|&s| s == h.step).filter(|_| total > 0.0) else {
+                    continue;
+                };
+                let x = col as f64;
+                let zero = (h.zeros > 0.0).then_some((zero_row, 1.0, h.zeros));
+                let bins = h
+                    .bins
+                    .iter()
+                    .map(|&(edge, count)| (edge, gradscope_probe::measure::HIST_WIDTH, count));
+                for (y, height, count) in zero.into_iter().chain(bins).filter(|b| b.2 > 0.0) {
+                    let share = count / total;
+                    csv.push_str(&format!(
+                        "\"{}\",\"{}\",{layer},{},{},{share}\n",
+                        run.label.replace('"', "'"),
+                        run.dir.display(),
+                        h.step,
+                        if y < lo { "zero".to_owned() } else { y.to_string() }
+                    ));
+                    let t = ((share.log10() - share_lo) / (share_hi - share_lo)).clamp(0.0, 1.0);
+                    cells.push(Rectangle::new([(x, y), (x + 1.0, y + height)], ramp(t).filled()));
+                }
+            }
+            chart.draw_series(cells).map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Some(Chart {
+        name: format!("grad_hist_{index}"),
+        title: format!(
+            "{title}: share of each layer's weight-gradient entries per half-decade of |g| (rows) at each histogram step (columns); the bottom row is the share exactly 0"
+        ),
+        svg,
+        csv,
+    }))
+}
+
+/// Most layers [`layer_lines`] draws in one chart: one colour each.
 pub const LAYER_LINES: usize = PALETTE.len();
 
 /// Mean fraction of saturated or dead units over main-path layers, per run, over steps.
@@ -526,7 +687,19 @@ const ZERO_CELL: RGBColor = RGBColor(190, 190, 190);
 
 /// The heatmaps' key: the colour ramp with its decades labelled, and what the
 /// grey and white cells mean.
-fn colour_bar(area: &DrawingArea<SVGBackend, Shift>, lo: f64, hi: f64) -> Result<(), String> {
+/// What a heatmap's grey and white cells mean, for its key.
+struct CellKey {
+    grey: Option<&'static str>,
+    white: &'static str,
+}
+
+/// The spectrograms' key.
+const SPECTROGRAM_KEY: CellKey = CellKey {
+    grey: Some("exactly 0 (no gradient reached the layer)"),
+    white: "not measured, or undefined (a ratio to zero weights)",
+};
+
+fn colour_bar(area: &DrawingArea<SVGBackend, Shift>, lo: f64, hi: f64, cells: &CellKey) -> Result<(), String> {
     let (bar, key) = area.split_vertically(46);
     let mut chart = ChartBuilder::on(&bar)
         .margin_left(128)
@@ -554,22 +727,18 @@ fn colour_bar(area: &DrawingArea<SVGBackend, Shift>, lo: f64, hi: f64) -> Result
         .map_err(draw_err)?;
     key.fill(&WHITE).map_err(draw_err)?;
     let style = ("sans-serif", 13).into_font().color(&BLACK);
-    key.draw(&Rectangle::new([(128, 6), (142, 18)], ZERO_CELL.filled()))
+    let mut x = 128;
+    if let Some(grey) = cells.grey {
+        key.draw(&Rectangle::new([(x, 6), (x + 14, 18)], ZERO_CELL.filled()))
+            .map_err(draw_err)?;
+        key.draw(&Text::new(grey, (x + 20, 6), style.clone()))
+            .map_err(draw_err)?;
+        x = 450;
+    }
+    key.draw(&Rectangle::new([(x, 6), (x + 14, 18)], BLACK.stroke_width(1)))
         .map_err(draw_err)?;
-    key.draw(&Text::new(
-        "exactly 0 (no gradient reached the layer)",
-        (148, 6),
-        style.clone(),
-    ))
-    .map_err(draw_err)?;
-    key.draw(&Rectangle::new([(450, 6), (464, 18)], BLACK.stroke_width(1)))
+    key.draw(&Text::new(cells.white, (x + 20, 6), style))
         .map_err(draw_err)?;
-    key.draw(&Text::new(
-        "not measured, or undefined (a ratio to zero weights)",
-        (470, 6),
-        style,
-    ))
-    .map_err(draw_err)?;
     Ok(())
 }
 
@@ -610,7 +779,7 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
         let (top, rest) = root.split_vertically(title_h);
         top.titled(&title, ("sans-serif", 15)).map_err(draw_err)?;
         let (legend, body) = rest.split_vertically(bar_h);
-        colour_bar(&legend, lo, hi)?;
+        colour_bar(&legend, lo, hi, &SPECTROGRAM_KEY)?;
         let panels = body.split_evenly((runs.len().max(1), 1));
         for (run, area) in runs.iter().zip(panels.iter()) {
             let layers: Vec<usize> = (0..run.points.len())
@@ -786,7 +955,7 @@ mod tests {
     }
 
     #[test]
-    fn layer_norms_pick_evenly_spaced_layers_first_and_last_included() {
+    fn layer_lines_pick_evenly_spaced_layers_first_and_last_included() {
         let mut run = crate::label::tests::run("r", 0, 0.1);
         run.points = (0..20)
             .map(|i| gradscope_models::ProbePoint {
@@ -807,7 +976,12 @@ mod tests {
             l.insert("grad_l2".into(), 1.0 + i as f64);
         }
         run.probe = vec![rec];
-        let chart = layer_norms(&run, 0).unwrap();
+        assert!(
+            layer_lines(&run, LayerSeries::SignalRms, 0).unwrap().is_none(),
+            "no dL/dh measured"
+        );
+        let chart = layer_lines(&run, LayerSeries::GradL2, 0).unwrap().unwrap();
+        assert_eq!(chart.name, "layer_grad_l2_0");
         let layers: Vec<&str> = chart
             .csv
             .lines()
@@ -821,6 +995,61 @@ mod tests {
             "{}",
             chart.csv
         );
+    }
+
+    /// Histogram charts: at most four layers, first and last among them; each
+    /// (layer, step) column's shares sum to 1, exact zeros in a row of their own.
+    #[test]
+    fn histogram_chart_shares_per_column() {
+        let mut run = crate::label::tests::run("r", 0, 0.1);
+        run.points = (0..6)
+            .map(|i| gradscope_models::ProbePoint {
+                name: format!("l{i}"),
+                kind: gradscope_models::PointKind::Dense,
+                depth: i,
+                activation: None,
+                params: vec![],
+                weight: None,
+                shape: vec![1],
+                has_norm: false,
+                block: None,
+                main_path: true,
+            })
+            .collect();
+        let hist = |step, layer: usize, zeros| gradscope_probe::GradHistogram {
+            step,
+            layer: format!("l{layer}"),
+            bins: vec![(-6.0, 3.0), (-5.5, 0.0), (-2.0, 1.0)],
+            zeros,
+        };
+        let hists: Vec<_> = [0, 10]
+            .into_iter()
+            .flat_map(|step| (0..6).map(move |l| hist(step, l, if l == 5 { 4.0 } else { 0.0 })))
+            .collect();
+        assert!(grad_histograms(&run, &[], 0).unwrap().is_none());
+        let chart = grad_histograms(&run, &hists, 3).unwrap().unwrap();
+        assert_eq!(chart.name, "grad_hist_3");
+        let rows: Vec<Vec<&str>> = chart.csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+        let layers: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[2]).collect();
+        assert_eq!(layers.len(), HISTOGRAM_LAYERS);
+        assert!(layers.contains("l0") && layers.contains("l5"));
+        for layer in &layers {
+            for step in ["0", "10"] {
+                let shares: Vec<f64> = rows
+                    .iter()
+                    .filter(|r| r[2] == *layer && r[3] == step)
+                    .map(|r| r[5].parse().unwrap())
+                    .collect();
+                assert!(
+                    (shares.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+                    "{layer}@{step}: {shares:?}"
+                );
+            }
+        }
+        let zero: Vec<_> = rows.iter().filter(|r| r[4] == "zero").collect();
+        assert_eq!(zero.len(), 2, "l5's zeros at both steps");
+        assert_eq!(zero[0][5], "0.5");
+        assert!(!chart.csv.contains(",-5.5,"), "empty bins are not drawn");
     }
 
     #[test]

@@ -243,7 +243,12 @@ fn acc(run: &RunData) -> Option<f64> {
 pub fn judge(flagged: &[Rule], control: &RunData, remedy: Option<Remedy>, run: &RunData) -> Judged {
     let fired = flags(run);
     let still: Vec<Rule> = flagged.iter().copied().filter(|r| fired.contains(r)).collect();
-    let classes = run.config.classes.as_ref().map_or(10, Vec::len).max(2);
+    let classes = run
+        .config
+        .as_ref()
+        .and_then(|c| c.classes.as_ref())
+        .map_or(10, Vec::len)
+        .max(2);
     let a = acc(run);
     let bar = if diverged(control) {
         1.0 / classes as f64 + BETTER_BY
@@ -385,7 +390,7 @@ mod tests {
         };
         RunData {
             dir: "r".into(),
-            config: TrainConfig::default(),
+            config: Some(TrainConfig::default()),
             metrics: vec![gradscope_train::MetricsRow {
                 step: 10,
                 epoch: 1.0,

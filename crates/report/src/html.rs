@@ -97,7 +97,7 @@ fn lab_body(report: &Report) -> String {
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"v-{}\">{}</td><td><code>{}</code></td></tr>",
                 escape(&r.role),
-                r.seed,
+                r.seed.map_or("-".into(), |s| s.to_string()),
                 escape(&r.model),
                 pct(r.final_test_acc),
                 escape(&r.verdict),
@@ -213,7 +213,10 @@ pub fn render(report: &Report) -> String {
 fn configurations(report: &Report) -> String {
     let mut out = String::new();
     for r in &report.runs {
-        let cfg = toml::to_string_pretty(&r.config).unwrap_or_default();
+        let cfg = r.config.as_ref().map_or_else(
+            || "no config.toml: probed (ModelProbe) in a training loop of the user's own".to_owned(),
+            |c| toml::to_string_pretty(c).unwrap_or_default(),
+        );
         out.push_str(&format!(
             "<details><summary>{} <code>{}</code></summary><pre>{}</pre></details>",
             escape(&r.label),

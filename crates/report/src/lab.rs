@@ -299,7 +299,7 @@ fn pct(x: f64) -> String {
 /// and its evidence says "on average only".
 pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> ClaimResult {
     let mut result = evaluate_pooled(spec, by_role);
-    let seeds: std::collections::BTreeSet<u64> = by_role.values().flatten().map(|r| r.config.seed).collect();
+    let seeds: std::collections::BTreeSet<u64> = by_role.values().flatten().filter_map(RunData::seed).collect();
     if seeds.len() < 2 {
         return result;
     }
@@ -312,7 +312,7 @@ pub fn evaluate(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -> C
                 .map(|(role, runs)| {
                     (
                         role.clone(),
-                        runs.iter().filter(|r| r.config.seed == seed).cloned().collect(),
+                        runs.iter().filter(|r| r.seed() == Some(seed)).cloned().collect(),
                     )
                 })
                 .collect();
@@ -451,7 +451,7 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
             let gains: Vec<f64> = relu
                 .iter()
                 .filter_map(|r| {
-                    let twin = leaky.iter().find(|l| l.config.seed == r.config.seed)?;
+                    let twin = leaky.iter().find(|l| l.seed() == r.seed())?;
                     Some(final_acc(twin)? - final_acc(r)?)
                 })
                 .collect();
@@ -688,10 +688,10 @@ mod tests {
         }
         RunData {
             dir: PathBuf::from(format!("run-{seed}-{acc}")),
-            config: TrainConfig {
+            config: Some(TrainConfig {
                 seed,
                 ..Default::default()
-            },
+            }),
             metrics: vec![gradscope_train::MetricsRow {
                 step: 100,
                 epoch: 1.0,

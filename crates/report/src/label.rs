@@ -10,7 +10,10 @@ use crate::load::RunData;
 /// Describes a run as `key -> value` facts a reader cares about.
 fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
     let mut f = BTreeMap::new();
-    let c = &run.config;
+    let Some(c) = &run.config else {
+        f.insert("arch", "own model".into());
+        return f;
+    };
     if let Ok(model) = c.model.resolve() {
         match model {
             ModelConfig::Mlp(m) => {
@@ -64,14 +67,14 @@ fn facts(run: &RunData) -> BTreeMap<&'static str, String> {
 /// e.g. "sigmoid, no BN"; runs identical but for the seed share a label.
 pub fn assign_labels(runs: &mut [RunData]) {
     let all: Vec<_> = runs.iter().map(facts).collect();
-    let keys: Vec<&'static str> = all.first().map(|f| f.keys().copied().collect()).unwrap_or_default();
+    let keys: std::collections::BTreeSet<&'static str> = all.iter().flat_map(|f| f.keys().copied()).collect();
     let differing: Vec<&'static str> = keys
         .into_iter()
         .filter(|k| all.iter().any(|f| f.get(k) != all[0].get(k)))
         .collect();
     for (run, f) in runs.iter_mut().zip(&all) {
         run.label = if differing.is_empty() {
-            run.config.model.label()
+            run.model_label()
         } else {
             differing
                 .iter()
@@ -83,10 +86,7 @@ pub fn assign_labels(runs: &mut [RunData]) {
     // Runs that share a label and a seed are not seeds of one configuration
     // (e.g. the same run at two lengths): the directory tells them apart.
     let clash: Vec<bool> = (0..runs.len())
-        .map(|i| {
-            (0..runs.len())
-                .any(|j| j != i && runs[j].label == runs[i].label && runs[j].config.seed == runs[i].config.seed)
-        })
+        .map(|i| (0..runs.len()).any(|j| j != i && runs[j].label == runs[i].label && runs[j].seed() == runs[i].seed()))
         .collect();
     for (run, clash) in runs.iter_mut().zip(clash) {
         if clash {
@@ -119,11 +119,11 @@ pub(crate) mod tests {
     pub(crate) fn run(dir: &str, seed: u64, lr: f64) -> RunData {
         RunData {
             dir: PathBuf::from(dir),
-            config: gradscope_train::TrainConfig {
+            config: Some(gradscope_train::TrainConfig {
                 seed,
                 lr,
                 ..Default::default()
-            },
+            }),
             metrics: Vec::new(),
             summary: None,
             points: Vec::new(),

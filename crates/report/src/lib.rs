@@ -17,7 +17,7 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-pub use charts::{Chart, Metric, XAxis};
+pub use charts::{Chart, LayerSeries, Metric, XAxis};
 pub use load::{RunData, load_run};
 pub use summary::{SummaryRow, render_text, summary_rows, text_plot};
 
@@ -90,7 +90,7 @@ pub struct ClaimSection {
 /// A run as a claim section lists it.
 pub struct SectionRun {
     pub role: String,
-    pub seed: u64,
+    pub seed: Option<u64>,
     pub model: String,
     pub dir: PathBuf,
     pub final_test_acc: Option<f64>,
@@ -103,7 +103,7 @@ pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Re
         .iter()
         .map(|(role, r)| {
             let mut r = r.clone();
-            r.label = format!("{} ({})", role.replace('_', " "), r.config.model.label());
+            r.label = format!("{} ({})", role.replace('_', " "), r.model_label());
             r
         })
         .collect();
@@ -128,8 +128,8 @@ pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Re
         .iter()
         .map(|(role, r)| SectionRun {
             role: role.replace('_', " "),
-            seed: r.config.seed,
-            model: r.config.model.label(),
+            seed: r.seed(),
+            model: r.model_label(),
             dir: r.dir.clone(),
             final_test_acc: r.metrics.iter().rev().find_map(|m| m.test_acc),
             verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.to_string()),
@@ -217,11 +217,13 @@ pub fn build_labelled(runs: &[(String, PathBuf)], options: ReportOptions) -> Res
     draw(loaded, warnings, options)
 }
 
-fn draw(runs: Vec<RunData>, warnings: Vec<String>, options: ReportOptions) -> Result<Report, ReportError> {
+fn draw(runs: Vec<RunData>, mut warnings: Vec<String>, options: ReportOptions) -> Result<Report, ReportError> {
     let groups = label::groups(&runs);
     let mut charts = Vec::new();
     for m in [Metric::TrainLoss, Metric::TestLoss, Metric::TestAcc] {
-        charts.push(charts::convergence(&runs, &groups, m, options.x, options.smooth).map_err(ReportError::Draw)?);
+        if charts::logged(&runs, m) {
+            charts.push(charts::convergence(&runs, &groups, m, options.x, options.smooth).map_err(ReportError::Draw)?);
+        }
     }
     if runs.iter().any(|r| !r.probe.is_empty()) {
         charts.push(
@@ -235,7 +237,16 @@ fn draw(runs: Vec<RunData>, warnings: Vec<String>, options: ReportOptions) -> Re
             .take(MAX_LAYER_CHARTS)
             .enumerate()
         {
-            charts.push(charts::layer_norms(run, k).map_err(ReportError::Draw)?);
+            for series in [LayerSeries::GradL2, LayerSeries::SignalRms] {
+                charts.extend(charts::layer_lines(run, series, k).map_err(ReportError::Draw)?);
+            }
+            // Histograms are read here, for the runs drawn, not with every run.
+            let path = run.dir.join(gradscope_train::run_dir::PROBE_HIST_FILE);
+            match gradscope_probe::read_hist_csv(&path) {
+                Ok(hists) => charts.extend(charts::grad_histograms(run, &hists, k).map_err(ReportError::Draw)?),
+                Err(e) if path.exists() => warnings.push(format!("{e}; no |g| histogram chart for this run")),
+                Err(_) => {}
+            }
         }
         charts.push(charts::spectrogram(&runs, "grad_l2", "weight-gradient norm").map_err(ReportError::Draw)?);
         charts

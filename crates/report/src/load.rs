@@ -10,7 +10,9 @@ use gradscope_train::{MetricsRow, Summary, TrainConfig};
 #[derive(Debug, Clone)]
 pub struct RunData {
     pub dir: PathBuf,
-    pub config: TrainConfig,
+    /// `None` for a run probed by a `ModelProbe` in a training loop of the
+    /// user's own: gradscope did not configure it.
+    pub config: Option<TrainConfig>,
     pub metrics: Vec<MetricsRow>,
     pub summary: Option<Summary>,
     pub points: Vec<ProbePoint>,
@@ -74,12 +76,38 @@ pub fn read_metrics(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Metri
     Ok(rows)
 }
 
-/// Loads a run directory. Missing probe files or summary give warnings; a
-/// missing or unusable `config.toml` or `metrics.csv` is an error for this run.
+impl RunData {
+    /// The run's seed, where gradscope configured the run.
+    pub fn seed(&self) -> Option<u64> {
+        self.config.as_ref().map(|c| c.seed)
+    }
+
+    /// The model's name: its preset or configuration, or for a model of the
+    /// user's own, the run directory's name.
+    pub fn model_label(&self) -> String {
+        match &self.config {
+            Some(c) => c.model.label(),
+            None => self
+                .dir
+                .file_name()
+                .map_or_else(|| "own model".to_owned(), |n| n.to_string_lossy().into_owned()),
+        }
+    }
+}
+
+/// Loads a run directory. Missing probe files or summary give warnings; an
+/// unusable `config.toml` or a missing or unusable `metrics.csv` is an error
+/// for this run. A directory without `config.toml` but with the probe's
+/// `points.json` is a run probed in a training loop of the user's own.
 pub fn load_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData, String> {
-    let cfg_path = dir.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    let config: TrainConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+    let cfg_path = dir.join(gradscope_train::run_dir::CONFIG_FILE);
+    let own_loop = !cfg_path.exists() && dir.join(gradscope_train::run_dir::POINTS_FILE).exists();
+    let config = if own_loop {
+        None
+    } else {
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+        Some(toml::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?)
+    };
     let metrics = read_metrics(&dir.join("metrics.csv"), warnings)?;
     if metrics.is_empty() {
         return Err(format!("{}: no metrics rows", dir.join("metrics.csv").display()));
@@ -95,6 +123,8 @@ pub fn load_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData, Strin
                 None
             }
         },
+        // A user's own loop has no summary: gradscope did not run it.
+        Err(_) if own_loop => None,
         Err(_) => {
             warnings.push(format!(
                 "{}: missing (run still going, or killed)",

@@ -60,13 +60,20 @@ impl RunDir {
     /// non-empty directory is refused (it may hold someone's results) before
     /// anything is written into it.
     pub fn create(dir: &Path, config: &TrainConfig) -> Result<Self, TrainError> {
+        let run = Self::claim(dir)?;
+        run.save_config(config)?;
+        Ok(run)
+    }
+
+    /// Creates and locks `dir` for a new run without writing anything into
+    /// it: for a training loop gradscope does not drive (there is no
+    /// `config.toml` to save). Refuses an existing, non-empty directory.
+    pub fn claim(dir: &Path) -> Result<Self, TrainError> {
         refuse_non_empty(dir)?;
         std::fs::create_dir_all(dir).map_err(at(dir))?;
         let lock = lock(dir)?;
         // Another process may have started a run here between the check and the lock.
         refuse_non_empty(dir)?;
-        let text = toml::to_string_pretty(config).expect("config serialises to TOML");
-        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
         Ok(Self {
             dir: dir.to_owned(),
             _lock: Arc::new(lock),
@@ -118,6 +125,13 @@ impl RunDir {
         }
         Ok(())
     }
+}
+
+/// Whether `dir` holds a run: a `metrics.csv` with a `config.toml` (a run of
+/// `gradscope train`) or the probe's `points.json` (a `ModelProbe` in a loop
+/// of the user's own).
+pub fn is_run(dir: &Path) -> bool {
+    dir.join(METRICS_FILE).is_file() && (dir.join(CONFIG_FILE).is_file() || dir.join(POINTS_FILE).is_file())
 }
 
 /// The configuration saved in a run directory.
