@@ -13,6 +13,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::run_ok;
 use gradscope_probe::{ModelProbe, ProbeConfig};
 
+/// The probe points' names in a run's `points.json`.
+fn point_names(run: &std::path::Path) -> Vec<String> {
+    let points = common::json(&run.join("points.json"));
+    points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// `probe.csv` as (step, layer, metric) -> value.
 fn probe_rows(text: &str) -> BTreeMap<(u64, String, String), f64> {
     text.lines()
@@ -35,18 +46,12 @@ fn a_burn_train_learner_run_is_probed_and_read_by_every_command() {
     let run = tmp.path().join("gradscope");
     let run_s = run.to_str().unwrap();
 
-    let points = common::json(&run.join("points.json"));
-    let names: Vec<&str> = points
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        point_names(&run),
         ["conv1", "conv2", "conv3", "fc"],
-        "marked convolutions in forward order, then the head"
+        "marked convolutions in module order, then the head"
     );
+    let points = common::json(&run.join("points.json"));
     assert_eq!(points[3]["kind"], "head");
     assert_eq!(points[0]["shape"], serde_json::json!([8, 28, 28]));
 
@@ -142,4 +147,61 @@ fn an_off_probe_only_steps_the_optimiser() {
     assert!(probe.records().is_empty());
     assert!(probe.finish().is_err(), "an off probe has no run to judge");
     let _ = after.devices();
+}
+
+/// Marks in a pass without autodiff (validation) are not measured; a probe
+/// dropped without `finish` still writes its verdicts; a probe's file errors
+/// name the directory.
+#[test]
+fn validation_marks_are_ignored_and_a_dropped_probe_writes_its_verdicts() {
+    use burn::module::Module;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::tensor::{Device, Tensor};
+    use gradscope_probe::Activation;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let device = Device::flex().autodiff();
+    let layers = vec![
+        burn::nn::LinearConfig::new(4, 3).init(&device),
+        burn::nn::LinearConfig::new(3, 2).init(&device),
+    ];
+    let probe = ModelProbe::create(&run, ProbeConfig::default()).unwrap();
+    let forward = |layers: &Vec<burn::nn::Linear>, x: Tensor<2>| {
+        let h = probe.activate("0", Activation::Sigmoid, layers[0].forward(x));
+        layers[1].forward(h)
+    };
+    let mut layers = layers;
+    let mut optim = SgdConfig::new().init();
+    for _ in 0..3 {
+        // A validation pass first: no autodiff, nothing recorded.
+        let valid = layers.valid();
+        let _ = probe.mark(
+            "validation only",
+            forward(&valid, Tensor::ones([2, 4], &valid[0].devices()[0])),
+        );
+        let loss = forward(&layers, Tensor::ones([2, 4], &device)).sum().reshape([1]);
+        probe.loss(&loss);
+        let grads = GradientsParams::from_grads(loss.backward(), &layers);
+        layers = probe.optimize(layers, &mut optim, 0.1.into(), grads);
+    }
+    assert_eq!(probe.records().len(), 3);
+    let rec = &probe.records()[2];
+    assert!(
+        rec.get(0, "signal_rms").is_some_and(|s| s > 0.0),
+        "dL/dh at the marked layer"
+    );
+    assert!(rec.get(0, "saturated_frac").is_some(), "the activation is known");
+    assert!(rec.get(1, "grad_l2").is_some() && rec.get(1, "signal_rms").is_none());
+    drop(probe);
+    assert_eq!(point_names(&run), ["0", "1"], "the validation mark is not a point");
+    let verdicts = common::json(&run.join("verdicts.json"));
+    assert!(verdicts["verdict"].is_string(), "written on drop");
+
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "mine").unwrap();
+    let err = ModelProbe::create(&file, ProbeConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a-file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 }

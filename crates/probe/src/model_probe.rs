@@ -49,13 +49,13 @@ use burn::tensor::Tensor;
 use gradscope_models::{Activation, GradSlot, NamedParam, PointKind, ProbePoint, Trace, capture, is_tracked};
 use gradscope_train::files::{LineLog, write_atomic};
 use gradscope_train::metrics::Divergence;
-use gradscope_train::run_dir::{METRICS_FILE, POINTS_FILE, RunDir, VERDICTS_FILE};
+use gradscope_train::run_dir::{METRICS_FILE, POINTS_FILE, RunDir};
 use gradscope_train::{MetricsRow, TapGrads, TrainError};
 
 use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
-use crate::observer::{Ids, ProbeConfig, write_forensics};
+use crate::observer::{Ids, ProbeConfig, write_forensics, write_verdicts};
 use crate::record::ProbeRecord;
-use crate::verdict::{Verdicts, WINDOW, judge};
+use crate::verdict::{Verdicts, WINDOW};
 use crate::worker::{Meta, Writer};
 
 /// A gradient probe for any Burn module, shared by cloning (keep one in your
@@ -393,14 +393,13 @@ impl State {
                 self.step, self.config.schedule
             )));
         };
-        let verdicts = judge(
+        let verdicts = write_verdicts(
+            self.run.dir(),
             &layout.points,
             &self.records,
             self.config.classes,
             self.diverged.as_ref(),
-        );
-        let text = serde_json::to_string_pretty(&verdicts).expect("verdicts serialise");
-        write_atomic(&self.run.path(VERDICTS_FILE), text.as_bytes())?;
+        )?;
         self.finished = true;
         Ok(verdicts)
     }

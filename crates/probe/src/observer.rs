@@ -397,6 +397,20 @@ impl GradientProbe {
     }
 }
 
+/// Judges a run's records and writes `verdicts.json` into `dir`.
+pub(crate) fn write_verdicts(
+    dir: &std::path::Path,
+    points: &[ProbePoint],
+    records: &[ProbeRecord],
+    classes: usize,
+    diverged: Option<&gradscope_train::metrics::Divergence>,
+) -> Result<crate::verdict::Verdicts, TrainError> {
+    let verdicts = judge(points, records, classes, diverged);
+    let text = serde_json::to_string_pretty(&verdicts).expect("verdicts serialise");
+    write_atomic(&dir.join(VERDICTS_FILE), text.as_bytes())?;
+    Ok(verdicts)
+}
+
 /// Writes `forensics.json` for a run whose latest record holds a non-finite
 /// value: where it is, and the records before it. Returns the cause in words.
 pub(crate) fn write_forensics(
@@ -490,8 +504,8 @@ impl<M: Network> Observer<M> for GradientProbe {
                 } else {
                     Vec::new()
                 };
-                // Read on the training thread, the form measured on an H100
-                // (+31 ms per probed ResNet-20 step); see BENCHMARKS.md.
+                // Read on the training thread: the form measured on an H100
+                // (BENCHMARKS.md, GPU).
                 finish_device_step(&mut stats, &before, &after);
                 Job::Done(meta, stats)
             }
@@ -515,14 +529,13 @@ impl<M: Network> Observer<M> for GradientProbe {
         // A run stopped early can leave a step in flight; its record is written
         // (with forensics, if it is non-finite) although the run has ended.
         let _ = self.drain();
-        let verdicts = judge(
+        let verdicts = write_verdicts(
+            &self.dir,
             &self.points,
             &self.records,
             self.config.classes,
             summary.diverged.as_ref(),
-        );
-        let text = serde_json::to_string_pretty(&verdicts).expect("verdicts serialise");
-        write_atomic(&self.dir.join(VERDICTS_FILE), text.as_bytes())?;
+        )?;
         let total = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let spent = self.spent.as_secs_f64();
         // The trainer's paired step times: probed steps (taps, probe, writes) against plain ones.

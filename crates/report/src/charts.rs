@@ -954,10 +954,9 @@ mod tests {
         assert_eq!(tick(120.0), "120");
     }
 
-    #[test]
-    fn layer_lines_pick_evenly_spaced_layers_first_and_last_included() {
-        let mut run = crate::label::tests::run("r", 0, 0.1);
-        run.points = (0..20)
+    /// `n` dense main-path points named `l0`, `l1`, ...
+    fn points(n: usize) -> Vec<gradscope_models::ProbePoint> {
+        (0..n)
             .map(|i| gradscope_models::ProbePoint {
                 name: format!("l{i}"),
                 kind: gradscope_models::PointKind::Dense,
@@ -970,7 +969,13 @@ mod tests {
                 block: None,
                 main_path: true,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn layer_lines_pick_evenly_spaced_layers_first_and_last_included() {
+        let mut run = crate::label::tests::run("r", 0, 0.1);
+        run.points = points(20);
         let mut rec = gradscope_probe::ProbeRecord::new(0, 20);
         for (i, l) in rec.layers.iter_mut().enumerate() {
             l.insert("grad_l2".into(), 1.0 + i as f64);
@@ -1002,20 +1007,7 @@ mod tests {
     #[test]
     fn histogram_chart_shares_per_column() {
         let mut run = crate::label::tests::run("r", 0, 0.1);
-        run.points = (0..6)
-            .map(|i| gradscope_models::ProbePoint {
-                name: format!("l{i}"),
-                kind: gradscope_models::PointKind::Dense,
-                depth: i,
-                activation: None,
-                params: vec![],
-                weight: None,
-                shape: vec![1],
-                has_norm: false,
-                block: None,
-                main_path: true,
-            })
-            .collect();
+        run.points = points(6);
         let hist = |step, layer: usize, zeros| gradscope_probe::GradHistogram {
             step,
             layer: format!("l{layer}"),
