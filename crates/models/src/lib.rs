@@ -2,8 +2,9 @@
 //! MLPs (depth, width, activation, initialisation, BatchNorm, residual skips) and
 //! CIFAR-style ResNets (plain or residual, BatchNorm on or off) as Burn modules,
 //! their named presets, host-side seeded initialisation that gives identical
-//! weights on every backend, and the probe points (names, shapes, parameter
-//! paths, taps) through which the probe reads them. It knows nothing of datasets,
+//! weights on every backend, the probe points (names, shapes, parameter
+//! paths, taps) through which the probe reads them, and the convolution they
+//! train with (on flex, the direct backward pass: [`conv`]). It knows nothing of datasets,
 //! optimisers, training loops, metrics or reports.
 //!
 //! ```
@@ -25,6 +26,7 @@
 pub mod activation;
 pub mod capture;
 pub mod common;
+pub mod conv;
 pub mod init;
 pub mod interop;
 pub mod mlp;

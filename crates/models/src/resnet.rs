@@ -121,7 +121,7 @@ impl ConvNorm {
 
     /// Returns `(output, BatchNorm input)`; the tap on the BatchNorm input is added here.
     fn forward(&self, x: Tensor<4>, rec: &mut Recorder) -> Tensor<4> {
-        let z = self.conv.forward(x);
+        let z = crate::conv::forward(&self.conv, x);
         match &self.norm {
             Some(bn) => bn.forward(rec.norm_input(z)),
             None => z,

@@ -242,7 +242,12 @@ fn host_and_device_reductions_agree() {
                 );
                 for (k, hv) in hl {
                     let dv = dl[k];
-                    let tol = 1e-4 * hv.abs().max(dv.abs()) + 1e-7;
+                    let mut tol = 1e-4 * hv.abs().max(dv.abs()) + 1e-7;
+                    if k == "act_mean" {
+                        // A mean near 0 of values of size `act_std` (a BatchNorm's
+                        // output) carries f32 rounding of that size, not of its own.
+                        tol += 1e-5 * hl.get("act_std").copied().unwrap_or(0.0);
+                    }
                     assert!(
                         (hv - dv).abs() <= tol,
                         "{preset} step {} layer {i} {k}: host {hv} vs device {dv}",

@@ -1,0 +1,649 @@
+//! 2-D convolution whose backward pass on flex is the direct one.
+//!
+//! burn-flex computes a convolution's forward pass (im2col + gemm) but has no
+//! backward pass of its own, so autodiff falls back to burn-backend's generic
+//! decomposition: the weight gradient as a convolution whose kernel is the
+//! whole output map, the input gradient as a transposed convolution. Here, on
+//! `Autodiff<Flex>`, the backward step is the one PyTorch takes: per image,
+//! with `col = im2col(x)` (`[C·R·S, L]`, `L` output positions) and `g` the
+//! output's gradient (`[K, L]`),
+//!
+//! `y = W · col + b`, `dL/dW += g · colᵀ`, `dL/dx = col2im(Wᵀ · g)`, `dL/db = Σ g`,
+//!
+//! images split over the rayon pool (the forward pass too: flex's own im2col
+//! copies value by value). Every other backend, and groups or
+//! dilation other than 1, take Burn's own `conv2d`.
+
+use std::marker::PhantomData;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::module::conv2d as burn_conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
+/// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+    if options.groups != 1 || options.dilation != [1, 1] {
+        return burn_conv2d(x, weight, bias, options);
+    }
+    type Ad = Autodiff<Flex>;
+    let parts = (
+        x.clone().try_into_primitive::<Ad>(),
+        weight.clone().try_into_primitive::<Ad>(),
+        bias.clone().map(|b| b.try_into_primitive::<Ad>()).transpose(),
+    );
+    let (Ok(x_ad), Ok(w_ad), Ok(b_ad)) = parts else {
+        // Flex without autodiff (evaluation): the forward pass alone.
+        let plain = (
+            x.clone().try_into_primitive::<Flex>(),
+            weight.clone().try_into_primitive::<Flex>(),
+            bias.clone().map(|b| b.try_into_primitive::<Flex>()).transpose(),
+        );
+        if let (Ok(x), Ok(w), Ok(b)) = plain {
+            return Tensor::from_primitive::<Flex>(forward_flex(&x, &w, b.as_ref(), &options));
+        }
+        return burn_conv2d(x, weight, bias, options);
+    };
+    let (x_p, x_node) = x_ad.into_parts();
+    let (w_p, w_node) = w_ad.into_parts();
+    let b = b_ad.map(|b| b.into_parts());
+    let out = forward_flex(&x_p, &w_p, b.as_ref().map(|b| &b.0), &options);
+    let state = State {
+        x: x_p,
+        weight: w_p,
+        options: options.clone(),
+    };
+    let result = match b {
+        Some((_, b_node)) => match (DirectConv::<3> { _n: PhantomData })
+            .prepare::<NoCheckpointing>([x_node, w_node, b_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        None => match (DirectConv::<2> { _n: PhantomData })
+            .prepare::<NoCheckpointing>([x_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    };
+    Tensor::from_primitive::<Ad>(result)
+}
+
+/// `conv.forward(x)` through [`conv2d`], for a `Conv2d` with explicit or no
+/// padding (`Same` padding takes the module's own forward).
+pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions {
+        stride: conv.stride,
+        padding,
+        dilation: conv.dilation,
+        groups: conv.groups,
+    };
+    conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
+}
+
+/// What the backward step needs: the input and weight of the forward pass.
+#[derive(Debug, Clone)]
+struct State {
+    x: FlexTensor,
+    weight: FlexTensor,
+    options: ConvOptions<2>,
+}
+
+/// The convolution's autodiff node; `N` parents: x, weight (and bias).
+#[derive(Debug)]
+struct DirectConv<const N: usize> {
+    _n: PhantomData<[(); N]>,
+}
+
+impl<const N: usize> Backward<Flex, N> for DirectConv<N> {
+    type State = State;
+
+    fn backward(self, ops: Ops<State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let State { x, weight, options } = ops.state;
+        let parents = ops.parents;
+        let wants = |i: usize| parents.get(i).is_some_and(Option::is_some);
+        let out = backward(&x, &weight, &grad, &options, wants(0), wants(1), wants(2));
+        for (i, g) in [out.x, out.weight, out.bias].into_iter().enumerate() {
+            if let (Some(Some(node)), Some(g)) = (parents.get(i), g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+/// The gradients a backward step computed (`None` where not asked for).
+struct Grads {
+    x: Option<FlexTensor>,
+    weight: Option<FlexTensor>,
+    bias: Option<FlexTensor>,
+}
+
+/// The shapes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    r: usize,
+    s: usize,
+    stride: [usize; 2],
+    /// Padding before each spatial dimension (the end padding only shapes `ho`, `wo`).
+    pad: [usize; 2],
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    /// The geometry of input dims `[N, C, H, W]` and weight dims `[K, C, R, S]`.
+    fn of(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Self {
+        let out = |size: usize, kernel: usize, stride: usize, (begin, end): (usize, usize)| {
+            (size + begin + end - kernel) / stride + 1
+        };
+        Self {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            k: w[0],
+            r: w[2],
+            s: w[3],
+            stride: options.stride,
+            pad: [options.padding[0].0, options.padding[1].0],
+            ho: out(x[2], w[2], options.stride[0], options.padding[0]),
+            wo: out(x[3], w[3], options.stride[1], options.padding[1]),
+        }
+    }
+
+    /// Rows of an image's im2col matrix.
+    fn crs(&self) -> usize {
+        self.c * self.r * self.s
+    }
+    /// Output positions per image.
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+fn f32s(t: &FlexTensor) -> FlexTensor {
+    let t = t.to_contiguous();
+    assert_eq!(t.dtype(), DType::F32, "the direct convolution is written for f32");
+    t
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+    want_x: bool,
+    want_w: bool,
+    want_b: bool,
+) -> Grads {
+    let (x, weight, grad) = (f32s(x), f32s(weight), f32s(grad));
+    let xd = x.layout().shape().to_vec();
+    let wd = weight.layout().shape().to_vec();
+    let geo = Geometry::of(&xd, &wd, options);
+    debug_assert_eq!(grad.layout().shape().to_vec(), [geo.n, geo.k, geo.ho, geo.wo]);
+    let (xs, ws, gs) = (
+        x.as_slice::<f32>().expect("contiguous f32"),
+        weight.as_slice::<f32>().expect("contiguous f32"),
+        grad.as_slice::<f32>().expect("contiguous f32"),
+    );
+    let (gx, gw) = direct_backward(&geo, xs, ws, gs, want_x, want_w);
+    let bias = want_b.then(|| {
+        let mut gb = vec![0f32; geo.k];
+        for g_n in gs.chunks(geo.k * geo.l()) {
+            for (b, row) in gb.iter_mut().zip(g_n.chunks(geo.l())) {
+                *b += row.iter().sum::<f32>();
+            }
+        }
+        tensor(gb, vec![geo.k])
+    });
+    Grads {
+        x: gx.map(|v| tensor(v, xd.to_vec())),
+        weight: gw.map(|v| tensor(v, wd.to_vec())),
+        bias,
+    }
+}
+
+/// The forward pass on flex tensors: per image `y = W · im2col(x) + b`.
+fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options: &ConvOptions<2>) -> FlexTensor {
+    let (x, w) = (f32s(x), f32s(w));
+    let b = b.map(f32s);
+    let geo = Geometry::of(&x.layout().shape().to_vec(), &w.layout().shape().to_vec(), options);
+    let y = direct_forward(
+        &geo,
+        x.as_slice::<f32>().expect("contiguous f32"),
+        w.as_slice::<f32>().expect("contiguous f32"),
+        b.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32")),
+    );
+    tensor(y, vec![geo.n, geo.k, geo.ho, geo.wo])
+}
+
+/// `y[n] (K x L) = W (K x CRS) · im2col(x[n]) (CRS x L) + b`, images split over rayon.
+fn direct_forward(geo: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
+    let mut y = vec![0f32; geo.n * geo.k * l];
+    y.par_chunks_mut(geo.k * l).enumerate().for_each_init(
+        || vec![0f32; crs * l],
+        |col, (n, y_n)| {
+            im2col(geo, &x[n * chw..(n + 1) * chw], col);
+            if let Some(b) = b {
+                for (row, &bias) in y_n.chunks_mut(l).zip(b) {
+                    row.fill(bias);
+                }
+            }
+            // SAFETY: the slices hold the sizes the strides address.
+            unsafe {
+                gemm::gemm(
+                    geo.k,
+                    l,
+                    crs,
+                    y_n.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    b.is_some(),
+                    w.as_ptr(),
+                    1,
+                    crs as isize,
+                    col.as_ptr(),
+                    1,
+                    l as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+    y
+}
+
+/// `dL/dx` and `dL/dW` on slices in NCHW / KCRS order, images split over rayon.
+fn direct_backward(
+    geo: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    want_x: bool,
+    want_w: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
+    let mut gx = vec![0f32; if want_x { geo.n * chw } else { 0 }];
+    let per_image = |gx_n: &mut [f32], n: usize, acc: &mut Scratch| {
+        let g_n = &g[n * geo.k * l..(n + 1) * geo.k * l];
+        if want_w {
+            im2col(geo, &x[n * chw..(n + 1) * chw], &mut acc.col);
+            // dW (K x CRS) += g_n (K x L) · colᵀ (L x CRS)
+            // SAFETY: the slices hold the sizes the strides address.
+            unsafe {
+                gemm::gemm(
+                    geo.k,
+                    crs,
+                    l,
+                    acc.gw.as_mut_ptr(),
+                    1,
+                    crs as isize,
+                    true,
+                    g_n.as_ptr(),
+                    1,
+                    l as isize,
+                    acc.col.as_ptr(),
+                    l as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        if want_x {
+            // colgrad (CRS x L) = Wᵀ (CRS x K) · g_n (K x L)
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    crs,
+                    l,
+                    geo.k,
+                    acc.colgrad.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    w.as_ptr(),
+                    crs as isize,
+                    1,
+                    g_n.as_ptr(),
+                    1,
+                    l as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            col2im(geo, &acc.colgrad, gx_n);
+        }
+    };
+    let scratch = || Scratch {
+        col: vec![0f32; if want_w { crs * l } else { 0 }],
+        colgrad: vec![0f32; if want_x { crs * l } else { 0 }],
+        gw: vec![0f32; if want_w { geo.k * crs } else { 0 }],
+    };
+    // The weight gradient sums over images in fixed chunks, each in image
+    // order, and the chunks' sums in chunk order: the same result whatever
+    // the number of threads and however rayon splits the work.
+    let chunk = geo.n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);
+    let run_chunk = |first: usize, gx_chunk: &mut [f32]| {
+        let mut acc = scratch();
+        for n in first..(first + chunk).min(geo.n) {
+            let gx_n = if want_x {
+                &mut gx_chunk[(n - first) * chw..][..chw]
+            } else {
+                &mut []
+            };
+            per_image(gx_n, n, &mut acc);
+        }
+        acc.gw
+    };
+    let partials: Vec<Vec<f32>> = if want_x {
+        gx.par_chunks_mut(chunk * chw)
+            .enumerate()
+            .map(|(i, gx_chunk)| run_chunk(i * chunk, gx_chunk))
+            .collect()
+    } else {
+        (0..geo.n.div_ceil(chunk))
+            .into_par_iter()
+            .map(|i| run_chunk(i * chunk, &mut []))
+            .collect()
+    };
+    let gw = want_w.then(|| {
+        let mut sum = vec![0f32; geo.k * crs];
+        for p in &partials {
+            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        sum
+    });
+    (want_x.then_some(gx), gw)
+}
+
+/// Chunks of images whose weight-gradient sums [`direct_backward`] adds up
+/// in a fixed order (work for up to this many threads).
+const WEIGHT_GRAD_CHUNKS: usize = 16;
+
+/// Per-chunk buffers of [`direct_backward`].
+struct Scratch {
+    col: Vec<f32>,
+    colgrad: Vec<f32>,
+    gw: Vec<f32>,
+}
+
+/// The output positions `o` whose input position `o·stride + offset - pad`
+/// lies in `0..size_in`, as a range within `0..size_out`.
+#[inline]
+fn inside(size_in: usize, size_out: usize, offset: usize, stride: usize, pad: usize) -> std::ops::Range<usize> {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = if size_in + pad > offset {
+        ((size_in + pad - offset - 1) / stride + 1).min(size_out)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
+/// One image's im2col: `col[(c·R + r)·S + s][oh·Wo + ow] = x[c][oh·sh + r - ph][ow·sw + s - pw]` (0 outside).
+fn im2col(geo: &Geometry, x: &[f32], col: &mut [f32]) {
+    let l = geo.l();
+    let [sh, sw] = geo.stride;
+    for c in 0..geo.c {
+        let plane = &x[c * geo.h * geo.w..][..geo.h * geo.w];
+        for r in 0..geo.r {
+            let rows = inside(geo.h, geo.ho, r, sh, geo.pad[0]);
+            for s in 0..geo.s {
+                let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
+                let dst = &mut col[((c * geo.r + r) * geo.s + s) * l..][..l];
+                if sh == 1 && sw == 1 && geo.ho == geo.h && geo.wo == geo.w {
+                    shifted_copy(geo, plane, r, s, cols, dst);
+                    continue;
+                }
+                dst[..rows.start * geo.wo].fill(0.0);
+                dst[rows.end * geo.wo..].fill(0.0);
+                for oh in rows.clone() {
+                    let src = &plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
+                    let out = &mut dst[oh * geo.wo..][..geo.wo];
+                    out[..cols.start].fill(0.0);
+                    out[cols.end..].fill(0.0);
+                    // The first input column this row reads.
+                    let first = cols.start * sw + s - geo.pad[1];
+                    if sw == 1 {
+                        out[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
+                    } else {
+                        for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                            *d = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`]'s row for kernel offset `(r, s)` of a stride-1 convolution that
+/// keeps the image's size: the plane shifted by `(r - ph)·W + (s - pw)` in one
+/// copy, then zeros where a shifted row wraps into its neighbour (the output
+/// columns outside `cols`). Rows that fall outside the image are exactly the
+/// flat positions the shift moves outside the plane.
+fn shifted_copy(geo: &Geometry, plane: &[f32], r: usize, s: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
+    let hw = geo.h * geo.w;
+    let shift = (r as isize - geo.pad[0] as isize) * geo.w as isize + (s as isize - geo.pad[1] as isize);
+    let lo = (-shift).clamp(0, hw as isize) as usize;
+    let hi = (hw as isize - shift).clamp(lo as isize, hw as isize) as usize;
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    let from = (lo as isize + shift) as usize;
+    dst[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+    if cols.start > 0 || cols.end < geo.w {
+        for row in dst.chunks_mut(geo.w) {
+            row[..cols.start].fill(0.0);
+            row[cols.end..].fill(0.0);
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back to the input position it was read from.
+fn col2im(geo: &Geometry, col: &[f32], x: &mut [f32]) {
+    let l = geo.l();
+    let [sh, sw] = geo.stride;
+    for c in 0..geo.c {
+        let plane = &mut x[c * geo.h * geo.w..][..geo.h * geo.w];
+        for r in 0..geo.r {
+            let rows = inside(geo.h, geo.ho, r, sh, geo.pad[0]);
+            for s in 0..geo.s {
+                let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
+                let src = &col[((c * geo.r + r) * geo.s + s) * l..][..l];
+                for oh in rows.clone() {
+                    let dst = &mut plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
+                    let vals = &src[oh * geo.wo..][..geo.wo][cols.clone()];
+                    let first = cols.start * sw + s - geo.pad[1];
+                    if sw == 1 {
+                        for (d, v) in dst[first..first + vals.len()].iter_mut().zip(vals) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, v) in dst[first..].iter_mut().step_by(sw).zip(vals) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    /// Forward and all three gradients equal Burn's own op's, on shapes the
+    /// ResNets use and a few others: strides 1 and 2, padding 0 and 1
+    /// (asymmetric too), 1x1 and 3x3 kernels, batch 1 and 64.
+    #[test]
+    fn direct_backward_matches_burns_conv2d() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let cases: [([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool); 7] = [
+            ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+            ([2, 3, 9, 7], [5, 3, 3, 3], [2, 2], [(1, 1), (1, 1)], true),
+            ([1, 4, 8, 8], [6, 4, 1, 1], [2, 2], [(0, 0), (0, 0)], false),
+            ([64, 8, 6, 6], [8, 8, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
+            ([3, 2, 7, 6], [3, 2, 3, 2], [1, 2], [(0, 0), (0, 0)], true),
+            ([2, 2, 6, 6], [3, 2, 3, 3], [2, 1], [(1, 0), (0, 1)], true),
+            ([1, 16, 28, 28], [16, 16, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
+        ];
+        for (xs, wsh, stride, padding, with_bias) in cases {
+            let options = ConvOptions {
+                stride,
+                padding,
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let x = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let w = Tensor::<4>::random(wsh, Distribution::Normal(0.0, 0.5), &device).require_grad();
+            let b = with_bias
+                .then(|| Tensor::<1>::random([wsh[0]], Distribution::Normal(0.0, 1.0), &device).require_grad());
+            // A loss that weights every output differently.
+            let y_ref = burn_conv2d(x.clone(), w.clone(), b.clone(), options.clone());
+            let weights = Tensor::<4>::random(y_ref.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let loss = |y: Tensor<4>| (y * weights.clone()).sum();
+            let mut g_ref = loss(y_ref.clone()).backward();
+            let y = conv2d(x.clone(), w.clone(), b.clone(), options.clone());
+            y.clone()
+                .into_data()
+                .assert_approx_eq::<f32>(&y_ref.into_data(), Tolerance::rel_abs(1e-5, 1e-5));
+            let mut g = loss(y).backward();
+            let tol = Tolerance::rel_abs(1e-5, 1e-4);
+            let pairs = [
+                (x.grad_remove(&mut g).unwrap(), x.grad_remove(&mut g_ref).unwrap()),
+                (w.grad_remove(&mut g).unwrap(), w.grad_remove(&mut g_ref).unwrap()),
+            ];
+            for (got, want) in pairs {
+                got.into_data().assert_approx_eq::<f32>(&want.into_data(), tol);
+            }
+            if let Some(b) = &b {
+                b.grad_remove(&mut g)
+                    .unwrap()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&b.grad_remove(&mut g_ref).unwrap().into_data(), tol);
+            }
+        }
+    }
+
+    /// The gradients do not depend on the number of threads (or on how rayon
+    /// splits the images): bit for bit, as a seeded run must be reproducible.
+    #[test]
+    fn backward_is_the_same_on_any_number_of_threads() {
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let geo = Geometry::of(&[37, 3, 6, 5], &[4, 3, 3, 3], &options);
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let x = values(geo.n * geo.c * geo.h * geo.w, 1);
+        let w = values(geo.k * geo.crs(), 2);
+        let g = values(geo.n * geo.k * geo.l(), 3);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| direct_backward(&geo, &x, &w, &g, true, true))
+        };
+        let one = on(1);
+        for threads in [2, 3, 5] {
+            assert_eq!(on(threads), one, "{threads} threads");
+        }
+    }
+
+    /// The in-bounds output range against a direct check of every position.
+    #[test]
+    fn inside_ranges_match_a_direct_check() {
+        for size_in in 1usize..9 {
+            for stride in 1usize..4 {
+                for pad in 0usize..3 {
+                    for offset in 0usize..4 {
+                        let size_out = size_in + 2;
+                        let want: Vec<usize> = (0..size_out)
+                            .filter(|&o| (o * stride + offset).checked_sub(pad).is_some_and(|i| i < size_in))
+                            .collect();
+                        let got: Vec<usize> = inside(size_in, size_out, offset, stride, pad).collect();
+                        assert_eq!(
+                            got, want,
+                            "in {size_in} out {size_out} offset {offset} stride {stride} pad {pad}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flex without autodiff: the same forward values as Burn's op.
+    #[test]
+    fn plain_flex_forward_matches_burns_conv2d() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([3, 4, 9, 8], Distribution::Default, &device);
+        let w = Tensor::<4>::random([5, 4, 3, 3], Distribution::Default, &device);
+        let b = Tensor::<1>::random([5], Distribution::Default, &device);
+        let options = ConvOptions::new([2, 1], [1, 1], [1, 1], 1);
+        conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &burn_conv2d(x, w, Some(b), options).into_data(),
+                Tolerance::rel_abs(1e-5, 1e-5),
+            );
+    }
+
+    /// With groups, it is Burn's op.
+    #[test]
+    fn other_backends_and_groups_take_burns_op() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 4, 5, 5], Distribution::Default, &device);
+        let w = Tensor::<4>::random([4, 2, 3, 3], Distribution::Default, &device);
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 2);
+        conv2d(x.clone(), w.clone(), None, options.clone())
+            .into_data()
+            .assert_eq(&burn_conv2d(x, w, None, options).into_data(), true);
+    }
+}
