@@ -526,7 +526,9 @@ mod tests {
     fn direct_backward_matches_burns_conv2d() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let cases: [([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool); 7] = [
+        /// Input dims, weight dims, stride, padding, bias.
+        type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
+        let cases: [Case; 7] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
             ([2, 3, 9, 7], [5, 3, 3, 3], [2, 2], [(1, 1), (1, 1)], true),
             ([1, 4, 8, 8], [6, 4, 1, 1], [2, 2], [(0, 0), (0, 0)], false),
