@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 use gradscope_probe::{Inspection, inspect, judge, render};
-use gradscope_train::run_dir::{CONFIG_FILE, EVENTS_FILE, METRICS_FILE, VERDICTS_FILE, read_config};
+use gradscope_train::run_dir::{CONFIG_FILE, METRICS_FILE, VERDICTS_FILE, read_config, read_end};
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {
@@ -28,9 +28,7 @@ pub struct WatchArgs {
 /// or, for a `ModelProbe` run (no `config.toml`), its verdicts are written.
 fn ended(dir: &Path) -> Option<String> {
     if dir.join(CONFIG_FILE).is_file() {
-        let text = std::fs::read_to_string(dir.join(EVENTS_FILE)).ok()?;
-        let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
-        (last["event"] == "end").then(|| last["status"].as_str().unwrap_or("ended").to_owned())
+        read_end(dir)
     } else {
         dir.join(VERDICTS_FILE).is_file().then(|| "finished".to_owned())
     }

@@ -260,30 +260,13 @@ fn direct_forward(geo: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Ve
                     row.fill(bias);
                 }
             }
-            // SAFETY: the slices hold the sizes the strides address.
-            unsafe {
-                gemm::gemm(
-                    geo.k,
-                    l,
-                    crs,
-                    y_n.as_mut_ptr(),
-                    1,
-                    l as isize,
-                    b.is_some(),
-                    w.as_ptr(),
-                    1,
-                    crs as isize,
-                    col.as_ptr(),
-                    1,
-                    l as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // y_n (K x L) (+)= W (K x CRS) · col (CRS x L)
+            matmul(
+                Mat::rows(y_n, geo.k, l),
+                Mat::rows(w, geo.k, crs),
+                Mat::rows(&col[..], crs, l),
+                b.is_some(),
+            );
         },
     );
     y
@@ -305,57 +288,21 @@ fn direct_backward(
         if want_w {
             im2col(geo, &x[n * chw..(n + 1) * chw], &mut acc.col);
             // dW (K x CRS) += g_n (K x L) · colᵀ (L x CRS)
-            // SAFETY: the slices hold the sizes the strides address.
-            unsafe {
-                gemm::gemm(
-                    geo.k,
-                    crs,
-                    l,
-                    acc.gw.as_mut_ptr(),
-                    1,
-                    crs as isize,
-                    true,
-                    g_n.as_ptr(),
-                    1,
-                    l as isize,
-                    acc.col.as_ptr(),
-                    l as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            matmul(
+                Mat::rows(&mut acc.gw[..], geo.k, crs),
+                Mat::rows(g_n, geo.k, l),
+                Mat::rows(&acc.col[..], crs, l).transposed(),
+                true,
+            );
         }
         if want_x {
             // colgrad (CRS x L) = Wᵀ (CRS x K) · g_n (K x L)
-            // SAFETY: as above.
-            unsafe {
-                gemm::gemm(
-                    crs,
-                    l,
-                    geo.k,
-                    acc.colgrad.as_mut_ptr(),
-                    1,
-                    l as isize,
-                    false,
-                    w.as_ptr(),
-                    crs as isize,
-                    1,
-                    g_n.as_ptr(),
-                    1,
-                    l as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            matmul(
+                Mat::rows(&mut acc.colgrad[..], crs, l),
+                Mat::rows(w, geo.k, crs).transposed(),
+                Mat::rows(g_n, geo.k, l),
+                false,
+            );
             col2im(geo, &acc.colgrad, gx_n);
         }
     };
@@ -399,6 +346,86 @@ fn direct_backward(
         sum
     });
     (want_x.then_some(gx), gw)
+}
+
+/// A matrix over a slice: `rows x cols`, element `(i, j)` at `i·rs + j·cs`.
+struct Mat<S> {
+    data: S,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<S: AsRef<[f32]>> Mat<S> {
+    /// The first `rows·cols` values of `data`, row by row.
+    fn rows(data: S, rows: usize, cols: usize) -> Self {
+        assert!(
+            data.as_ref().len() >= rows * cols,
+            "a {rows}x{cols} matrix over {} values",
+            data.as_ref().len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The same values as the transpose (no copy).
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, on one thread
+/// (the callers split the work).
+fn matmul(dst: Mat<&mut [f32]>, lhs: Mat<&[f32]>, rhs: Mat<&[f32]>, accumulate: bool) {
+    assert!(
+        lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows,
+        "matmul of {}x{} by {}x{} into {}x{}",
+        lhs.rows,
+        lhs.cols,
+        rhs.rows,
+        rhs.cols,
+        dst.rows,
+        dst.cols
+    );
+    let stride = |s: usize| s as isize;
+    // SAFETY: `Mat::rows` checked that each slice holds its rows x cols values
+    // at the strides given (a transpose addresses the same values), and the
+    // shapes agree (above); `dst` is borrowed mutably, the others shared.
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            lhs.cols,
+            dst.data.as_mut_ptr(),
+            stride(dst.cs),
+            stride(dst.rs),
+            accumulate,
+            lhs.data.as_ptr(),
+            stride(lhs.cs),
+            stride(lhs.rs),
+            rhs.data.as_ptr(),
+            stride(rhs.cs),
+            stride(rhs.rs),
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Chunks of images whose weight-gradient sums [`direct_backward`] adds up

@@ -252,6 +252,14 @@ pub fn read_start(dir: &Path) -> Option<Started> {
     })
 }
 
+/// How a run ended, from its `end` event (the status it names), if the last
+/// event in `events.jsonl` is one; `None` while it trains (or if it was killed).
+pub fn read_end(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(EVENTS_FILE)).ok()?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    (last["event"] == "end").then(|| last["status"].as_str().unwrap_or("ended").to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +350,22 @@ mod tests {
         let started = read_start(dir.path()).unwrap();
         assert_eq!(started.total_steps, 40);
         assert!((started.unix_s - chrono::Utc::now().timestamp() as f64).abs() < 60.0);
+    }
+
+    /// Ended only while the last event is `end`: a resumed run is running again.
+    #[test]
+    fn the_end_event_reads_back_only_as_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_end(dir.path()), None);
+        let mut lines = vec![
+            event("start", serde_json::json!({ "total_steps": 40 })),
+            event("end", serde_json::json!({ "status": "interrupted", "step": 12 })),
+        ];
+        std::fs::write(dir.path().join(EVENTS_FILE), lines.join("\n")).unwrap();
+        assert_eq!(read_end(dir.path()).as_deref(), Some("interrupted"));
+        lines.push(event("resume", serde_json::json!({ "step": 12 })));
+        std::fs::write(dir.path().join(EVENTS_FILE), lines.join("\n")).unwrap();
+        assert_eq!(read_end(dir.path()), None);
     }
 
     #[test]
