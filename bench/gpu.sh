@@ -18,7 +18,7 @@ log "machine"
 # steps, device reductions for large ones) against each path forced.
 for r in auto host device; do
     log "probe overhead on wgpu, $r reductions (blocks)"
-    GRADSCOPE_PROBE_REDUCTIONS=$r timeout 300 "$gs" bench --backends wgpu --steps 40 --reps 3 --skip-idx --probe \
+    timeout 300 "$gs" bench --backends wgpu --steps 40 --reps 3 --skip-idx --probe --probe-reductions "$r" \
         --presets mlp-sigmoid-8x256,resnet20-residual --out "$out/probe-$r.md" 2>&1 | tee -a "$out/log.txt"
 done
 

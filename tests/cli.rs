@@ -296,7 +296,7 @@ fn bad_flags_are_named() {
     std::fs::write(&cfg, "learning_rate = 3\n").unwrap();
     let (_, err) = run_err(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(
-        err.contains("run.toml") && err.contains("unknown field `learning_rate`"),
+        err.contains("run.toml") && err.contains("unknown key `learning_rate`"),
         "{err}"
     );
 }

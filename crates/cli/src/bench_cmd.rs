@@ -19,10 +19,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::GradientProbe;
+use gradscope_probe::{GradientProbe, ProbeConfig, ProbeSchedule, ProbedRun, Reductions, RunConfig};
 use gradscope_train::{
-    Backend, BackwardView, Control, ModelChoice, Observer, Optimizer, ProbeSchedule, RunInfo, StepInfo, Summary,
-    TrainConfig, TrainError,
+    Backend, BackwardView, Control, ModelChoice, Observer, Optimizer, RunInfo, StepInfo, Summary, TrainConfig,
+    TrainError,
 };
 
 /// The PyTorch reference script, shipped inside the binary.
@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Also measure the probe's overhead (probed and unprobed steps alternating in one process).
     #[arg(long)]
     pub probe: bool,
+    /// Where the probe reduces in the overhead runs: auto, host or device.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<Reductions>())]
+    pub probe_reductions: Reductions,
     /// Run the PyTorch reference beside every row (needs `pip install torch numpy`).
     #[arg(long)]
     pub pytorch: bool,
@@ -215,15 +218,16 @@ fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Resu
         epochs: 1000,
         max_steps: Some(steps),
         log_every,
-        probe,
         ..TrainConfig::default()
     };
-    let mut trainer = gradscope_train::start(config, &tmp.path().join("run"))?;
-    // Throughput runs have the probe off, so `for_run` gives none.
-    if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
-        trainer.observe(Box::new(ProbeInBlocks(probe)));
-    }
-    trainer.run()?;
+    let probe = ProbeConfig {
+        schedule: probe,
+        reductions: args.probe_reductions,
+        ..ProbeConfig::default()
+    };
+    // Throughput runs have the probe off: `run_with` then has no probe to wrap.
+    ProbedRun::start(&RunConfig::new(config, probe), &tmp.path().join("run"))?
+        .run_with(|probe| Box::new(ProbeInBlocks(probe)))?;
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
         .map_err(anyhow::Error::msg)?;
     // Row 0 is the untrained evaluation; the first `steps / (reps + 1)` steps are the warm-up.
@@ -403,6 +407,7 @@ fn run_child(preset: &str, backend: Backend, threads: usize, mode: Mode, args: &
         .args(["bench", "--child", &spec, "--skip-idx"])
         .args(["--steps", &args.steps.to_string(), "--reps", &args.reps.to_string()])
         .args(["--batch-size", &args.batch_size.to_string()])
+        .args(["--probe-reductions", &args.probe_reductions.to_string()])
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("BURN_DEVICE", backend.burn_device_name())
         .output()

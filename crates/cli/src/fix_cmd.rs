@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_report::fix::{self, Judged, Plan};
-use gradscope_report::lab::Job;
+use gradscope_lab::fix::{self, Judged, Plan};
+use gradscope_lab::{Job, run_job};
+use gradscope_probe::RunConfig;
 use gradscope_train::run_dir::VERDICTS_FILE;
 
 #[derive(Args, Debug)]
@@ -67,13 +68,15 @@ fn default_out(run: &Path) -> PathBuf {
     run.with_file_name(format!("{name}-fix"))
 }
 
-fn jobs(plan: &Plan, out: &Path) -> Vec<Job> {
-    let job = |role: &str, config: &gradscope_train::TrainConfig| Job {
-        claim: "fix".into(),
-        role: role.into(),
-        seed: config.seed,
-        config: config.clone(),
-        dir: out.join(role),
+fn jobs(plan: &Plan, out: &Path) -> Result<Vec<Job>> {
+    let job = |role: &str, config: &gradscope_train::TrainConfig| -> Result<Job> {
+        Ok(Job {
+            claim: "fix".into(),
+            role: role.into(),
+            seed: config.seed,
+            config: RunConfig::split(config.clone())?,
+            dir: out.join(role),
+        })
     };
     std::iter::once(job("unchanged", &plan.control))
         .chain(plan.candidates.iter().map(|c| job(c.remedy.name(), &c.config)))
@@ -156,12 +159,15 @@ pub fn run(args: FixArgs) -> Result<()> {
     let steps = steps_for(&args, &original, rough.candidates.len() + 1)?;
     let plan = fix::plan(config, &flagged, steps).map_err(anyhow::Error::msg)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&args.run));
-    let jobs = jobs(&plan, &out);
+    let jobs = jobs(&plan, &out)?;
     if args.list_jobs {
         for job in &jobs {
-            if !matches!(job.config.model, gradscope_train::ModelChoice::Preset { .. }) {
+            if !matches!(job.config.train.model, gradscope_train::ModelChoice::Preset { .. }) {
                 std::fs::create_dir_all(&out)?;
-                std::fs::write(job.dir.with_extension("toml"), toml::to_string_pretty(&job.config)?)?;
+                std::fs::write(
+                    job.dir.with_extension("toml"),
+                    toml::to_string_pretty(&job.config.joined())?,
+                )?;
             }
             println!("{}", crate::lab_cmd::command_line(job)?);
         }
@@ -182,8 +188,11 @@ pub fn run(args: FixArgs) -> Result<()> {
         println!("  (not tried: {}: {why})", r.describe());
     }
     for (k, job) in jobs.iter().enumerate() {
-        let what = crate::lab_cmd::run_job(job).with_context(|| format!("fix candidate {}", job.role))?;
-        eprintln!("[{}/{}] {what} {}", k + 1, jobs.len(), job.dir.display());
+        let (what, warning) = run_job(job).with_context(|| format!("fix candidate {}", job.role))?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        eprintln!("[{}/{}] {} {}", k + 1, jobs.len(), what.as_str(), job.dir.display());
     }
     let mut runs = Vec::new();
     for job in &jobs {

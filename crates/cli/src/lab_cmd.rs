@@ -1,15 +1,13 @@
 //! `gradscope lab`: runs an experiment suite (reusing finished runs), judges each
 //! claim from the measurements, and writes one report.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::GradientProbe;
-use gradscope_report::lab::{ClaimResult, Job, Outcome, Suite, evaluate};
-use gradscope_train::{Backend, ModelChoice, Optimizer, Status};
+use gradscope_lab::{Job, Outcome, Suite, judge_suite, run_job};
+use gradscope_train::{Backend, ModelChoice, Optimizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The default suite and its quick and full variants, compiled in so
@@ -67,7 +65,7 @@ fn load_suite(args: &LabArgs) -> Result<Suite> {
 
 /// A `gradscope train` command line reproducing `job`.
 pub(crate) fn command_line(job: &Job) -> Result<String> {
-    let c = &job.config;
+    let c = &job.config.train;
     let ModelChoice::Preset { preset } = &c.model else {
         let path = job.dir.with_extension("toml");
         return Ok(format!(
@@ -104,55 +102,15 @@ pub(crate) fn command_line(job: &Job) -> Result<String> {
     if let Some(m) = c.max_steps {
         s.push_str(&format!(" --max-steps {m}"));
     }
-    s.push_str(&format!(" --probe {} --quiet --out {}", c.probe, job.dir.display()));
+    let p = &job.config.probe;
+    s.push_str(&format!(
+        " --probe {} --probe-update-every {} --probe-reductions {} --quiet --out {}",
+        p.schedule,
+        p.update_every,
+        p.reductions,
+        job.dir.display()
+    ));
     Ok(s)
-}
-
-/// Runs one job, or reuses/resumes what a previous lab left in its directory.
-pub(crate) fn run_job(job: &Job) -> Result<&'static str> {
-    // What a previous lab left here is reused only if it is this very run.
-    if job.dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
-        let saved = gradscope_train::run_dir::read_config(&job.dir)?;
-        if saved != job.config {
-            bail!(
-                "{} holds a run of another configuration (from another suite or version); move it away or choose another --out",
-                job.dir.display()
-            );
-        }
-    }
-    let summary = job.dir.join("summary.json");
-    if let Ok(text) = std::fs::read_to_string(&summary) {
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if v["status"] == "completed" || v["status"] == "diverged" {
-            return Ok("reused");
-        }
-    }
-    let probe = GradientProbe::for_run(&job.config)?;
-    let (mut trainer, what) = if job.dir.join("checkpoints/latest").exists() {
-        (gradscope_train::resume(&job.dir, Default::default())?, "resumed")
-    } else {
-        if job.dir.exists() {
-            // Another process still training here (a second lab on the same --out) is left alone.
-            if job.dir.join(gradscope_train::run_dir::CONFIG_FILE).exists() {
-                drop(gradscope_train::RunDir::open(&job.dir)?);
-            }
-            // A previous lab died before this run's first checkpoint: keep it aside, never delete it.
-            let aside = job
-                .dir
-                .with_extension(format!("incomplete-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
-            std::fs::rename(&job.dir, &aside).with_context(|| format!("moving {} aside", job.dir.display()))?;
-        }
-        (gradscope_train::start(job.config.clone(), &job.dir)?, "trained")
-    };
-    if let Some(probe) = probe {
-        trainer.observe(Box::new(probe));
-    }
-    let (s, _) = trainer.run()?;
-    if s.status == Status::Interrupted {
-        bail!("{} was interrupted", job.dir.display());
-    }
-    crate::tensorboard_cmd::export_after_run(&job.dir);
-    Ok(what)
 }
 
 pub fn run(args: LabArgs) -> Result<()> {
@@ -182,8 +140,8 @@ pub fn run(args: LabArgs) -> Result<()> {
                 continue;
             }
             listed.push(&job.dir);
-            if !matches!(job.config.model, ModelChoice::Preset { .. }) {
-                let text = toml::to_string_pretty(&job.config)?;
+            if !matches!(job.config.train.model, ModelChoice::Preset { .. }) {
+                let text = toml::to_string_pretty(&job.config.joined())?;
                 std::fs::create_dir_all(job.dir.parent().expect("job dirs have parents"))?;
                 std::fs::write(job.dir.with_extension("toml"), text)?;
             }
@@ -196,7 +154,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         );
         return Ok(());
     }
-    crate::train_cmd::pin_default_device(jobs.first().map_or(Backend::Flex, |j| j.config.backend));
+    crate::train_cmd::pin_default_device(jobs.first().map_or(Backend::Flex, |j| j.config.train.backend));
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -210,56 +168,27 @@ pub fn run(args: LabArgs) -> Result<()> {
     let started = Instant::now();
     for (k, job) in jobs.iter().enumerate() {
         bar.set_message(format!("{}/{} seed {}", job.claim, job.role, job.seed));
-        let what = run_job(job).with_context(|| format!("lab run {}/{} seed {}", job.claim, job.role, job.seed))?;
+        let (what, warning) =
+            run_job(job).with_context(|| format!("lab run {}/{} seed {}", job.claim, job.role, job.seed))?;
+        if let Some(w) = warning {
+            bar.suspend(|| eprintln!("warning: {w}"));
+        }
         if args.quiet || bar.is_hidden() {
-            eprintln!("[{}/{}] {what} {}", k + 1, jobs.len(), job.dir.display());
+            eprintln!("[{}/{}] {} {}", k + 1, jobs.len(), what.as_str(), job.dir.display());
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-
-    // A run shared by several claims is trained once and drawn once.
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for j in &jobs {
-        if !dirs.contains(&j.dir) {
-            dirs.push(j.dir.clone());
-        }
-    }
-    let mut report = gradscope_report::lab_report(&dirs, Vec::new())?;
-    let mut results: Vec<ClaimResult> = Vec::new();
-    for claim in &suite.claims {
-        // The claim's runs by role, in the order its kind names them.
-        let mut roles: Vec<&str> = claim.kind.roles().to_vec();
-        roles.extend(
-            claim
-                .roles
-                .keys()
-                .map(String::as_str)
-                .filter(|r| !claim.kind.roles().contains(r)),
-        );
-        let mut by_role: BTreeMap<String, Vec<gradscope_report::RunData>> = BTreeMap::new();
-        let mut ordered: Vec<(String, gradscope_report::RunData)> = Vec::new();
-        for role in roles {
-            for job in jobs.iter().filter(|j| j.claim == claim.id && j.role == role) {
-                if let Some(r) = report.runs.iter().find(|r| r.dir == job.dir) {
-                    by_role.entry(job.role.clone()).or_default().push(r.clone());
-                    ordered.push((job.role.clone(), r.clone()));
-                }
-            }
-        }
-        let result = evaluate(claim, &by_role);
-        report
-            .sections
-            .push(gradscope_report::claim_section(result.clone(), &ordered)?);
-        results.push(result);
-    }
-    let html = report.write(&args.out.join("report"))?;
-    let json = serde_json::to_string_pretty(&serde_json::json!({ "suite": suite.name, "claims": results }))?;
-    gradscope_train::files::write_atomic(&args.out.join("claims.json"), json.as_bytes())?;
+    let (results, html) = judge_suite(&suite, &jobs, &args.out)?;
+    let runs = jobs
+        .iter()
+        .map(|j| &j.dir)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     println!(
         "{} ({} runs, {:.0} s)\n",
         suite.name,
-        dirs.len(),
+        runs,
         started.elapsed().as_secs_f64()
     );
     for c in &results {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::GradientProbe;
-use gradscope_train::{Backend, ModelChoice, ProbeSchedule, TrainConfig};
+use gradscope_probe::{ProbeConfig, ProbeSchedule, ProbedRun, RunConfig};
+use gradscope_train::{Backend, ModelChoice, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct ParityArgs {
@@ -72,16 +72,16 @@ pub fn run(args: ParityArgs) -> Result<()> {
             max_steps: Some(args.steps),
             log_every: 1,
             seed: args.seed,
-            probe: ProbeSchedule::Every { n: 1 },
             ..TrainConfig::default()
         };
+        let probe = ProbeConfig {
+            schedule: ProbeSchedule::Every { n: 1 },
+            ..ProbeConfig::default()
+        };
         let dir = out.join(backend.to_string());
-        let mut trainer =
-            gradscope_train::start(config, &dir).with_context(|| format!("starting the {backend} run"))?;
-        if let Some(probe) = GradientProbe::for_run(&trainer.config)? {
-            trainer.observe(Box::new(probe));
-        }
-        trainer.run().with_context(|| format!("training on {backend}"))?;
+        let run = ProbedRun::start(&RunConfig::new(config, probe), &dir)
+            .with_context(|| format!("starting the {backend} run"))?;
+        run.run().with_context(|| format!("training on {backend}"))?;
         dirs.push((backend.to_string(), dir));
     }
     let refs: Vec<(String, &std::path::Path)> = dirs.iter().map(|(b, d)| (b.clone(), d.as_path())).collect();

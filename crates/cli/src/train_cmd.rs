@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use gradscope_data::Normalization;
-use gradscope_probe::GradientProbe;
-use gradscope_train::{Backend, Extend, ModelChoice, Optimizer, ProbeSchedule, Schedule, Status, TrainConfig};
+use gradscope_probe::{ProbeSchedule, ProbedRun, Reductions, RunConfig};
+use gradscope_train::{Backend, Extend, ModelChoice, Optimizer, Schedule, Status};
 
 use crate::progress::Progress;
 
@@ -108,6 +108,10 @@ pub struct TrainArgs {
     /// Nth probed step; the steps between divide by the latest weight norm. 1: every probed step.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub probe_update_every: Option<u64>,
+    /// Where the probe reduces: `auto` (host on CPU backends and small GPU
+    /// steps, device above), `host` or `device`.
+    #[arg(long, value_parser = parse_reductions)]
+    pub probe_reductions: Option<Reductions>,
     /// Run directory (default: runs/<preset>-<timestamp>); must not exist or be empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -122,7 +126,11 @@ pub struct TrainArgs {
 
 fn parse_probe(s: &str) -> Result<ProbeSchedule, String> {
     s.parse()
-        .map_err(|e: gradscope_train::schedule::ParseScheduleError| e.to_string())
+        .map_err(|e: gradscope_probe::config::ParseScheduleError| e.to_string())
+}
+
+fn parse_reductions(s: &str) -> Result<Reductions, String> {
+    s.parse()
 }
 
 pub fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -141,7 +149,7 @@ impl TrainArgs {
     /// The flags that set a field of the run's configuration, by name, and
     /// whether each was given. (`--epochs` and `--max-steps` come last: they
     /// are the ones a resumed run may change.)
-    fn config_flags(&self) -> [(&'static str, bool); 30] {
+    fn config_flags(&self) -> [(&'static str, bool); 31] {
         [
             ("--config", self.config.is_some()),
             ("--preset", self.preset.is_some()),
@@ -168,6 +176,7 @@ impl TrainArgs {
             ("--no-shuffle", self.no_shuffle),
             ("--probe", self.probe.is_some()),
             ("--probe-update-every", self.probe_update_every.is_some()),
+            ("--probe-reductions", self.probe_reductions.is_some()),
             ("--out", self.out.is_some()),
             ("--resume", self.resume.is_some()),
             ("--quiet", self.quiet),
@@ -207,15 +216,27 @@ impl TrainArgs {
     /// The configuration: `--config` (or defaults), then every flag given.
     /// An unusable value is reported by the flag that gave it, or else by the
     /// config file and key.
-    pub fn resolve(&self) -> Result<TrainConfig> {
-        let mut c = match &self.config {
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let RunConfig {
+            train: mut c,
+            mut probe,
+        } = match &self.config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).with_context(|| format!("reading --config {}", path.display()))?;
-                TrainConfig::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?
+                RunConfig::from_toml(&text).map_err(|e| anyhow!("--config {}: {e}", path.display()))?
             }
-            None => TrainConfig::default(),
+            None => RunConfig::default(),
         };
+        if let Some(s) = self.probe {
+            probe.schedule = s;
+        }
+        if let Some(n) = self.probe_update_every {
+            probe.update_every = n;
+        }
+        if let Some(r) = self.probe_reductions {
+            probe.reductions = r;
+        }
         if let Some(p) = &self.preset {
             c.model = ModelChoice::Preset { preset: p.clone() };
         }
@@ -231,9 +252,7 @@ impl TrainArgs {
             batch_size,
             epochs,
             log_every,
-            seed,
-            probe,
-            probe_update_every
+            seed
         );
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir.clone();
@@ -297,14 +316,15 @@ impl TrainArgs {
         } else if self.step_every.is_some() || self.step_gamma.is_some() || self.min_lr.is_some() {
             bail!("--step-every, --step-gamma and --min-lr need --schedule step or cosine");
         }
-        if let Err(e) = c.validate() {
+        let run = RunConfig::new(c, probe);
+        if let Err(e) = run.validate() {
             match (self.flag_for(e.key), &self.config) {
                 (Some(flag), _) => bail!("{flag}: found {}; expected {}", e.found, e.expected),
                 (None, Some(path)) => bail!("--config {}: {e}", path.display()),
                 (None, None) => bail!("{e}"),
             }
         }
-        Ok(c)
+        Ok(run)
     }
 
     /// What `--resume` may change: more epochs or steps. Any other
@@ -339,29 +359,28 @@ pub fn pin_default_device(backend: Backend) {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (trainer, dir) = match &args.resume {
+    let (run, dir) = match &args.resume {
         Some(dir) => {
             let extend = args.extension()?;
             let config = gradscope_train::run_dir::read_config(dir)?;
             pin_default_device(config.backend);
-            let trainer =
-                gradscope_train::resume(dir, extend).with_context(|| format!("resuming {}", dir.display()))?;
-            for note in trainer.resume_notes() {
+            let run = ProbedRun::resume(dir, extend).with_context(|| format!("resuming {}", dir.display()))?;
+            for note in run.trainer.resume_notes() {
                 eprintln!("warning: checkpoint passed over: {note}");
             }
-            (trainer, dir.clone())
+            (run, dir.clone())
         }
         None => {
             let config = args.resolve()?;
-            pin_default_device(config.backend);
+            pin_default_device(config.train.backend);
             let dir = args
                 .out
                 .clone()
-                .unwrap_or_else(|| default_run_dir(&config.model.label()));
-            (gradscope_train::start(config, &dir)?, dir)
+                .unwrap_or_else(|| default_run_dir(&config.train.model.label()));
+            (ProbedRun::start(&config, &dir)?, dir)
         }
     };
-    run_trainer(trainer, &dir, args.quiet)
+    run_probed(run, &dir, args.quiet)
 }
 
 /// `runs/<label>-<UTC timestamp>`.
@@ -369,20 +388,14 @@ pub fn default_run_dir(label: &str) -> PathBuf {
     Path::new("runs").join(format!("{label}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
 }
 
-fn run_trainer(mut trainer: gradscope_train::Trainer<gradscope_models::Model>, dir: &Path, quiet: bool) -> Result<()> {
-    let trainer_lr = trainer.config.lr;
-    let mut probe = GradientProbe::for_run(&trainer.config)?;
-    trainer.observe(Box::new(Progress::new(quiet, probe.as_mut().map(GradientProbe::live))));
-    let probed = match probe {
-        Some(probe) => {
-            trainer.observe(Box::new(probe));
-            true
-        }
-        None => false,
-    };
-    let stop = trainer.stop_flag();
+fn run_probed(mut run: ProbedRun, dir: &Path, quiet: bool) -> Result<()> {
+    let trainer_lr = run.config.train.lr;
+    let probed = run.probed();
+    let live = run.live();
+    run.observe(Box::new(Progress::new(quiet, live)));
+    let stop = run.trainer.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let (summary, _) = trainer.run()?;
+    let summary = run.run()?;
     if probed && let Ok(ins) = gradscope_probe::inspect(dir) {
         println!("{}", gradscope_probe::render(&ins));
     }

@@ -7,8 +7,9 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::Device;
 use gradscope_data::{MnistLike, Normalization, epoch_batches, epoch_order};
 use gradscope_models::{Model, Network, Taps, preset};
+use gradscope_probe::ProbeSchedule;
 use gradscope_probe::{GradientProbe, ProbeConfig, judge};
-use gradscope_train::{BackwardView, Observer, ProbeSchedule, RunInfo, StepInfo, TapGrads};
+use gradscope_train::{BackwardView, Observer, RunInfo, StepInfo, TapGrads};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::flex().autodiff();

@@ -12,6 +12,7 @@
 //! burn-train's `Learner` or a loop of the user's own.
 
 mod cache;
+pub mod config;
 pub mod fused;
 pub mod measure;
 pub mod model_probe;
@@ -19,15 +20,17 @@ pub mod module;
 pub mod observer;
 pub mod parity;
 pub mod record;
+pub mod run;
 pub mod table;
 pub mod verdict;
 mod worker;
 
+pub use config::{ProbeConfig, ProbeSchedule, Reductions, RunConfig};
 pub use gradscope_models::Activation;
-pub use gradscope_train::ProbeSchedule;
 pub use model_probe::ModelProbe;
 pub use module::{ModuleGrads, ParamGrad};
-pub use observer::{GradientProbe, Live, LiveHandle, ProbeConfig, Reductions};
+pub use observer::{GradientProbe, Live, LiveHandle};
 pub use record::{GradHistogram, ProbeRecord, read_hist_csv, read_probe_csv};
+pub use run::ProbedRun;
 pub use table::{Inspection, inspect, render};
 pub use verdict::{Alert, Verdicts, judge};

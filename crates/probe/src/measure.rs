@@ -134,7 +134,7 @@ pub struct StepStats {
 }
 
 /// Queues every statistic of a probe step as device-side reductions (the
-/// cross-check of [`crate::fused::HostJob::compute`]; `GRADSCOPE_PROBE_REDUCTIONS=device`).
+/// cross-check of [`crate::fused::HostJob::compute`]; `probe_reductions = "device"`).
 pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
     if let Some(loss) = &view.loss {

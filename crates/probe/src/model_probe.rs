@@ -52,8 +52,9 @@ use gradscope_train::metrics::Divergence;
 use gradscope_train::run_dir::{METRICS_FILE, POINTS_FILE, RunDir};
 use gradscope_train::{MetricsRow, TapGrads, TrainError};
 
+use crate::config::ProbeConfig;
 use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
-use crate::observer::{Ids, ProbeConfig, write_forensics, write_verdicts};
+use crate::observer::{Ids, write_forensics, write_verdicts};
 use crate::record::ProbeRecord;
 use crate::verdict::{Verdicts, WINDOW};
 use crate::worker::{Meta, Writer};

@@ -12,104 +12,34 @@ use burn::module::{Module, ParamId};
 use burn::tensor::Tensor;
 use gradscope_models::{Network, ProbePoint, named_params};
 use gradscope_train::files::write_atomic;
-use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainConfig, TrainError};
+use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainError};
 
+use crate::config::{ProbeConfig, ProbeSchedule, Reductions, RunConfig};
 use crate::fused::{HostJob, Reading};
 use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
 use crate::record::{ProbeRecord, read_probe_csv};
 use crate::verdict::{WINDOW, judge};
 use crate::worker::{Job, Meta, Worker, Writer};
-use gradscope_train::ProbeSchedule;
 use gradscope_train::run_dir::{FORENSICS_FILE, POINTS_FILE, PROBE_FILE, VERDICTS_FILE};
 
 /// Probe records kept for NaN forensics.
 pub const FORENSICS_DEPTH: usize = 20;
 
-/// Settings of the probe.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeConfig {
-    pub schedule: ProbeSchedule,
-    /// Update steps: every `update_every`th probed step (and the first) also
-    /// takes the histograms of |g|, the weights' norms and the update sizes.
-    ///
-    /// Every other probed step measures the rest of the set, and its
-    /// `grad_weight_ratio` divides by the latest weight norm. Why not at every
-    /// step: the weights are the largest thing the probe reads besides the
-    /// gradients, read while the next step trains (on `mlp-sigmoid-8x256` on
-    /// flex, ~0.75% of every probed step; update sizes also hold every weight
-    /// across the optimiser step, which then copies it), for numbers that move
-    /// slowly: between two reads a weight's norm moves by at most the sum of
-    /// the update:weight ratios in between (a common target is 1e-3 per step),
-    /// which bounds the ratio's relative error. Set 1 for exact ratios.
-    pub update_every: u64,
-    /// Number of classes (for the initial-loss audit).
-    pub classes: usize,
-    /// Where the statistics are reduced.
-    pub reductions: Reductions,
-}
-
-/// Where a probe step's statistics are computed.
-///
-/// Host reads are free on flex (a borrow) and one copy on ndarray; on a GPU
-/// they cost what the step's tensors weigh (the transfer itself is waited for
-/// on the probe's own thread), while device reductions cost about 40 small
-/// kernels per probe point whatever the size, plus one synchronous transfer
-/// of the statistics. Measured on an H100 (wgpu, `bench/results/2026-11-28-h100-async`,
-/// probed against unprobed step): `mlp-sigmoid-8x256` (~0.1 M values per
-/// point) +2.0 ms host against +15 ms device; `resnet20-residual` (~3 M
-/// values per point, ~100 M per step) +100 ms host against +31 ms device.
-/// On the CPU backends host was faster on every net measured (flex +1.9 ms
-/// against device passes over memory, ndarray +7.1 against +15.6 ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Reductions {
-    /// Host on CPU backends; on a GPU, host while a probe step reads at most
-    /// [`Reductions::HOST_MAX_PER_POINT`] values per probe point, device above.
-    /// Decided at the first probe step.
-    #[default]
-    Auto,
-    /// As Burn reductions on the device (about 40 small ops per layer), read
-    /// back in one transfer per probe step. The independent cross-check of
-    /// the host path (test `host_and_device_reductions_agree`).
+/// How a run's probe steps are reduced: [`Reductions`] with `Auto` decided
+/// (and, for host reductions, how the tensors reach the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reducer {
+    Host(Reading),
     Device,
-    /// Every tensor the step needs read to the host ([`crate::fused::Gather`]:
-    /// in place on flex, one transaction elsewhere) and reduced there by
-    /// vectorised loops ([`crate::fused`]).
-    Host,
 }
 
-impl Reductions {
-    /// Environment variable that overrides the default in
-    /// [`GradientProbe::for_run`]: `auto`, `device` or `host`. For measuring one against
-    /// the other (`GRADSCOPE_PROBE_REDUCTIONS=device gradscope bench --probe ...`).
-    pub const ENV: &'static str = "GRADSCOPE_PROBE_REDUCTIONS";
-
-    /// [`Reductions::Auto`]'s bound on a GPU: activation values a probe step reads per
-    /// probe point (each point's output, its activation's input and `dL/dh`).
-    /// From the H100 measurements above, host costs ~1.4 ns per value read and
-    /// device ~1 ms per point: they break even near 0.7 M values per point.
-    /// The bound sits between the MLPs (~0.1 M) and ResNet-20 at batch 128 (~3 M).
-    pub const HOST_MAX_PER_POINT: usize = 1 << 20;
-
-    /// The default, unless [`Self::ENV`] says otherwise.
-    pub fn from_env() -> Result<Self, TrainError> {
-        match std::env::var(Self::ENV).as_deref() {
-            Err(_) => Ok(Self::default()),
-            Ok("auto") => Ok(Reductions::Auto),
-            Ok("device") => Ok(Reductions::Device),
-            Ok("host") => Ok(Reductions::Host),
-            Ok(other) => Err(TrainError::Invalid(format!(
-                "{} must be `auto`, `device` or `host`; found `{other}`",
-                Self::ENV
-            ))),
-        }
-    }
-
-    /// The path for a run whose probe steps look like `view`.
-    fn resolve(self, view: &StepView<'_>) -> Path {
+impl Reducer {
+    /// The reducer for a run whose probe steps look like `view`.
+    fn resolve(choice: Reductions, view: &StepView<'_>) -> Self {
         let reading = Reading::of(view.loss.as_ref().expect("the trainer gives every probed step's loss"));
-        match self {
-            Reductions::Host => Path::Host(reading),
-            Reductions::Device => Path::Device,
+        match choice {
+            Reductions::Host => Reducer::Host(reading),
+            Reductions::Device => Reducer::Device,
             Reductions::Auto => {
                 let per_point = view
                     .traces
@@ -124,40 +54,19 @@ impl Reductions {
     }
 
     /// [`Reductions::Auto`]'s rule.
-    fn auto(reading: Reading, values_per_point: usize) -> Path {
-        if reading == Reading::Local || values_per_point <= Self::HOST_MAX_PER_POINT {
-            Path::Host(reading)
+    fn auto(reading: Reading, values_per_point: usize) -> Self {
+        if reading == Reading::Local || values_per_point <= Reductions::HOST_MAX_PER_POINT {
+            Reducer::Host(reading)
         } else {
-            Path::Device
+            Reducer::Device
         }
     }
-}
 
-/// Where a run's probe steps are reduced: [`Reductions`] with `Auto` decided
-/// (and, for host reductions, how the tensors reach the host).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    Host(Reading),
-    Device,
-}
-
-impl Path {
     /// The name `summary.json` reports.
     fn name(self) -> &'static str {
         match self {
-            Path::Host(_) => "host",
-            Path::Device => "device",
-        }
-    }
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        Self {
-            schedule: ProbeSchedule::Default,
-            update_every: TrainConfig::default().probe_update_every,
-            classes: 10,
-            reductions: Reductions::default(),
+            Reducer::Host(_) => "host",
+            Reducer::Device => "device",
         }
     }
 }
@@ -249,7 +158,7 @@ pub struct GradientProbe {
     ids: Option<Ids>,
     pending: Option<Pending>,
     /// `config.reductions`, resolved at the first probe step.
-    path: Option<Path>,
+    reducer: Option<Reducer>,
     /// Takes the statistics and writes the records (started in `on_start`).
     worker: Option<Worker>,
     /// Whether the worker holds a step whose record is not back yet.
@@ -276,7 +185,7 @@ impl GradientProbe {
             points: Vec::new(),
             ids: None,
             pending: None,
-            path: None,
+            reducer: None,
             worker: None,
             in_flight: false,
             probes: 0,
@@ -288,19 +197,16 @@ impl GradientProbe {
         }
     }
 
-    /// The probe a run's configuration asks for: its `probe` schedule, its
-    /// update steps (`probe_update_every`) and its head's class count; `None`
-    /// when the schedule is `off`.
-    pub fn for_run(config: &TrainConfig) -> Result<Option<Self>, TrainError> {
-        if config.probe == ProbeSchedule::Off {
+    /// The probe a run's configuration asks for, with its head's class
+    /// count; `None` when the schedule is `off`.
+    pub fn for_run(config: &RunConfig) -> Result<Option<Self>, TrainError> {
+        if config.probe.schedule == ProbeSchedule::Off {
             return Ok(None);
         }
-        let classes = gradscope_train::model_config(config)?.head().outputs().max(2);
+        let classes = gradscope_train::model_config(&config.train)?.head().outputs().max(2);
         Ok(Some(Self::new(ProbeConfig {
-            schedule: config.probe,
-            update_every: config.probe_update_every,
             classes,
-            reductions: Reductions::from_env()?,
+            ..config.probe
         })))
     }
 
@@ -337,9 +243,12 @@ impl GradientProbe {
         // `after_step` reads them after it and measures the update. (Only then: a
         // weight held across the optimiser step is copied, not updated in place.)
         let before = update.then_some((view.model, ids.weight_ids.as_slice()));
-        match *self.path.get_or_insert_with(|| self.config.reductions.resolve(&step)) {
-            Path::Host(reading) => Pending::Host(meta, HostJob::collect(&step, reading, before)),
-            Path::Device => {
+        match *self
+            .reducer
+            .get_or_insert_with(|| Reducer::resolve(self.config.reductions, &step))
+        {
+            Reducer::Host(reading) => Pending::Host(meta, HostJob::collect(&step, reading, before)),
+            Reducer::Device => {
                 let mut stats = StepStats::default();
                 device_step(&step, &mut stats);
                 let before = before.map_or_else(Vec::new, |(model, ids)| param_values(model, ids));
@@ -539,18 +448,13 @@ impl<M: Network> Observer<M> for GradientProbe {
         let total = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let spent = self.spent.as_secs_f64();
         // The trainer's paired step times: probed steps (taps, probe, writes) against plain ones.
-        let times = &summary.extra.get("step_seconds");
-        let median = |k: &str| times.and_then(|t| t[k].as_f64());
-        let per_probed_step = match (median("plain_median_s"), median("probed_median_s")) {
-            (Some(plain), Some(probed)) if plain > 0.0 => Some(probed / plain - 1.0),
-            _ => None,
-        };
+        let per_probed_step = summary.step_seconds.probe_overhead();
         summary.extra.insert(
             "probe".into(),
             serde_json::json!({
                 "schedule": self.config.schedule.to_string(),
                 // The path taken; the configured choice when no step was probed.
-                "reductions": self.path.map_or_else(|| format!("{:?}", self.config.reductions).to_lowercase(), |p| p.name().to_owned()),
+                "reductions": self.reducer.map_or_else(|| self.config.reductions.to_string(), |r| r.name().to_owned()),
                 "probed_steps": self.records.len(),
                 "seconds_in_probe": spent,
                 "seconds_in_worker": self.worker_busy.as_secs_f64(),
@@ -630,10 +534,10 @@ mod tests {
     fn auto_reductions_read_small_steps_to_the_host() {
         // mlp-sigmoid-8x256 at batch 128: output, pre-activation and dL/dh of 128 x 256.
         let gpu = Reading::Transaction;
-        assert_eq!(Reductions::auto(gpu, 3 * 128 * 256), Path::Host(gpu));
+        assert_eq!(Reducer::auto(gpu, 3 * 128 * 256), Reducer::Host(gpu));
         // resnet20's first stage at batch 128: 16 channels of 28 x 28.
-        assert_eq!(Reductions::auto(gpu, 3 * 128 * 16 * 28 * 28), Path::Device);
+        assert_eq!(Reducer::auto(gpu, 3 * 128 * 16 * 28 * 28), Reducer::Device);
         let cpu = Reading::Local;
-        assert_eq!(Reductions::auto(cpu, 3 * 128 * 16 * 28 * 28), Path::Host(cpu));
+        assert_eq!(Reducer::auto(cpu, 3 * 128 * 16 * 28 * 28), Reducer::Host(cpu));
     }
 }

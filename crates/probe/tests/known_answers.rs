@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use gradscope_probe::verdict::{Rule, Verdict};
-use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, Reductions, Verdicts, judge};
-use gradscope_train::{ModelChoice, Optimizer, ProbeSchedule, TrainConfig};
+use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, ProbeSchedule, Reductions, Verdicts, judge};
+use gradscope_train::{ModelChoice, Optimizer, TrainConfig};
 
 /// Trains `preset` for `steps` SGD steps, probing every step; returns the verdicts.
 fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) -> (Verdicts, Vec<String>) {
@@ -20,7 +20,6 @@ fn verdicts(preset: &str, seed: u64, steps: u64, batch_size: usize, dir: &Path) 
         max_steps: Some(steps),
         log_every: steps,
         seed,
-        probe: ProbeSchedule::Every { n: 1 },
         ..TrainConfig::default()
     };
     let run = dir.join(format!("{preset}-{seed}"));
@@ -192,7 +191,6 @@ fn records(preset: &str, reductions: Reductions, dir: &Path) -> Vec<ProbeRecord>
         batch_size: 32,
         max_steps: Some(12),
         log_every: 12,
-        probe: ProbeSchedule::Every { n: 1 },
         ..TrainConfig::default()
     };
     let mut trainer = gradscope_train::start(config, &run).unwrap();

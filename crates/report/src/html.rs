@@ -61,32 +61,32 @@ fn figure(c: &crate::Chart) -> String {
 /// then one section per claim with its evidence, its runs and its charts.
 fn lab_body(report: &Report) -> String {
     let mut body = String::from(
-        "<h1>gradscope lab</h1><p class=\"sub\">Each claim of the vanishing-gradient story, measured on its own runs and judged by a rule written before the runs (<code>crates/report/src/lab.rs</code>).</p>",
+        "<h1>gradscope lab</h1><p class=\"sub\">Each claim of the vanishing-gradient story, measured on its own runs and judged by a rule written before the runs (<code>crates/lab/src/claims.rs</code>).</p>",
     );
     body.push_str("<table class=\"claims\"><thead><tr><th>#</th><th>claim</th><th>verdict</th><th>key number</th></tr></thead><tbody>");
     for (k, s) in report.sections.iter().enumerate() {
-        let c = &s.result;
+        let c = &s.heading;
         body.push_str(&format!(
             "<tr><td>{}</td><td><a href=\"#{}\">{}</a></td><td class=\"{}\">{}</td><td>{}</td></tr>",
             k + 1,
             escape(&c.id),
             escape(&c.title),
-            outcome_class(c.outcome),
-            outcome_word(c.outcome),
+            outcome_class(c.confirmed),
+            outcome_word(c.confirmed),
             escape(&c.key)
         ));
     }
     body.push_str("</tbody></table>");
     for (k, s) in report.sections.iter().enumerate() {
-        let c = &s.result;
+        let c = &s.heading;
         body.push_str(&format!(
             "<section id=\"{}\"><h2>{}. {}</h2><p class=\"verdict {}\">{}</p><p class=\"look\"><b>What to look at:</b> {}.</p><ul>{}</ul>",
             escape(&c.id),
             k + 1,
             escape(&c.title),
-            outcome_class(c.outcome),
-            outcome_word(c.outcome),
-            escape(c.kind.look_at()),
+            outcome_class(c.confirmed),
+            outcome_word(c.confirmed),
+            escape(&c.look_at),
             c.evidence
                 .iter()
                 .map(|e| format!("<li>{}</li>", escape(e)))
@@ -114,18 +114,12 @@ fn lab_body(report: &Report) -> String {
     body
 }
 
-fn outcome_class(o: crate::lab::Outcome) -> &'static str {
-    match o {
-        crate::lab::Outcome::Confirmed => "v-healthy",
-        crate::lab::Outcome::NotConfirmed => "v-vanishing",
-    }
+fn outcome_class(confirmed: bool) -> &'static str {
+    if confirmed { "v-healthy" } else { "v-vanishing" }
 }
 
-fn outcome_word(o: crate::lab::Outcome) -> &'static str {
-    match o {
-        crate::lab::Outcome::Confirmed => "CONFIRMED",
-        crate::lab::Outcome::NotConfirmed => "NOT CONFIRMED",
-    }
+fn outcome_word(confirmed: bool) -> &'static str {
+    if confirmed { "CONFIRMED" } else { "NOT CONFIRMED" }
 }
 
 /// Renders the whole report as one HTML document.

@@ -2,15 +2,12 @@
 //! (seed groups as mean and band), per-layer gradient-flow profiles, layer x step
 //! gradient "spectrograms" on a shared colour scale, activation regimes, the
 //! summary table, a self-contained `report.html` with every chart inline, and the
-//! CSV behind every chart; and the judging of runs against each other: the
-//! lab's claims ([`lab`]) and `gradscope fix`'s remedies ([`fix`]), which it
-//! plans as configurations for others to train. It reads run directories
-//! written by the train and probe crates and never trains, probes or changes them.
+//! CSV behind every chart, and the lab's page of judged claims. It reads run
+//! directories written by the train and probe crates and never trains, probes,
+//! judges claims or changes a run (the lab crate plans and judges).
 
 pub mod charts;
-pub mod fix;
 pub mod html;
-pub mod lab;
 pub mod label;
 pub mod load;
 pub mod summary;
@@ -79,10 +76,23 @@ pub struct LeadTable {
     pub rows: Vec<Vec<String>>,
 }
 
+/// A judged claim as a lab report heads its section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimHeading {
+    pub id: String,
+    pub title: String,
+    pub confirmed: bool,
+    /// The claim's one number a reader should remember.
+    pub key: String,
+    /// What a reader should look at in its charts.
+    pub look_at: String,
+    pub evidence: Vec<String>,
+}
+
 /// One claim of a lab report: its verdict and evidence, its runs (role and
 /// seed), and charts drawn from those runs only, one colour per role.
 pub struct ClaimSection {
-    pub result: lab::ClaimResult,
+    pub heading: ClaimHeading,
     pub runs: Vec<SectionRun>,
     pub charts: Vec<Chart>,
 }
@@ -97,8 +107,13 @@ pub struct SectionRun {
     pub verdict: String,
 }
 
-/// Draws a claim's section from its runs, given with their role names.
-pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Result<ClaimSection, ReportError> {
+/// Draws a claim's section from its runs, given with their role names; with
+/// `regimes`, also a chart of dead and saturated units per role.
+pub fn claim_section(
+    heading: ClaimHeading,
+    regimes: bool,
+    runs: &[(String, RunData)],
+) -> Result<ClaimSection, ReportError> {
     let data: Vec<RunData> = runs
         .iter()
         .map(|(role, r)| {
@@ -117,12 +132,12 @@ pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Re
             charts::start_profile(&data, &groups, "signal_rms", "back-propagated signal RMS |dL/dh|")
                 .map_err(ReportError::Draw)?,
         );
-        if result.kind == lab::ClaimKind::DeadUnits {
+        if regimes {
             charts.push(charts::regimes_by_group(&data, &groups).map_err(ReportError::Draw)?);
         }
     }
     for c in &mut charts {
-        c.name = format!("{}-{}", result.id, c.name);
+        c.name = format!("{}-{}", heading.id, c.name);
     }
     let runs = runs
         .iter()
@@ -135,7 +150,7 @@ pub fn claim_section(result: lab::ClaimResult, runs: &[(String, RunData)]) -> Re
             verdict: r.verdicts.as_ref().map_or("-".into(), |v| v.verdict.to_string()),
         })
         .collect();
-    Ok(ClaimSection { result, runs, charts })
+    Ok(ClaimSection { heading, runs, charts })
 }
 
 /// A lab report: a summary of every claim, then one section per claim.

@@ -12,7 +12,6 @@ pub mod files;
 pub mod metrics;
 pub mod optim;
 pub mod run_dir;
-pub mod schedule;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -23,9 +22,8 @@ use gradscope_models::{Head, Model, ModelConfig, ModelError};
 pub use backend::BackendError;
 pub use config::{Backend, ConfigError, Invalid, ModelChoice, Optimizer, Schedule, TrainConfig};
 pub use files::FileError;
-pub use metrics::{MetricsRow, Status, StepTimes, Summary, median};
+pub use metrics::{MetricsRow, Status, StepSeconds, StepTimes, Summary, median};
 pub use run_dir::RunDir;
-pub use schedule::ProbeSchedule;
 pub use trainer::{BackwardView, Control, Data, Observer, RunInfo, StepInfo, TapGrads, Trainer, evaluate};
 
 /// Why a run could not start, continue or finish.
@@ -61,6 +59,8 @@ pub enum TrainError {
     Config { path: PathBuf, reason: String },
     #[error(transparent)]
     Value(#[from] Invalid),
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
     #[error("--classes {found:?}: {reason}")]
     Classes { found: Vec<u8>, reason: String },
     #[error("{0}")]

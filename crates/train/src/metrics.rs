@@ -96,6 +96,9 @@ pub struct Summary {
     pub gradscope_version: String,
     pub burn_version: String,
     pub git_commit: Option<String>,
+    /// Median step times of this process, unprobed and probed.
+    #[serde(default)]
+    pub step_seconds: StepSeconds,
     /// Fields contributed by observers (e.g. the probe's measured overhead).
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -128,14 +131,38 @@ impl StepTimes {
     }
 
     /// For `summary.json`: medians and counts of both kinds of step.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn seconds(&self) -> StepSeconds {
         let [plain, probed] = self.medians();
-        serde_json::json!({
-            "plain_median_s": plain.map(|p| p.seconds),
-            "plain_steps": plain.map_or(0, |p| p.steps),
-            "probed_median_s": probed.map(|p| p.seconds),
-            "probed_steps": probed.map_or(0, |p| p.steps),
-        })
+        StepSeconds {
+            plain_median_s: plain.map(|p| p.seconds),
+            plain_steps: plain.map_or(0, |p| p.steps),
+            probed_median_s: probed.map(|p| p.seconds),
+            probed_steps: probed.map_or(0, |p| p.steps),
+        }
+    }
+}
+
+/// A run's [`StepTimes`] in brief, as `summary.json` reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepSeconds {
+    #[serde(default, with = "json_float::option")]
+    pub plain_median_s: Option<f64>,
+    #[serde(default)]
+    pub plain_steps: usize,
+    #[serde(default, with = "json_float::option")]
+    pub probed_median_s: Option<f64>,
+    #[serde(default)]
+    pub probed_steps: usize,
+}
+
+impl StepSeconds {
+    /// What a probed step costs over an unprobed one: the ratio of their
+    /// medians minus 1; `None` without both kinds of step.
+    pub fn probe_overhead(&self) -> Option<f64> {
+        match (self.plain_median_s, self.probed_median_s) {
+            (Some(plain), Some(probed)) if plain > 0.0 => Some(probed / plain - 1.0),
+            _ => None,
+        }
     }
 }
 
@@ -165,8 +192,11 @@ mod tests {
         }
         let m = |seconds, steps| Some(MedianTime { seconds, steps });
         assert_eq!(t.medians(), [m(2.0, 3), m(4.0, 2)]);
-        assert_eq!(t.to_json()["probed_steps"], 2);
+        let s = t.seconds();
+        assert_eq!((s.probed_steps, s.probed_median_s), (2, Some(4.0)));
+        assert_eq!(s.probe_overhead(), Some(1.0));
         assert_eq!(StepTimes::default().medians(), [None, None]);
+        assert_eq!(StepTimes::default().seconds().probe_overhead(), None);
     }
 
     #[test]

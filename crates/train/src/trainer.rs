@@ -201,6 +201,7 @@ impl<M: Network + 'static> Trainer<M> {
             gradscope_version: env!("CARGO_PKG_VERSION").into(),
             burn_version: env!("GRADSCOPE_BURN_VERSION").into(),
             git_commit: Some(env!("GRADSCOPE_GIT_COMMIT").to_owned()).filter(|c| !c.is_empty()),
+            step_seconds: Default::default(),
             extra: Default::default(),
         };
         Ok(Self {
@@ -648,9 +649,7 @@ impl<M: Network + 'static> Trainer<M> {
         self.summary.steps = self.state.step;
         self.summary.epochs = self.state.step as f64 / self.steps_per_epoch() as f64;
         self.summary.wall_s = self.state.wall_s;
-        self.summary
-            .extra
-            .insert("step_seconds".into(), self.step_times.to_json());
+        self.summary.step_seconds = self.step_times.seconds();
         for o in &mut self.observers {
             o.on_finish(&mut self.summary)?;
         }

@@ -13,7 +13,7 @@ use gradscope_models::{Activation, Init, ModelConfig, Norm};
 use gradscope_probe::verdict::{Rule, Verdict};
 use gradscope_train::{ModelChoice, TrainConfig};
 
-use crate::load::RunData;
+use gradscope_report::RunData;
 
 /// How far above the control (in test accuracy) a cure must end.
 pub const BETTER_BY: f64 = 0.05;
