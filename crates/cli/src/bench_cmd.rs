@@ -1,4 +1,4 @@
-//! `gradscope bench`: throughput of the real training loop (samples/s, median of
+//! `gradscope bench`: the table of measurements gradscope-bench takes: throughput of the real training loop (samples/s, median of
 //! repetitions after warm-up) per preset, backend and thread count, the probe's
 //! overhead, peak memory, and the time to load a 60,000-image IDX file. With
 //! `--pytorch`, the PyTorch reference (`bench/pytorch/bench.py`, bundled into
@@ -11,22 +11,19 @@
 //! (RAYON_NUM_THREADS, `torch.set_num_threads`) is fixed before any thread pool
 //! starts, and so that each row's peak memory is its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_probe::{GradientProbe, ProbeConfig, ProbeSchedule, ProbedRun, Reductions, RunConfig};
-use gradscope_train::{
-    Backend, BackwardView, Control, ModelChoice, Observer, Optimizer, RunInfo, StepInfo, Summary, TrainConfig,
-    TrainError,
+use gradscope_bench::blocks::block_pairs;
+use gradscope_bench::system::idx_load_seconds;
+use gradscope_bench::{
+    BLOCK, Launcher, MATMUL_SHAPES, Measured, Mode, PyTorch, Roof, Settings, burn_matmul, burn_peak, run_child,
 };
-
-/// The PyTorch reference script, shipped inside the binary.
-const PYTORCH_SCRIPT: &str = include_str!("../../../bench/pytorch/bench.py");
+use gradscope_probe::Reductions;
+use gradscope_train::Backend;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -85,497 +82,31 @@ pub struct BenchArgs {
     pub child: Option<String>,
 }
 
-/// What a child process measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Mode {
-    /// Throughput without the probe: samples/s per repetition.
-    Throughput,
-    /// Probe overhead: blocks of [`BLOCK`] steps probed at every step alternate
-    /// with blocks of as many unprobed steps in one process (free of the 10-20%
-    /// drift between processes here), every step logged. The probe takes its
-    /// statistics on its own thread while the next step trains, so a probed
-    /// step's cost shows partly in the step after it: blocks, each drained of
-    /// the probe's work before the next begins, account for all of it.
-    ProbeBlocks,
-}
-
-/// Steps per block in [`Mode::ProbeBlocks`].
-const BLOCK: u64 = 20;
-
-/// Pairs of blocks (probed, unprobed) per repetition: `--steps` probed steps, rounded up to whole blocks.
-fn block_pairs(args: &BenchArgs) -> u64 {
-    args.steps.div_ceil(BLOCK).max(1)
-}
-
-/// Whether block `b` (steps `b * BLOCK ..`) is probed: the even ones.
-fn probed_block(b: u64) -> bool {
-    b.is_multiple_of(2)
-}
-
-/// Whether `step` falls in a probed block.
-fn in_probed_block(step: u64) -> bool {
-    probed_block(step / BLOCK)
-}
-
-/// The probe on blocks of steps ([`Mode::ProbeBlocks`]).
-///
-/// A probed step's record is taken on the probe's thread while the next step
-/// trains, and collected at that step's backward pass, as in a run probed at
-/// every step; the last probed step of a block overlaps the first step of the
-/// unprobed block after it in the same way: a block does not wait for its
-/// last record, a wait that a run probed at every step never has. What the
-/// overlap leaves in the unprobed neighbour is one step's sharing of memory
-/// with the probe's thread per block.
-struct ProbeInBlocks(GradientProbe);
-
-impl<M: gradscope_models::Network> Observer<M> for ProbeInBlocks {
-    fn on_start(&mut self, run: &RunInfo) -> Result<(), TrainError> {
-        Observer::<M>::on_start(&mut self.0, run)
-    }
-    fn wants_probe(&mut self, step: u64) -> bool {
-        in_probed_block(step)
-    }
-    fn after_backward(&mut self, view: &BackwardView<'_, M>) -> Control {
-        self.0.after_backward(view)
-    }
-    fn after_step(&mut self, info: &StepInfo, after: &M) -> Control {
-        self.0.after_step(info, after)
-    }
-    fn on_finish(&mut self, summary: &mut Summary) -> Result<(), TrainError> {
-        Observer::<M>::on_finish(&mut self.0, summary)
-    }
-}
-
-impl Mode {
-    fn spec(self) -> &'static str {
-        match self {
-            Mode::Throughput => "off",
-            Mode::ProbeBlocks => "blocks",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "off" => Ok(Mode::Throughput),
-            "blocks" => Ok(Mode::ProbeBlocks),
-            _ => bail!("bad mode `{s}`"),
-        }
-    }
-}
-
-/// One measured configuration, as a child process reports it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Measured {
-    median: f64,
-    samples: Vec<f64>,
-    /// Peak resident memory of the process (VmHWM), MiB.
-    peak_rss_mib: Option<f64>,
-    /// Blocks mode: median over blocks of the mean seconds per step, unprobed and probed.
-    plain_step_s: Option<f64>,
-    probed_step_s: Option<f64>,
-    /// Blocks mode: median over probed blocks of the block's mean step time
-    /// against the mean of its two unprobed neighbours, minus 1.
-    probe_overhead: Option<f64>,
-}
-
-/// What the PyTorch reference script prints.
-#[derive(Debug, serde::Deserialize)]
-struct Reference {
-    median: f64,
-    flops_per_sample: f64,
-    peak_rss_mib: Option<f64>,
-}
-
-/// A matmul rate the script or a child process measures.
-#[derive(Debug, serde::Deserialize)]
-struct Peak {
-    gflops: f64,
-}
-
-/// Trains `preset` in this process; returns the metrics rows after the warm-up
-/// as `(step, samples/s)`.
-fn measure(preset: &str, backend: Backend, mode: Mode, args: &BenchArgs) -> Result<Vec<(u64, f64)>> {
-    let tmp = tempfile::tempdir()?;
-    let (steps, log_every, probe) = match mode {
-        Mode::Throughput => (args.steps * (args.reps + 1), args.steps, ProbeSchedule::Off),
-        Mode::ProbeBlocks => (
-            2 * BLOCK * block_pairs(args) * (args.reps + 1),
-            1,
-            ProbeSchedule::Every { n: 1 },
-        ),
-    };
-    let config = TrainConfig {
-        model: ModelChoice::Preset {
-            preset: preset.to_owned(),
-        },
-        backend,
-        optimizer: Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-        },
-        batch_size: args.batch_size,
-        epochs: 1000,
-        max_steps: Some(steps),
-        log_every,
-        ..TrainConfig::default()
-    };
-    let probe = ProbeConfig {
-        schedule: probe,
-        reductions: args.probe_reductions,
-        ..ProbeConfig::default()
-    };
-    // Throughput runs have the probe off: `run_with` then has no probe to wrap.
-    ProbedRun::start(&RunConfig::new(config, probe), &tmp.path().join("run"))?
-        .run_with(|probe| Box::new(ProbeInBlocks(probe)))?;
-    let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
-        .map_err(anyhow::Error::msg)?;
-    // Row 0 is the untrained evaluation; the first `steps / (reps + 1)` steps are the warm-up.
-    let warm_up = steps / (args.reps + 1);
-    Ok(rows
-        .iter()
-        .filter(|r| r.step > warm_up)
-        .filter_map(|r| Some((r.step, r.samples_per_s?)))
-        .collect())
-}
-
-/// This process's peak resident set size, MiB (Linux only).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-/// The median, NaN when there is nothing to take it of.
-fn median(v: &mut [f64]) -> f64 {
-    gradscope_train::median(v).unwrap_or(f64::NAN)
-}
-
-fn idx_load_seconds() -> Result<(f64, f64)> {
-    use gradscope_data::idx::{IdxImages, encode_images};
-    use std::io::Write;
-    // 60,000 real MNIST digits: the bundled 8,000, repeated.
-    let sample = gradscope_data::MnistLike::bundled()?;
-    let src = &sample.train.images;
-    let mut pixels = Vec::with_capacity(60_000 * 784);
-    while pixels.len() < 60_000 * 784 {
-        let need = (60_000 * 784 - pixels.len()).min(src.pixels.len());
-        pixels.extend_from_slice(&src.pixels[..need]);
-    }
-    let bytes = encode_images(&IdxImages {
-        count: 60_000,
-        rows: 28,
-        cols: 28,
-        pixels,
-    });
-    let tmp = tempfile::tempdir()?;
-    let plain = tmp.path().join("train-images-idx3-ubyte");
-    std::fs::write(&plain, &bytes)?;
-    let gz = tmp.path().join("train-images-idx3-ubyte.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::default());
-    enc.write_all(&bytes)?;
-    enc.finish()?;
-    let time = |p: &Path| -> Result<f64> {
-        let mut t = Vec::new();
-        for _ in 0..5 {
-            let start = Instant::now();
-            let images = gradscope_data::idx::read_images(p)?;
-            t.push(start.elapsed().as_secs_f64());
-            if images.count != 60_000 {
-                bail!("read {} images", images.count);
-            }
-        }
-        Ok(median(&mut t))
-    };
-    Ok((time(&plain)?, time(&gz)?))
-}
-
-/// The PyTorch side: the script, the bundled training split as IDX files, and
-/// the models' layouts, in a temporary directory.
-struct PyTorch {
-    version: String,
-    python: PathBuf,
-    dir: tempfile::TempDir,
-    /// Results per (preset, threads, device), measured once each.
-    references: HashMap<(String, usize, &'static str), Result<Reference, String>>,
-}
-
-impl PyTorch {
-    fn new(python: &Path) -> Result<Self> {
-        let check = Command::new(python)
-            .args(["-c", "import torch, numpy; print(torch.__version__)"])
-            .output();
-        let version = match check {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            Ok(out) => bail!(
-                "--pytorch: `{}` cannot import torch and numpy ({}); install them with `pip install torch numpy`, \
-                 or name another interpreter with --python",
-                python.display(),
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("no output")
-                    .trim()
-            ),
-            Err(e) => bail!("--pytorch: cannot run --python `{}`: {e}", python.display()),
-        };
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("bench.py"), PYTORCH_SCRIPT)?;
-        let train = gradscope_data::MnistLike::bundled()?.train;
-        std::fs::write(
-            dir.path().join("images.idx"),
-            gradscope_data::idx::encode_images(&train.images),
-        )?;
-        std::fs::write(
-            dir.path().join("labels.idx"),
-            gradscope_data::idx::encode_labels(&train.labels),
-        )?;
-        Ok(Self {
-            version,
-            python: python.to_owned(),
-            dir,
-            references: HashMap::new(),
-        })
-    }
-
-    fn script(&self, threads: usize, device: &str) -> Command {
-        let mut cmd = Command::new(&self.python);
-        cmd.arg(self.dir.path().join("bench.py"))
-            .args(["--threads", &threads.to_string(), "--device", device]);
-        cmd
-    }
-
-    fn run_json<T: serde::de::DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
-        let out = cmd.output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("failed")
-                .to_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))
-    }
-
-    fn peak_gflops(&self, threads: usize, device: &str) -> Result<f64, String> {
-        let mut cmd = self.script(threads, device);
-        cmd.arg("--peak");
-        Self::run_json::<Peak>(cmd).map(|p| p.gflops)
-    }
-
-    fn reference(
-        &mut self,
-        preset: &str,
-        threads: usize,
-        device: &'static str,
-        args: &BenchArgs,
-    ) -> &Result<Reference, String> {
-        let key = (preset.to_owned(), threads, device);
-        if !self.references.contains_key(&key) {
-            let result = (|| {
-                let model = self.dir.path().join(format!("{preset}.json"));
-                let layout = crate::models_cmd::layout_json(preset).map_err(|e| e.to_string())?;
-                std::fs::write(&model, layout.to_string()).map_err(|e| e.to_string())?;
-                let mut cmd = self.script(threads, device);
-                cmd.arg("--model")
-                    .arg(&model)
-                    .arg("--images")
-                    .arg(self.dir.path().join("images.idx"))
-                    .arg("--labels")
-                    .arg(self.dir.path().join("labels.idx"))
-                    .args(["--steps", &args.steps.to_string(), "--reps", &args.reps.to_string()])
-                    .args(["--batch-size", &args.batch_size.to_string()]);
-                Self::run_json::<Reference>(cmd)
-            })();
-            self.references.insert(key.clone(), result);
-        }
-        &self.references[&key]
-    }
-}
-
-/// Runs one configuration in a child process.
-fn run_child(preset: &str, backend: Backend, threads: usize, mode: Mode, args: &BenchArgs) -> Result<Measured> {
-    let spec = format!("{preset}:{backend}:{threads}:{}", mode.spec());
-    let out = Command::new(std::env::current_exe()?)
-        .args(["bench", "--child", &spec, "--skip-idx"])
-        .args(["--steps", &args.steps.to_string(), "--reps", &args.reps.to_string()])
-        .args(["--batch-size", &args.batch_size.to_string()])
-        .args(["--probe-reductions", &args.probe_reductions.to_string()])
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .env("BURN_DEVICE", backend.burn_device_name())
-        .output()
-        .with_context(|| format!("running {spec}"))?;
-    if !out.status.success() {
-        bail!(
-            "{}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed")
-        );
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the result of {spec}"))
-}
-
-/// `[m, k] @ [k, n]` shapes of one training step of a 784-256-...-10 MLP at
-/// batch 128: forward, weight gradient (`x^T dy`), input gradient (`dy W^T`).
-const MATMUL_SHAPES: [(usize, usize, usize, &str); 4] = [
-    (128, 784, 256, "forward, first layer"),
-    (128, 256, 256, "forward, hidden layer"),
-    (256, 128, 256, "weight gradient, hidden layer"),
-    (784, 128, 256, "weight gradient, first layer"),
-];
-
-/// The fp32 matmul roof: the best of PyTorch's square products and Burn's.
-/// (PyTorch's CPU wheel alone can sit below the machine's roof: on an AMD
-/// CPU with AVX-512 its `torch.mm` ran at half the rate of Burn's gemm.)
-struct Roof {
-    torch: Result<f64, String>,
-    burn: Option<f64>,
-}
-
-impl Roof {
-    fn best(&self) -> Result<f64, String> {
-        match (&self.torch, self.burn) {
-            (Ok(t), Some(b)) => Ok(t.max(b)),
-            (Ok(t), None) => Ok(*t),
-            (Err(_), Some(b)) => Ok(b),
-            (Err(e), None) => Err(e.clone()),
-        }
-    }
-}
-
-/// GFLOP/s of Burn's `[m, k] @ [k, n]` on `backend` with `threads` threads,
-/// measured in a child process (its thread pool set before it starts).
-fn burn_matmul(backend: Backend, threads: usize, m: usize, k: usize, n: usize) -> Option<f64> {
-    let out = Command::new(std::env::current_exe().ok()?)
-        .args([
-            "bench",
-            "--skip-idx",
-            "--child",
-            &format!("matmul:{backend}:{m}:{k}:{n}"),
-        ])
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .output()
-        .ok()?;
-    serde_json::from_slice::<Peak>(&out.stdout).map(|p| p.gflops).ok()
-}
-
-/// Burn flex's best square fp32 product, at the sizes PyTorch's roof uses.
-fn burn_peak(threads: usize) -> Option<f64> {
-    [512, 1024, 2048]
-        .into_iter()
-        .filter_map(|n| burn_matmul(Backend::Flex, threads, n, n, n))
-        .reduce(f64::max)
-}
-
-/// GFLOP/s of Burn's `[m, k] @ [k, n]` on `backend` (median of 7 timings).
-fn matmul_gflops(backend: Backend, m: usize, k: usize, n: usize) -> Result<f64> {
-    use burn::tensor::{Distribution, Tensor};
-    let device = backend.device()?;
-    let a = Tensor::<2>::random([m, k], Distribution::Default, &device);
-    let b = Tensor::<2>::random([k, n], Distribution::Default, &device);
-    let reps = (1e10 / (2 * m * k * n) as f64).max(10.0) as usize;
-    let mut times = Vec::new();
-    for _ in 0..8 {
-        let start = Instant::now();
-        let mut out = None;
-        for _ in 0..reps {
-            out = Some(a.clone().matmul(b.clone()));
-        }
-        // Reading one product waits for all of them (GPU queues run in order).
-        let _ = out.map(|o| o.slice([0..1, 0..1]).into_data());
-        times.push(start.elapsed().as_secs_f64() / reps as f64);
-    }
-    Ok(2.0 * (m * k * n) as f64 / median(&mut times[1..]) / 1e9)
-}
-
-fn child(spec: &str, args: &BenchArgs) -> Result<()> {
-    if let Some(rest) = spec.strip_prefix("matmul:") {
-        let [backend, m, k, n] = rest.split(':').collect::<Vec<_>>()[..] else {
-            bail!("bad --child spec `{spec}`")
-        };
-        let backend = crate::train_cmd::parse_backend(backend).map_err(anyhow::Error::msg)?;
-        let gflops = matmul_gflops(backend, m.parse()?, k.parse()?, n.parse()?)?;
-        println!("{}", serde_json::json!({ "gflops": gflops }));
-        return Ok(());
-    }
-    let parts: Vec<&str> = spec.split(':').collect();
-    let [preset, backend, _threads, mode] = parts[..] else {
-        bail!("bad --child spec `{spec}`")
-    };
-    let backend = crate::train_cmd::parse_backend(backend).map_err(anyhow::Error::msg)?;
-    let mode = Mode::parse(mode)?;
-    let rows = measure(preset, backend, mode, args)?;
-    let mut samples: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    let (mut plain_step_s, mut probed_step_s, mut probe_overhead) = (None, None, None);
-    if mode == Mode::ProbeBlocks {
-        let blocks = block_means(&rows, args.batch_size);
-        let secs = |probed: bool| {
-            let mut t: Vec<f64> = blocks
-                .iter()
-                .filter(|(b, _)| probed_block(**b) == probed)
-                .map(|(_, t)| *t)
-                .collect();
-            median(&mut t)
-        };
-        plain_step_s = Some(secs(false));
-        probed_step_s = Some(secs(true));
-        probe_overhead = Some(median(&mut neighbour_ratios(&blocks)));
-    }
-    let m = Measured {
-        median: median(&mut samples.clone()),
-        samples: std::mem::take(&mut samples),
-        peak_rss_mib: peak_rss_mib(),
-        plain_step_s,
-        probed_step_s,
-        probe_overhead,
-    };
-    println!("{}", serde_json::to_string(&m)?);
-    Ok(())
-}
-
-/// Mean seconds per step of each whole block, by block index. The row at step
-/// `s` timed step `s - 1`.
-fn block_means(rows: &[(u64, f64)], batch_size: usize) -> BTreeMap<u64, f64> {
-    let mut blocks: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    for (s, sps) in rows {
-        blocks.entry((s - 1) / BLOCK).or_default().push(batch_size as f64 / sps);
-    }
-    blocks
-        .into_iter()
-        .filter(|(_, steps)| steps.len() as u64 == BLOCK)
-        .map(|(b, steps)| (b, steps.iter().sum::<f64>() / BLOCK as f64))
-        .collect()
-}
-
-/// Each probed block's mean step time against the mean of the unprobed
-/// blocks on either side, minus 1. Comparing neighbours, 0.4 s apart, cancels
-/// the slow drifts of a shared machine that a ratio of two medians over the
-/// whole run keeps.
-fn neighbour_ratios(blocks: &BTreeMap<u64, f64>) -> Vec<f64> {
-    blocks
-        .iter()
-        .filter(|(b, _)| probed_block(**b))
-        .filter_map(|(&b, &t)| {
-            let (before, after) = (blocks.get(&b.checked_sub(1)?)?, blocks.get(&(b + 1))?);
-            Some(t / ((before + after) / 2.0) - 1.0)
-        })
-        .collect()
-}
-
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(String::new, |v| format!("{v:.digits$}"))
 }
 
+impl BenchArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            steps: self.steps,
+            reps: self.reps,
+            batch_size: self.batch_size,
+            probe_reductions: self.probe_reductions,
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(spec) = &args.child {
-        return child(spec, &args);
+        println!("{}", gradscope_bench::serve(spec)?);
+        return Ok(());
     }
+    let settings = args.settings();
+    let launcher = Launcher {
+        program: std::env::current_exe().context("finding this program, to measure in child processes")?,
+        args: ["bench", "--skip-idx", "--child"].map(String::from).to_vec(),
+    };
     if let Some(out) = &args.out
         && out.exists()
     {
@@ -627,7 +158,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     threads.to_string()
                 };
                 let mut row = format!("| {preset} | {backend} | {threads_label} |");
-                match run_child(preset, backend, threads, Mode::Throughput, &args) {
+                match run_child(&launcher, preset, backend, threads, Mode::Throughput, &settings) {
                     Ok(m) => {
                         let lo = m.samples.iter().copied().fold(f64::INFINITY, f64::min);
                         let hi = m.samples.iter().copied().fold(0.0, f64::max);
@@ -643,10 +174,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                                     .entry((threads, device))
                                     .or_insert_with(|| Roof {
                                         torch: py.peak_gflops(threads, device),
-                                        burn: (device == "cpu").then(|| burn_peak(threads)).flatten(),
+                                        burn: (device == "cpu").then(|| burn_peak(&launcher, threads)).flatten(),
                                     })
                                     .best();
-                                match py.reference(preset, threads, device, &args) {
+                                match py.reference(preset, threads, device, &settings) {
                                     Ok(r) => {
                                         let gflops = m.median * r.flops_per_sample / 1e9;
                                         let _ = write!(
@@ -671,7 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
                 emit(&mut table, &row);
                 if args.probe {
-                    let row = match run_child(preset, backend, threads, Mode::ProbeBlocks, &args) {
+                    let row = match run_child(&launcher, preset, backend, threads, Mode::ProbeBlocks, &settings) {
                         Ok(Measured {
                             plain_step_s: Some(plain),
                             probed_step_s: Some(probed),
@@ -710,7 +241,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                  tenth of the every-step overhead.\n\n\
                  | preset | backend | threads | step ms, no probe | step ms, probed | overhead, probe every step | \
                  overhead, probe every 10 steps |\n|---|---|---|---:|---:|---:|---:|",
-                block_pairs(&args) * args.reps
+                block_pairs(&settings) * args.reps
             ),
         );
         for row in &overhead_rows {
@@ -726,12 +257,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for &backend in args.backends.iter().filter(|b| !b.is_gpu()) {
             for &threads in &args.threads {
                 for (m, k, n, what) in MATMUL_SHAPES {
-                    let burn = burn_matmul(backend, threads, m, k, n);
-                    let torch = pytorch.as_ref().and_then(|py| {
-                        let mut cmd = py.script(threads, "cpu");
-                        cmd.args(["--matmul", &format!("{m}x{k}x{n}")]);
-                        PyTorch::run_json::<Peak>(cmd).ok().map(|p| p.gflops)
-                    });
+                    let burn = burn_matmul(&launcher, backend, threads, m, k, n);
+                    let torch = pytorch.as_ref().and_then(|py| py.matmul_gflops(threads, m, k, n));
                     let ratio = burn.zip(torch).map(|(b, t)| b / t);
                     emit(
                         &mut table,
@@ -800,34 +327,4 @@ fn write_out(args: &BenchArgs, table: &str) -> Result<()> {
         eprintln!("table written to {}", out.display());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Probed blocks 0 and 2 at 11 and 13.2 ms per step, unprobed blocks 1 and 3
-    /// drifting from 10 to 14 ms: block 2 is 10% over its neighbours, where a
-    /// ratio of the two medians says 12.1 / 12 - 1 = 0.8%.
-    #[test]
-    fn probed_blocks_are_compared_with_their_neighbours() {
-        let ms = |b: u64| match b {
-            0 => 11.0,
-            1 => 10.0,
-            2 => 13.2,
-            3 => 14.0,
-            _ => unreachable!(),
-        };
-        // Rows at steps 1..=80 time steps 0..80; batch 100 samples.
-        let rows: Vec<(u64, f64)> = (1..=4 * BLOCK)
-            .map(|s| (s, 100.0 / (ms((s - 1) / BLOCK) / 1e3)))
-            .collect();
-        let blocks = block_means(&rows, 100);
-        assert_eq!(blocks.len(), 4);
-        assert!((blocks[&2] - 13.2e-3).abs() < 1e-12);
-        let ratios = neighbour_ratios(&blocks);
-        // Block 0 has no unprobed block before it; block 2 sits between 10 and 14 ms.
-        assert_eq!(ratios.len(), 1);
-        assert!((ratios[0] - 0.1).abs() < 1e-9, "{ratios:?}");
-    }
 }

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gradscope_lab::fix::{self, Judged, Plan};
-use gradscope_lab::{Job, run_job};
-use gradscope_probe::RunConfig;
+use gradscope_lab::run_job;
 use gradscope_train::run_dir::VERDICTS_FILE;
 
 #[derive(Args, Debug)]
@@ -29,16 +28,8 @@ pub struct FixArgs {
     pub list_jobs: bool,
 }
 
-/// The steps the run was planned to take (its `start` event), else those it took.
-fn planned_steps(run: &gradscope_report::RunData) -> u64 {
-    gradscope_train::run_dir::read_start(&run.dir)
-        .map(|s| s.total_steps)
-        .or(run.summary.as_ref().map(|s| s.steps))
-        .unwrap_or(run.metrics.last().map_or(0, |m| m.step))
-}
-
 /// Steps per candidate: `--steps`, else the run's own capped so that every
-/// candidate and the control fit the budget at the run's measured speed.
+/// candidate and the control fit `--budget`.
 fn steps_for(args: &FixArgs, run: &gradscope_report::RunData, runs: usize) -> Result<u64> {
     if let Some(s) = args.steps {
         if s == 0 {
@@ -49,16 +40,7 @@ fn steps_for(args: &FixArgs, run: &gradscope_report::RunData, runs: usize) -> Re
     if args.budget.is_nan() || args.budget <= 0.0 {
         bail!("--budget: found {}; expected a positive number of seconds", args.budget);
     }
-    let planned = planned_steps(run).max(1);
-    let per_step = run
-        .summary
-        .as_ref()
-        .filter(|s| s.steps > 0 && s.wall_s > 0.0)
-        .map(|s| s.wall_s / s.steps as f64);
-    Ok(match per_step {
-        Some(t) => planned.min(((args.budget / (runs as f64 * t)) as u64).max(1)),
-        None => planned,
-    })
+    Ok(fix::steps_within(run, args.budget, runs))
 }
 
 fn default_out(run: &Path) -> PathBuf {
@@ -66,21 +48,6 @@ fn default_out(run: &Path) -> PathBuf {
         .file_name()
         .map_or("run".into(), |n| n.to_string_lossy().into_owned());
     run.with_file_name(format!("{name}-fix"))
-}
-
-fn jobs(plan: &Plan, out: &Path) -> Result<Vec<Job>> {
-    let job = |role: &str, config: &gradscope_train::TrainConfig| -> Result<Job> {
-        Ok(Job {
-            claim: "fix".into(),
-            role: role.into(),
-            seed: config.seed,
-            config: RunConfig::split(config.clone())?,
-            dir: out.join(role),
-        })
-    };
-    std::iter::once(job("unchanged", &plan.control))
-        .chain(plan.candidates.iter().map(|c| job(c.remedy.name(), &c.config)))
-        .collect()
 }
 
 /// The ranking table in the terminal: the same rows as the report's.
@@ -159,7 +126,7 @@ pub fn run(args: FixArgs) -> Result<()> {
     let steps = steps_for(&args, &original, rough.candidates.len() + 1)?;
     let plan = fix::plan(config, &flagged, steps).map_err(anyhow::Error::msg)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&args.run));
-    let jobs = jobs(&plan, &out)?;
+    let jobs = plan.jobs(&out)?;
     if args.list_jobs {
         for job in &jobs {
             if !matches!(job.config.train.model, gradscope_train::ModelChoice::Preset { .. }) {

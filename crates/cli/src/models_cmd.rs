@@ -29,15 +29,6 @@ pub enum ModelsCommand {
     },
 }
 
-/// A preset's [`ModelConfig::to_layout_json`](gradscope_models::ModelConfig::to_layout_json)
-/// with its trainable parameter count, which a re-implementation checks itself against.
-pub fn layout_json(name: &str) -> Result<serde_json::Value> {
-    let config = preset(name)?;
-    let mut value = config.to_layout_json()?;
-    value["trainable_params"] = gradscope_models::trainable_params(&config.init(&Device::flex())?).into();
-    Ok(value)
-}
-
 pub fn run(cmd: ModelsCommand) -> Result<()> {
     let device = Device::flex();
     match cmd {
@@ -69,7 +60,7 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
                 "\nAlso accepted: mlp-ACT[-bn][-residual]-DEPTHxWIDTH[-INIT] and resnetN-plain|residual (N = 6n+2)."
             );
         }
-        ModelsCommand::Show { name, json: true } => println!("{}", layout_json(&name)?),
+        ModelsCommand::Show { name, json: true } => println!("{}", preset(&name)?.to_layout_json()?),
         ModelsCommand::Show { name, json: false } => {
             let model = preset(&name)?.init(&device)?;
             let params = named_params(&model);

@@ -112,7 +112,7 @@ pub struct TrainArgs {
     /// steps, device above), `host` or `device`.
     #[arg(long, value_parser = parse_reductions)]
     pub probe_reductions: Option<Reductions>,
-    /// Run directory (default: runs/<preset>-<timestamp>); must not exist or be empty.
+    /// Run directory (default: `runs/<preset>-<timestamp>`); must not exist or be empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint, with its

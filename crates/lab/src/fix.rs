@@ -11,9 +11,13 @@
 
 use gradscope_models::{Activation, Init, ModelConfig, Norm};
 use gradscope_probe::verdict::{Rule, Verdict};
-use gradscope_train::{ModelChoice, TrainConfig};
+use std::path::Path;
 
+use gradscope_probe::RunConfig;
 use gradscope_report::RunData;
+use gradscope_train::{ConfigError, ModelChoice, TrainConfig};
+
+use crate::suite::Job;
 
 /// How far above the control (in test accuracy) a cure must end.
 pub const BETTER_BY: f64 = 0.05;
@@ -199,6 +203,44 @@ pub fn plan(config: &TrainConfig, rules: &[Rule], steps: u64) -> Result<Plan, St
         candidates,
         not_applicable,
     })
+}
+
+impl Plan {
+    /// The runs to train under `out`: the control (`unchanged`), then one per candidate.
+    pub fn jobs(&self, out: &Path) -> Result<Vec<Job>, ConfigError> {
+        let job = |role: &str, config: &TrainConfig| -> Result<Job, ConfigError> {
+            Ok(Job {
+                claim: "fix".into(),
+                role: role.into(),
+                seed: config.seed,
+                config: RunConfig::split(config.clone())?,
+                dir: out.join(role),
+            })
+        };
+        std::iter::once(job("unchanged", &self.control))
+            .chain(self.candidates.iter().map(|c| job(c.remedy.name(), &c.config)))
+            .collect()
+    }
+}
+
+/// Steps per candidate within `budget_s` seconds: the run's planned steps
+/// (its `start` event, else those it took), capped so that `runs` runs fit the
+/// budget at the run's own measured speed.
+pub fn steps_within(run: &RunData, budget_s: f64, runs: usize) -> u64 {
+    let planned = gradscope_train::run_dir::read_start(&run.dir)
+        .map(|s| s.total_steps)
+        .or(run.summary.as_ref().map(|s| s.steps))
+        .unwrap_or(run.metrics.last().map_or(0, |m| m.step))
+        .max(1);
+    let per_step = run
+        .summary
+        .as_ref()
+        .filter(|s| s.steps > 0 && s.wall_s > 0.0)
+        .map(|s| s.wall_s / s.steps as f64);
+    match per_step {
+        Some(t) => planned.min(((budget_s / (runs.max(1) as f64 * t)) as u64).max(1)),
+        None => planned,
+    }
 }
 
 /// A trained candidate, judged against the control.

@@ -59,15 +59,17 @@ impl ModelConfig {
     }
 
     /// The config as JSON plus the layout it implies (an MLP's hidden `widths`
-    /// and `residual_blocks` as `[first, last]` layer indices), so that another
-    /// framework can rebuild the same network without re-deriving gradscope's
-    /// rules; `bench/pytorch/bench.py` reads it.
+    /// and `residual_blocks` as `[first, last]` layer indices) and its
+    /// `trainable_params`, so that another framework can rebuild the same
+    /// network without re-deriving gradscope's rules and check itself against
+    /// the count; `bench/pytorch/bench.py` reads it.
     pub fn to_layout_json(&self) -> Result<serde_json::Value, ModelError> {
         let mut value = serde_json::to_value(self).expect("model configs serialise");
         if let ModelConfig::Mlp(c) = self {
             value["widths"] = serde_json::json!(c.widths()?);
             value["residual_blocks"] = serde_json::json!(c.residual_blocks()?);
         }
+        value["trainable_params"] = crate::trainable_params(&self.init(&Device::flex())?).into();
         Ok(value)
     }
 

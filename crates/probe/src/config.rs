@@ -87,7 +87,7 @@ pub enum Reductions {
     /// back in one transfer per probe step. The independent cross-check of
     /// the host path (test `host_and_device_reductions_agree`).
     Device,
-    /// Every tensor the step needs read to the host ([`crate::fused::Gather`]:
+    /// Every tensor the step needs read to the host ([`crate::host::Gather`]:
     /// in place on flex, one transaction elsewhere) and reduced there.
     Host,
 }

@@ -5,22 +5,22 @@
 //! the rule-based vanishing/exploding verdicts with their evidence. It plugs into
 //! the training loop as an observer and writes tidy files into the run directory;
 //! it knows nothing about datasets, optimisers or how results are drawn.
-//! Statistics are taken on the host from one read per probe step ([`fused`]),
+//! Statistics are taken on the host from one read per probe step ([`host`]),
 //! on the probe's own thread while the next step trains, or as device
-//! reductions ([`measure`], the cross-check); [`ModelProbe`] brings the
+//! reductions ([`device`], the cross-check); [`ModelProbe`] brings the
 //! probe, with dL/dh at the tensors a user marks, to any Burn module trained by
 //! burn-train's `Learner` or a loop of the user's own.
 
-mod cache;
 pub mod config;
-pub mod fused;
-pub mod measure;
+pub mod device;
+pub mod host;
 pub mod model_probe;
 pub mod module;
 pub mod observer;
 pub mod parity;
 pub mod record;
 pub mod run;
+pub mod step;
 pub mod table;
 pub mod verdict;
 mod worker;

@@ -31,7 +31,7 @@
 //! the model.
 //!
 //! The statistics are device reductions read back in one transfer per probed
-//! step ([`crate::measure`]), on the training thread: no assumption about the
+//! step ([`crate::device`]), on the training thread: no assumption about the
 //! backend or the module (so [`ProbeConfig::reductions`] does not apply). A mark costs nothing on steps that are not probed
 //! and in validation passes (no autodiff). With gradient accumulation the
 //! marks of a step's last batch are the ones measured; `optimize_multi`
@@ -53,9 +53,10 @@ use gradscope_train::run_dir::{METRICS_FILE, POINTS_FILE, RunDir};
 use gradscope_train::{MetricsRow, TapGrads, TrainError};
 
 use crate::config::ProbeConfig;
-use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
+use crate::device::{device_step, finish_device_step, param_values};
 use crate::observer::{Ids, write_forensics, write_verdicts};
 use crate::record::ProbeRecord;
+use crate::step::{StepStats, StepView};
 use crate::verdict::{Verdicts, WINDOW};
 use crate::worker::{Meta, Writer};
 

@@ -17,7 +17,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use gradscope_models::named_params;
 
-use crate::measure::{Batch, GradPrefix, grad_flat, grad_stats, l2, param_values};
+use crate::device::{Batch, grad_flat, grad_stats, l2, param_values};
+use crate::step::GradPrefix;
 
 /// One parameter's gradient at one step.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

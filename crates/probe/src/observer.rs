@@ -15,9 +15,10 @@ use gradscope_train::files::write_atomic;
 use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summary, TrainError};
 
 use crate::config::{ProbeConfig, ProbeSchedule, Reductions, RunConfig};
-use crate::fused::{HostJob, Reading};
-use crate::measure::{StepStats, StepView, device_step, finish_device_step, param_values};
+use crate::device::{device_step, finish_device_step, param_values};
+use crate::host::{HostJob, Reading};
 use crate::record::{ProbeRecord, read_probe_csv};
+use crate::step::{StepStats, StepView};
 use crate::verdict::{WINDOW, judge};
 use crate::worker::{Job, Meta, Worker, Writer};
 use gradscope_train::run_dir::{FORENSICS_FILE, POINTS_FILE, PROBE_FILE, VERDICTS_FILE};

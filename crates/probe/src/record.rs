@@ -6,7 +6,7 @@ use std::path::Path;
 
 use gradscope_models::ProbePoint;
 
-use crate::measure::{HIST_BINS, HIST_LO, HIST_WIDTH};
+use crate::step::{HIST_BINS, HIST_LO, HIST_WIDTH};
 
 /// Everything measured at one probe step.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

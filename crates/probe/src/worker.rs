@@ -22,9 +22,9 @@ use gradscope_models::ProbePoint;
 use gradscope_train::TrainError;
 use gradscope_train::files::LineLog;
 
-use crate::fused::HostJob;
-use crate::measure::{StepStats, VectorKind};
+use crate::host::HostJob;
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
+use crate::step::{StepStats, VectorKind};
 use gradscope_train::run_dir::{PROBE_FILE, PROBE_HIST_FILE};
 
 /// What a probe step's record needs besides its statistics.
@@ -89,12 +89,11 @@ impl Writer {
         })
     }
 
-    /// Takes a job's statistics and writes its record; `own_thread`: on the
-    /// worker's own thread, not the training thread ([`HostJob::compute`]).
-    fn run(&mut self, job: Job, own_thread: bool) -> Written {
+    /// Takes a job's statistics and writes its record.
+    fn run(&mut self, job: Job) -> Written {
         let t = Instant::now();
         let (meta, stats) = match job {
-            Job::Host(meta, job) => (meta, job.compute(own_thread)),
+            Job::Host(meta, job) => (meta, job.compute()),
             Job::Done(meta, stats) => (meta, stats),
         };
         let record = self.write(meta, stats);
@@ -199,7 +198,7 @@ impl Worker {
             .name("gradscope-probe".into())
             .spawn(move || {
                 while let Some(job) = next_job(&inbox) {
-                    if outbox.send(writer.run(job, true)).is_err() {
+                    if outbox.send(writer.run(job)).is_err() {
                         break;
                     }
                 }
@@ -236,7 +235,7 @@ impl Worker {
             },
             Worker::Inline(inline) => {
                 let job = inline.1.take().expect("a job was submitted");
-                inline.0.run(job, false)
+                inline.0.run(job)
             }
         }
     }
@@ -245,11 +244,11 @@ impl Worker {
 /// How often the worker looks for a job while jobs come often, and for how long.
 ///
 /// Handing a job to a thread blocked in `recv` wakes it with a system call on
-/// the sending thread, the training thread: on this project's 2-vCPU VM that
-/// wake cost ~0.4% of every probed 8x256-MLP step (perf). A worker that looks
-/// for its next job every [`POLL`] costs the training thread nothing; the job
-/// has a whole training step to be done in. After [`POLL_FOR`] without a job
-/// (a sparse schedule, a slow step) it blocks again.
+/// the sending thread, the training thread. A worker that looks for its next
+/// job every [`POLL`] spares the training thread that call; the job has a
+/// whole training step to be done in (what it buys: BENCHMARKS.md, "Probe
+/// overhead"). After [`POLL_FOR`] without a job (a sparse schedule, a slow
+/// step) it blocks again.
 const POLL: Duration = Duration::from_micros(200);
 const POLL_FOR: Duration = Duration::from_millis(50);
 

@@ -538,7 +538,7 @@ pub fn grad_histograms(
         .flat_map(|h| h.bins.iter().filter(|b| b.1 > 0.0).map(|b| b.0));
     let (lo, hi) = edges.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| (lo.min(e), hi.max(e)));
     let (lo, hi) = if lo.is_finite() {
-        (lo.floor(), (hi + gradscope_probe::measure::HIST_WIDTH).ceil())
+        (lo.floor(), (hi + gradscope_probe::step::HIST_WIDTH).ceil())
     } else {
         (-8.0, 0.0)
     };
@@ -596,7 +596,7 @@ pub fn grad_histograms(
                 let bins = h
                     .bins
                     .iter()
-                    .map(|&(edge, count)| (edge, gradscope_probe::measure::HIST_WIDTH, count));
+                    .map(|&(edge, count)| (edge, gradscope_probe::step::HIST_WIDTH, count));
                 for (y, height, count) in zero.into_iter().chain(bins).filter(|b| b.2 > 0.0) {
                     let share = count / total;
                     csv.push_str(&format!(

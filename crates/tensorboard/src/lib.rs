@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use event_file::{Event, Histogram, Summary, Value, write_record};
-use gradscope_probe::measure::HIST_WIDTH;
+use gradscope_probe::step::HIST_WIDTH;
 use gradscope_probe::verdict::Verdict;
 use gradscope_probe::{GradHistogram, read_hist_csv};
 use gradscope_report::{RunData, load_run};

@@ -1,4 +1,5 @@
-//! Per-layer reductions, computed on the device and read back together.
+//! The probe's device path: per-layer reductions computed on the device and
+//! read back together (the cross-check of [`crate::host`]).
 //!
 //! Every statistic is a one-element tensor queued in a [`Batch`]; `Batch::read`
 //! concatenates them and performs a single device-to-host transfer per probe
@@ -7,15 +8,9 @@
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, s};
-use gradscope_models::{Activation, ProbePoint, Regime, Trace};
-use gradscope_train::TapGrads;
+use gradscope_models::{Activation, Regime, Trace};
 
-/// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
-pub const HIST_LO: f64 = -20.0;
-/// Width of a histogram bin in log10 units: half a decade.
-pub const HIST_WIDTH: f64 = 0.5;
-/// Number of bins: 1e-20 up to 1e2.
-pub const HIST_BINS: usize = 44;
+use crate::step::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind};
 
 /// A statistic waiting on the device: `(probe point index or None for the
 /// whole model, metric name, value)`, plus per-point vectors (histograms,
@@ -24,15 +19,6 @@ pub struct Batch {
     keys: Vec<(Option<usize>, &'static str)>,
     values: Vec<Tensor<1>>,
     vectors: Vec<(usize, VectorKind, usize, Tensor<1>)>,
-}
-
-/// What a queued vector holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VectorKind {
-    /// |g| counts per log10 bin, then the exact zeros ([`log_histogram`]).
-    Histogram,
-    /// Per-unit max |activation| over the batch (0 = dead on this batch).
-    UnitMaxAbs,
 }
 
 /// Values read back from the device.
@@ -105,36 +91,8 @@ impl Default for Batch {
     }
 }
 
-/// Everything one probe step reads: the probe points, the taps' gradients, the
-/// forward traces, the parameter gradients, and which parameters are each
-/// point's weight and bias (`(id, rank)`).
-pub struct StepView<'a> {
-    /// The step's loss (read with everything else), where the loop gave it.
-    pub loss: Option<Tensor<1>>,
-    pub points: &'a [ProbePoint],
-    pub taps: &'a TapGrads,
-    /// Per point, what the forward pass saw there (`None` for a point whose
-    /// output was not recorded: a layer known only by its parameters).
-    pub traces: &'a [Option<Trace>],
-    pub grads: &'a GradientsParams,
-    pub weight: &'a [Option<(ParamId, usize)>],
-    pub bias: &'a [Option<(ParamId, usize)>],
-    /// An update step ([`crate::ProbeConfig::update_every`]): also |g|
-    /// histograms (the weights and their update are read around the optimiser step).
-    pub update: bool,
-}
-
-/// A probe step's statistics: values already on the host, and a device batch
-/// still to be read (empty on the host path).
-#[derive(Default)]
-pub struct StepStats {
-    pub values: Vec<(Option<usize>, &'static str, f64)>,
-    pub batch: Batch,
-    pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
-}
-
 /// Queues every statistic of a probe step as device-side reductions (the
-/// cross-check of [`crate::fused::HostJob::compute`]; `probe_reductions = "device"`).
+/// cross-check of [`crate::host::HostJob::compute`]; `probe_reductions = "device"`).
 pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
     if let Some(loss) = &view.loss {
@@ -222,28 +180,6 @@ pub fn grad_stats(batch: &mut Batch, point: usize, g: &Tensor<1>, prefix: GradPr
     batch.push(Some(point), zero_name, g.clone().equal_elem(0.0).float().mean());
     let nonfinite = g.clone().is_nan().int().sum() + g.clone().is_inf().int().sum();
     batch.push(Some(point), nonfinite_name, nonfinite.float());
-}
-
-/// Which parameter a gradient statistic describes.
-#[derive(Debug, Clone, Copy)]
-pub enum GradPrefix {
-    Weight,
-    Bias,
-}
-
-impl GradPrefix {
-    /// Metric names of the L2 norm, max |g|, zero fraction and non-finite count.
-    pub fn names(self) -> [&'static str; 4] {
-        match self {
-            GradPrefix::Weight => ["grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"],
-            GradPrefix::Bias => [
-                "bias_grad_l2",
-                "bias_grad_max",
-                "bias_grad_zero_frac",
-                "bias_grad_nonfinite",
-            ],
-        }
-    }
 }
 
 /// Counts of |g| per log10 bin (`HIST_BINS` bins of `HIST_WIDTH` decades from

@@ -2,7 +2,7 @@
 //! at the sizes of an `8x256` MLP step, beside a `memcpy` of the same bytes.
 //!
 //! ```text
-//! cargo bench --workspace --profile dev --bench fused
+//! cargo bench --workspace --profile dev --bench kernels
 //! ```
 //!
 //! (`--profile dev` reuses the dev build of Burn, which is compiled at
@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gradscope_models::Activation;
-use gradscope_probe::fused::{Moments, diff_l2, log_histogram, point_pass, unit_max_abs};
+use gradscope_probe::host::kernels::{Moments, diff_l2, log_histogram, point_pass, unit_max_abs};
 
 /// Deterministic values spread over many decades, a few exact zeros among them.
 fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -1,471 +1,23 @@
-//! Statistics over host memory: the probe's path on CPU backends, and on a
-//! GPU while a step's tensors are small ([`crate::observer::Reductions`]).
-//!
-//! The tensors a probe step needs are read to the host together ([`Gather`]):
-//! on flex, where the "device" is the host, each is borrowed in place (no
-//! copy), on ndarray copied, both on the probe's own thread; elsewhere one
-//! transaction reads them all, requested on the training thread and waited
-//! for on the probe's own thread. Their statistics are then
-//! taken by vectorised loops. The alternative, Burn reductions on the device
-//! ([`crate::measure`]), costs about 40 small ops per layer: a full pass over
-//! memory each on flex, a kernel launch each on a GPU.
+//! The vectorised loops of the host statistics.
 //!
 //! Accumulation: f32 lanes over blocks of [`BLOCK`] values, summed into f64, so
 //! the error stays near f32 rounding of a block rather than growing with the
 //! tensor's size. Most loops have the one shape LLVM reliably vectorises: one
-//! accumulator array of [`LANES`] lanes fed by a branch-free function of each
-//! value ([`lane_sum`], [`lane_sum2`]), one such loop per statistic over a
+//! accumulator array of `LANES` lanes fed by a branch-free function of each
+//! value (`lane_sum`, `lane_sum2`), one such loop per statistic over a
 //! block (32 KiB, which stays in L1 for the next). Loops feeding two
-//! accumulator arrays were left scalar by LLVM (3-10x slower); the interleaved
-//! 16-lane chains of [`Moments::of`] and [`point_pass`] are the exceptions that
-//! do vectorise.
+//! accumulator arrays were left scalar by LLVM; the interleaved 16-lane chains
+//! of [`Moments::of`] and [`point_pass`] are the exceptions that do vectorise.
 //! Counts are accumulated as f32 or u32 lanes, exact at these block sizes.
-//! Timings: `cargo bench --workspace --profile dev --bench fused`.
+//! Timings: `cargo bench --workspace --profile dev --bench kernels`.
 //! The kernels are compiled for each SIMD level (AVX-512, AVX2, ...) and
-//! picked at run time ([`multiversion`]): AVX-512 is about 3x faster than the
-//! baseline x86-64 build here, since the probe's inputs are in cache.
+//! picked at run time (the `multiversion` crate).
 
-use std::future::Future;
-use std::ops::Deref;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-
-use burn::backend::flex::FlexTensor;
-#[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
-use burn::backend::{Flex, NdArray};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
-use burn::tensor::{DType, ExecutionError, Tensor, TensorData, Transaction, read_sync};
+use gradscope_models::Activation;
 use gradscope_models::activation::{SELU_ALPHA, SELU_SCALE};
-use gradscope_models::{Activation, Regime};
 use multiversion::multiversion;
 
-use crate::measure::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind};
-
-/// A float tensor's values on the host, read without copying where possible.
-///
-/// On flex a contiguous f32 tensor is borrowed in place: the view holds a
-/// reference to the tensor's buffer (an `Arc`), so the tensor stays usable and
-/// nothing is copied. Burn's own read back (`into_data`) copies whenever the
-/// buffer is shared, and every tensor the probe reads is shared (gradients go
-/// on to the optimiser, activations to the backward pass): copying them cost
-/// the probe about half of its time on an 8x256 MLP. Other backends, and
-/// strided or non-f32 flex tensors, get a copy.
-///
-/// While a view lives the buffer is shared, so flex writes to it only after
-/// copying it (copy on write): reading a view on another thread is safe, and
-/// holding a weight's view across the optimiser step costs that weight a copy.
-pub enum HostValues {
-    /// Borrowed from a flex tensor (contiguous, offset 0, f32, aligned).
-    Flex(FlexTensor),
-    /// Copied out through `into_data`.
-    Copied(Vec<f32>),
-}
-
-impl Deref for HostValues {
-    type Target = [f32];
-
-    fn deref(&self) -> &[f32] {
-        match self {
-            HostValues::Flex(t) => {
-                let n = t.layout().num_elements();
-                // Checked in `borrow`: contiguous from offset 0, f32, 4-byte aligned.
-                &bytemuck::cast_slice(t.bytes())[..n]
-            }
-            HostValues::Copied(v) => v,
-        }
-    }
-}
-
-/// A tensor's values on the host (borrowed on flex, else copied; see [`HostValues`]).
-pub fn host<const D: usize>(t: &Tensor<D>) -> HostValues {
-    borrow(t).unwrap_or_else(|| HostValues::Copied(t.to_data().convert::<f32>().try_into_vec().expect("f32 tensor")))
-}
-
-/// The tensor's flex buffer, if it can be read in place.
-fn borrow<const D: usize>(t: &Tensor<D>) -> Option<HostValues> {
-    let flex = t.clone().try_into_primitive::<Flex>().ok()?;
-    let n = flex.layout().num_elements();
-    (flex.dtype() == DType::F32
-        && flex.is_contiguous()
-        && flex.layout().start_offset() == 0
-        && bytemuck::try_cast_slice::<u8, f32>(flex.bytes()).is_ok_and(|v| v.len() >= n))
-    .then_some(HostValues::Flex(flex))
-}
-
-/// The tensors one probe step reads, collected first and read together.
-///
-/// On the CPU backends (flex, ndarray) each tensor is read where the values
-/// are needed ([`Transfer::finish`], on the probe's own thread): borrowed in
-/// place on flex, copied on ndarray. The training thread only keeps a handle
-/// to each tensor, whatever its rank: no reshape, no downcast, no copy there.
-///
-/// On any other backend they are read back in **one** transaction
-/// ([`Transaction`]: one request for every buffer, no kernels), started on the
-/// training thread, in the order of its work, and finished wherever the
-/// values are needed, so the transfer overlaps the next step's work instead of
-/// stalling the training loop until the device has drained its queue. (A read
-/// back per tensor, each a synchronisation, cost ~15 ms per probed step on an
-/// H100 for the ~40 tensors of an 8x256 MLP.)
-pub struct Gather {
-    reads: Reads,
-    len: usize,
-}
-
-/// How a step's tensors reach the host: decided once per run from the
-/// device they live on ([`Reading::of`]), not per tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reading {
-    /// CPU backends (flex, ndarray): each tensor read on the thread that
-    /// takes the statistics.
-    Local,
-    /// Any other backend: one transaction for every tensor.
-    Transaction,
-}
-
-impl Reading {
-    /// How tensors on `t`'s device are read.
-    #[allow(deprecated)] // ndarray stays a supported `--backend` while Burn ships it.
-    pub fn of<const D: usize>(t: &Tensor<D>) -> Self {
-        if t.clone().try_into_primitive::<Flex>().is_ok() || t.clone().try_into_primitive::<NdArray>().is_ok() {
-            Reading::Local
-        } else {
-            Reading::Transaction
-        }
-    }
-}
-
-/// A tensor kept to be read later, on whichever thread finishes the transfer.
-type LocalRead = Box<dyn FnOnce() -> HostValues + Send>;
-
-enum Reads {
-    Local(Vec<LocalRead>),
-    Transaction(Transaction),
-}
-
-impl Gather {
-    /// An empty gather for tensors read the way `reading` says.
-    pub fn new(reading: Reading) -> Self {
-        let reads = match reading {
-            Reading::Local => Reads::Local(Vec::new()),
-            Reading::Transaction => Reads::Transaction(Transaction::default()),
-        };
-        Self { reads, len: 0 }
-    }
-
-    /// Queues `t`; its values (flattened) will be at the returned index of
-    /// [`Transfer::finish`].
-    pub fn add<const D: usize>(&mut self, t: Tensor<D>) -> usize {
-        match &mut self.reads {
-            Reads::Local(local) => local.push(Box::new(move || host(&t))),
-            Reads::Transaction(tx) => *tx = std::mem::take(tx).register(t),
-        }
-        self.len += 1;
-        self.len - 1
-    }
-
-    /// Queues the gradient of parameter `id` (of rank `rank`), if it has one.
-    pub fn add_grad(&mut self, grads: &GradientsParams, (id, rank): (ParamId, usize)) -> Option<usize> {
-        match rank {
-            1 => grads.get::<1>(id).map(|g| self.add(g)),
-            2 => grads.get::<2>(id).map(|g| self.add(g)),
-            3 => grads.get::<3>(id).map(|g| self.add(g)),
-            4 => grads.get::<4>(id).map(|g| self.add(g)),
-            _ => None,
-        }
-    }
-
-    /// Queues the current values of the given parameters of `model`; the index
-    /// of each, by position in `ids` (`None` where `ids` has none or the module lacks it).
-    pub fn add_params<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) -> Vec<Option<usize>> {
-        struct Add<'a> {
-            gather: &'a mut Gather,
-            ids: &'a [Option<ParamId>],
-            at: Vec<Option<usize>>,
-        }
-        impl ModuleVisitor for Add<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if let Some(i) = self.ids.iter().position(|id| *id == Some(param.id)) {
-                    self.at[i] = Some(self.gather.add(param.val().inner()));
-                }
-            }
-        }
-        let mut add = Add {
-            gather: self,
-            ids,
-            at: vec![None; ids.len()],
-        };
-        model.visit(&mut add);
-        add.at
-    }
-
-    /// Starts reading every queued tensor: nothing to do on a CPU backend;
-    /// elsewhere the transfer is requested here and waited for by
-    /// [`Transfer::finish`].
-    pub fn start(self) -> Transfer {
-        let tx = match self.reads {
-            Reads::Local(reads) => return Transfer::Local(reads),
-            Reads::Transaction(tx) => tx,
-        };
-        let mut read: InFlight = Box::pin(tx.execute_async());
-        // One poll issues the request (Burn's futures are lazy); a backend that
-        // reads synchronously is done right here.
-        match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(data) => Transfer::Done(host_values(data)),
-            Poll::Pending => Transfer::InFlight(read),
-        }
-    }
-}
-
-type InFlight = Pin<Box<dyn Future<Output = Result<Vec<TensorData>, ExecutionError>> + Send>>;
-
-/// A [`Gather`]'s values: to read on a CPU backend, ready, or in flight from the device.
-pub enum Transfer {
-    Local(Vec<LocalRead>),
-    Done(Vec<HostValues>),
-    InFlight(InFlight),
-}
-
-impl Transfer {
-    /// The values, in the order they were added; reads them on a CPU backend,
-    /// waits for a transfer in flight elsewhere.
-    pub fn finish(self) -> Vec<HostValues> {
-        match self {
-            Transfer::Local(reads) => reads.into_iter().map(|read| read()).collect(),
-            Transfer::Done(values) => values,
-            Transfer::InFlight(read) => host_values(read_sync(read)),
-        }
-    }
-}
-
-fn host_values(data: Result<Vec<TensorData>, ExecutionError>) -> Vec<HostValues> {
-    let data = data.unwrap_or_else(|e| panic!("the probe could not read its tensors back: {e:?}"));
-    data.into_iter()
-        .map(|d| {
-            let v = d
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("probe tensors are float");
-            HostValues::Copied(v)
-        })
-        .collect()
-}
-
-/// What [`HostJob::compute`] needs of a point, and where its tensors are among
-/// the job's values.
-struct At {
-    activation: Option<Activation>,
-    /// Identity-skip blocks: the points whose taps hold the block input's and
-    /// the skip's gradients.
-    skip: Option<(usize, usize)>,
-    post: usize,
-    /// Features per example of `post` (units, for dead-unit counts).
-    features: usize,
-    pre: Option<usize>,
-    norm_in: Option<usize>,
-    grads: [(Option<usize>, GradPrefix); 2],
-    /// Update steps: the point's main weight before the optimiser step.
-    before: Option<usize>,
-}
-
-/// A probe step read to the host: every tensor it needs ([`Gather`]: borrowed
-/// in place on flex, else copied in one transfer) and where each one is.
-///
-/// Reads start on the training thread ([`Self::collect`],
-/// [`Self::weights_after`]); the statistics ([`Self::compute`]) wait for them
-/// and need nothing else, so they can be taken on another thread while
-/// training goes on. The borrowed buffers stay valid meanwhile: flex writes in
-/// place only into buffers nobody else holds and copies the rest.
-pub struct HostJob {
-    read: Transfer,
-    loss: Option<usize>,
-    /// Each tap is read once even when two points use it (skip shares).
-    taps: Vec<Option<usize>>,
-    at: Vec<At>,
-    update: bool,
-    /// The points' main weights after the optimiser step, and where each
-    /// point's is among the read's values.
-    after: Option<(Transfer, Vec<Option<usize>>)>,
-    reading: Reading,
-}
-
-impl HostJob {
-    /// Reads what `view` needs; on update steps (`before`: the model before the
-    /// optimiser step, and each point's main weight id) also those weights.
-    pub fn collect<M: Module>(view: &StepView<'_>, reading: Reading, before: Option<(&M, &[Option<ParamId>])>) -> Self {
-        let mut gather = Gather::new(reading);
-        let before = before.map_or_else(
-            || vec![None; view.points.len()],
-            |(model, ids)| gather.add_params(model, ids),
-        );
-        let loss = view.loss.clone().map(|l| gather.add(l));
-        let taps: Vec<Option<usize>> = view.taps.out.iter().map(|t| t.clone().map(|t| gather.add(t))).collect();
-        let at: Vec<At> = (0..view.points.len())
-            .map(|i| {
-                let mut grad = |id: Option<(ParamId, usize)>| id.and_then(|id| gather.add_grad(view.grads, id));
-                let grads = [
-                    (grad(view.weight[i]), GradPrefix::Weight),
-                    (grad(view.bias[i]), GradPrefix::Bias),
-                ];
-                let p = &view.points[i];
-                let trace = view.traces[i]
-                    .as_ref()
-                    .expect("the host path reads probe points that were traced");
-                At {
-                    activation: p.activation,
-                    skip: p
-                        .block
-                        .as_ref()
-                        .filter(|b| b.identity_skip)
-                        .map(|b| (b.input, b.branch)),
-                    post: gather.add(trace.post.clone()),
-                    features: trace.post.dims()[1],
-                    // The activation's input: read only where there is an activation.
-                    pre: p.activation.and(trace.pre.clone()).map(|t| gather.add(t)),
-                    norm_in: view.taps.norm_in[i].clone().map(|g| gather.add(g)),
-                    grads,
-                    before: before[i],
-                }
-            })
-            .collect();
-        Self {
-            read: gather.start(),
-            loss,
-            taps,
-            at,
-            update: view.update,
-            after: None,
-            reading,
-        }
-    }
-
-    /// Reads the points' main weights after the optimiser step: their norms,
-    /// and where [`Self::collect`] read them before the step, the update's
-    /// size. (The probe does this on update steps only.) Read after the step,
-    /// not before, because a weight held across the step is copied rather than
-    /// updated in place.
-    pub fn weights_after<M: Module>(&mut self, model: &M, ids: &[Option<ParamId>]) {
-        let mut gather = Gather::new(self.reading);
-        let at = gather.add_params(model, ids);
-        self.after = Some((gather.start(), at));
-    }
-
-    /// Every statistic of the step, each tensor read once (see
-    /// [`crate::measure::device_step`] for the same metrics as device reductions).
-    ///
-    /// `off_thread`: computed on a thread other than the training thread,
-    /// which then leaves no copy of the tensors' cache lines in its core's
-    /// cache before letting go of them ([`crate::cache`]); on the training
-    /// thread itself that would only evict its own working set.
-    pub fn compute(self, off_thread: bool) -> StepStats {
-        let mut out = StepStats::default();
-        let values = &self.read.finish();
-        let after: Vec<Option<HostValues>> = match self.after {
-            Some((read, at)) => {
-                let mut values: Vec<Option<HostValues>> = read.finish().into_iter().map(Some).collect();
-                at.into_iter().map(|k| k.and_then(|k| values[k].take())).collect()
-            }
-            None => Vec::new(),
-        };
-        if let Some(loss) = self.loss {
-            out.values.push((None, "loss", values[loss][0] as f64));
-        }
-        for (i, at) in self.at.iter().enumerate() {
-            let g = self.taps[i].map(|k| &*values[k]);
-            let pre = at.pre.map(|k| &*values[k]);
-            point_stats(i, at.activation, &values[at.post], at.features, pre, g, &mut out);
-            let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
-            if let Some(k) = at.norm_in {
-                push("bn_in_signal_l2", l2(&values[k]));
-            }
-            for &(k, prefix) in &at.grads {
-                let Some(g) = k.map(|k| &values[k]) else { continue };
-                let m = Moments::of(g);
-                let [l2_name, max_name, zero_name, nonfinite_name] = prefix.names();
-                push(l2_name, m.l2());
-                push(max_name, m.max_abs_or_nan());
-                push(zero_name, m.zero_frac());
-                push(nonfinite_name, m.nonfinite as f64);
-                if matches!(prefix, GradPrefix::Weight) {
-                    push("weight_numel", g.len() as f64);
-                    if self.update {
-                        let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
-                        out.vectors.push((i, VectorKind::Histogram, counts));
-                    }
-                }
-            }
-            if let Some(after) = after.get(i).and_then(Option::as_ref) {
-                match at.before.map(|k| &values[k]) {
-                    // The norm comes out of the same pass as the update's size.
-                    Some(before) => {
-                        let (update, weight) = diff_l2(before, after);
-                        push("weight_l2", weight);
-                        push("update_l2", update);
-                        push("weight_before_l2", l2(before));
-                    }
-                    None => push("weight_l2", l2(after)),
-                }
-            }
-            if let Some((input, branch)) = at.skip
-                && let (Some(total), Some(skip)) = (self.taps[input], self.taps[branch])
-            {
-                // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
-                let (b, s) = diff_l2(&values[total], &values[skip]);
-                push("skip_share", s / (s + b + 1e-30));
-            }
-        }
-        if off_thread && self.reading == Reading::Local {
-            // The tensors were read where the training thread keeps them:
-            // leave no copy of their lines in this core's cache before letting
-            // them go (`values` and `after` are dropped on return).
-            crate::cache::release_lines();
-        }
-        out
-    }
-}
-
-/// The statistics of probe point `i` that its output `post`, its activation's
-/// input `pre` (where the trace kept it) and `g = dL/dh` give: the signal, its
-/// part below the activation, the activation's regime and moments, and for
-/// ReLU each unit's max |y| (dead units), from one pass ([`point_pass`]).
-fn point_stats(
-    i: usize,
-    act: Option<Activation>,
-    post: &[f32],
-    features: usize,
-    pre: Option<&[f32]>,
-    g: Option<&[f32]>,
-    out: &mut StepStats,
-) {
-    let threshold = act.map_or(0.0, |a| (0.01 * a.max_derivative()) as f32);
-    let (pass, known) = point_pass(post, pre, g, act, threshold);
-    let n = pass.n.max(1) as f64;
-    let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
-    if g.is_some() {
-        let norm = pass.signal_sq.sqrt();
-        push("signal_l2", norm);
-        push("signal_rms", norm / n.sqrt());
-    }
-    if let Some(act) = act.filter(|_| known) {
-        if g.is_some() {
-            push("preact_signal_l2", pass.through_sq.sqrt());
-        }
-        let share = pass.in_regime as f64 / n;
-        match act.regime() {
-            Regime::Saturating => push("saturated_frac", share),
-            Regime::LeakyNegative => push("negative_frac", share),
-            // `dead_frac` is derived from the units' vector when the record is written.
-            Regime::Rectifying => {
-                push("zero_frac", share);
-                out.vectors
-                    .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, features)));
-            }
-            Regime::Linear => {}
-        }
-    }
-    push("act_mean", pass.mean());
-    push("act_std", pass.std());
-}
+use crate::step::{HIST_BINS, HIST_LO, HIST_WIDTH};
 
 /// Values per block whose partial sums are carried in f32.
 pub const BLOCK: usize = 8192;
@@ -642,7 +194,7 @@ pub struct PointPass {
     pub signal_sq: f64,
     /// `Σ (f'(x) g)²`: the signal below the activation.
     pub through_sq: f64,
-    /// Values in the activation's regime ([`Regime`]): saturated (`f'(x)`
+    /// Values in the activation's regime ([`gradscope_models::Regime`]): saturated (`f'(x)`
     /// below the threshold) for sigmoid and tanh, exactly zero (`y = 0`) for
     /// ReLU, negative (`x < 0`) for the leaky ones; none for the identity.
     pub in_regime: usize,
@@ -784,7 +336,7 @@ fn negative(x: f32, _: f32, _: f32) -> bool {
 /// test `count(x, y, d)`: five interleaved chains of 16 lanes (the shape
 /// [`Moments::of`] showed LLVM vectorises). As separate passes over the
 /// output, the signal and the derivative, the same statistics of a 128x256
-/// point took 27 us against 5.4 us (`cargo bench --bench fused`).
+/// point took 27 us against 5.4 us (`cargo bench --bench kernels`).
 #[inline(always)]
 fn point_kernel(
     x: &[f32],
@@ -890,12 +442,12 @@ impl BinTable {
     }
 }
 
-/// Counts of |x| per log10 bin, as [`crate::measure::log_histogram`]: `HIST_BINS`
+/// Counts of |x| per log10 bin, as [`crate::device::log_histogram`]: `HIST_BINS`
 /// bins of `HIST_WIDTH` decades from 1e`HIST_LO` (values outside fall in the end
 /// bins), then the exact zeros. NaN falls in no bin.
 ///
 /// No logarithm per value: a table lookup on the float's top bits, exact at
-/// every edge (see [`BinTable`]). Four interleaved sets of counters keep
+/// every edge (see `BinTable`). Four interleaved sets of counters keep
 /// increments of neighbouring values (gradients cluster in a few bins) from
 /// waiting on each other.
 #[multiversion(targets = "simd")]
@@ -934,8 +486,11 @@ pub fn log_histogram(x: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+    use gradscope_models::Regime;
     use proptest::prelude::*;
+
+    use super::*;
 
     fn naive(x: &[f32]) -> (f64, f64, f32, usize, usize) {
         let sum = x.iter().map(|&v| v as f64).sum();
@@ -1147,63 +702,6 @@ mod tests {
     }
 
     #[test]
-    fn host_borrows_flex_buffers_and_copies_the_rest() {
-        use burn::tensor::{Device, Tensor, TensorData};
-        let x: Vec<f32> = (0..12).map(|i| i as f32 - 3.5).collect();
-        let data = TensorData::new(x.clone(), [3, 4]);
-        let t = Tensor::<2>::from_data(data.clone(), &Device::flex());
-        let view = host(&t);
-        assert!(
-            matches!(view, HostValues::Flex(_)),
-            "a contiguous flex tensor is read in place"
-        );
-        assert_eq!(&*view, &x[..]);
-        drop(view);
-        // Still usable, unchanged.
-        assert_eq!(t.clone().into_data().try_to_vec::<f32>().unwrap(), x);
-        // A transposed view is strided: copied, in logical order.
-        let tt = t.clone().transpose();
-        let want = tt.clone().into_data().try_to_vec::<f32>().unwrap();
-        let view = host(&tt);
-        assert!(matches!(view, HostValues::Copied(_)));
-        assert_eq!(&*view, &want[..]);
-        // Another backend: copied.
-        let ndarray = gradscope_train::Backend::Ndarray
-            .device()
-            .expect("ndarray is compiled in");
-        let nd = Tensor::<2>::from_data(data, &ndarray);
-        let view = host(&nd);
-        assert!(matches!(view, HostValues::Copied(_)));
-        assert_eq!(&*view, &x[..]);
-    }
-
-    /// Flex lends its buffers; ndarray is copied where the values are read; a GPU's transfer
-    /// (wgpu, where a Vulkan driver exists: llvmpipe in CI) is requested here
-    /// and finished on another thread, as the probe's worker does.
-    #[test]
-    fn gather_reads_every_tensor_in_order_on_any_backend() {
-        use burn::tensor::{Device, Tensor, TensorData};
-        use gradscope_train::Backend;
-        let mut devices = vec![(Device::flex(), true), (Backend::Ndarray.device().unwrap(), false)];
-        match Backend::Wgpu.device() {
-            Ok(wgpu) => devices.push((wgpu, false)),
-            Err(e) => eprintln!("wgpu not checked: {e}"),
-        }
-        for (device, borrowed) in devices {
-            let a: Vec<f32> = (0..6).map(|i| i as f32).collect();
-            let b: Vec<f32> = vec![-1.5, 2.5, 7.0];
-            let reading = Reading::of(&Tensor::<1>::zeros([1], &device));
-            let mut gather = Gather::new(reading);
-            let ia = gather.add(Tensor::<2>::from_data(TensorData::new(a.clone(), [2, 3]), &device));
-            let ib = gather.add(Tensor::<1>::from_data(TensorData::new(b.clone(), [3]), &device));
-            let transfer = gather.start();
-            let values = std::thread::spawn(move || transfer.finish()).join().unwrap();
-            assert_eq!((&*values[ia], &*values[ib]), (&a[..], &b[..]), "{device:?}");
-            assert_eq!(values.iter().all(|v| matches!(v, HostValues::Flex(_))), borrowed);
-        }
-    }
-
-    #[test]
     fn l2_matches_naive() {
         let x: Vec<f32> = (0..20_001).map(|i| ((i % 13) as f32 - 6.0) * 0.25).collect();
         let want = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
@@ -1217,7 +715,7 @@ mod tests {
         let x: Vec<f32> = vec![1e-6, -1e-6, 3e-3, 0.0, 0.0, 50.0, 1e-30, 1e30, -7.5e-9];
         let device = Device::flex();
         let t = Tensor::<1>::from_data(TensorData::new(x.clone(), [x.len()]), &device);
-        let on_device: Vec<f32> = crate::measure::log_histogram(&t).into_data().try_to_vec().unwrap();
+        let on_device: Vec<f32> = crate::device::log_histogram(&t).into_data().try_to_vec().unwrap();
         let host = log_histogram(&x);
         assert_eq!(host, on_device.iter().map(|&c| c as f64).collect::<Vec<_>>());
     }
