@@ -11,7 +11,7 @@ mod example;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::run_ok;
-use gradscope_probe::{ModelProbe, ProbeConfig};
+use gradscope_probe::{Metric, ModelProbe, ProbeConfig};
 
 /// The probe points' names in a run's `points.json`.
 fn point_names(run: &std::path::Path) -> Vec<String> {
@@ -187,11 +187,11 @@ fn validation_marks_are_ignored_and_a_dropped_probe_writes_its_verdicts() {
     assert_eq!(probe.records().len(), 3);
     let rec = &probe.records()[2];
     assert!(
-        rec.get(0, "signal_rms").is_some_and(|s| s > 0.0),
+        rec.get(0, Metric::SignalRms).is_some_and(|s| s > 0.0),
         "dL/dh at the marked layer"
     );
-    assert!(rec.get(0, "saturated_frac").is_some(), "the activation is known");
-    assert!(rec.get(1, "grad_l2").is_some() && rec.get(1, "signal_rms").is_none());
+    assert!(rec.get(0, Metric::SaturatedFrac).is_some(), "the activation is known");
+    assert!(rec.get(1, Metric::GradL2).is_some() && rec.get(1, Metric::SignalRms).is_none());
     drop(probe);
     assert_eq!(point_names(&run), ["0", "1"], "the validation mark is not a point");
     let verdicts = common::json(&run.join("verdicts.json"));

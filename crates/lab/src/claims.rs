@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use gradscope_report::RunData;
 
 use crate::suite::{ClaimKind, ClaimSpec};
+use gradscope_probe::Metric;
 
 /// Whether the measurements support a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -99,7 +100,7 @@ fn flagged(runs: &[&RunData], rule: &str) -> usize {
 }
 
 /// Mean over the last probe record's main-path hidden layers of `metric`.
-fn last_layer_mean(r: &RunData, metric: &str) -> Option<f64> {
+fn last_layer_mean(r: &RunData, metric: Metric) -> Option<f64> {
     let rec = r.probe.last()?;
     let idx = gradscope_probe::verdict::profile_points(&r.points);
     let v: Vec<f64> = idx.iter().filter_map(|&i| rec.get(i, metric)).collect();
@@ -110,7 +111,7 @@ fn last_layer_mean(r: &RunData, metric: &str) -> Option<f64> {
 fn signal_ratio(r: &RunData) -> Option<f64> {
     let rec = r.probe.first()?;
     let idx = gradscope_probe::verdict::profile_points(&r.points);
-    Some(rec.get(*idx.first()?, "signal_rms")? / rec.get(*idx.last()?, "signal_rms")?)
+    Some(rec.get(*idx.first()?, Metric::SignalRms)? / rec.get(*idx.last()?, Metric::SignalRms)?)
 }
 
 fn pct(x: f64) -> String {
@@ -270,19 +271,19 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
             let dead = mean(
                 &relu
                     .iter()
-                    .filter_map(|r| last_layer_mean(r, "dead_frac"))
+                    .filter_map(|r| last_layer_mean(r, Metric::DeadFrac))
                     .collect::<Vec<_>>(),
             );
             let z_relu = mean(
                 &relu
                     .iter()
-                    .filter_map(|r| last_layer_mean(r, "grad_zero_frac"))
+                    .filter_map(|r| last_layer_mean(r, Metric::GradZeroFrac))
                     .collect::<Vec<_>>(),
             );
             let z_leaky = mean(
                 &leaky
                     .iter()
-                    .filter_map(|r| last_layer_mean(r, "grad_zero_frac"))
+                    .filter_map(|r| last_layer_mean(r, Metric::GradZeroFrac))
                     .collect::<Vec<_>>(),
             );
             ev.push(format!(
@@ -382,7 +383,7 @@ fn evaluate_pooled(spec: &ClaimSpec, by_role: &BTreeMap<String, Vec<RunData>>) -
                     .flat_map(|r| {
                         r.probe
                             .iter()
-                            .flat_map(|rec| rec.layers.iter().filter_map(|l| l.get("skip_share").copied()))
+                            .flat_map(|rec| rec.layers.iter().filter_map(|l| l.get(&Metric::SkipShare).copied()))
                     })
                     .collect::<Vec<_>>(),
             );
@@ -505,8 +506,8 @@ mod tests {
         };
         let mut rec = gradscope_probe::ProbeRecord::new(100, 2);
         for layer in &mut rec.layers {
-            layer.insert("dead_frac".into(), dead);
-            layer.insert("grad_zero_frac".into(), zero);
+            layer.insert(Metric::DeadFrac, dead);
+            layer.insert(Metric::GradZeroFrac, zero);
         }
         RunData {
             dir: PathBuf::from(format!("run-{seed}-{acc}")),

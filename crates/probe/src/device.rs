@@ -10,13 +10,14 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, s};
 use gradscope_models::{Activation, Regime, Trace};
 
+use crate::metric::Metric;
 use crate::step::{GradPrefix, HIST_BINS, HIST_LO, HIST_WIDTH, StepStats, StepView, VectorKind};
 
 /// A statistic waiting on the device: `(probe point index or None for the
 /// whole model, metric name, value)`, plus per-point vectors (histograms,
 /// per-unit activity).
 pub struct Batch {
-    keys: Vec<(Option<usize>, &'static str)>,
+    keys: Vec<(Option<usize>, Metric)>,
     values: Vec<Tensor<1>>,
     vectors: Vec<(usize, VectorKind, usize, Tensor<1>)>,
 }
@@ -24,7 +25,7 @@ pub struct Batch {
 /// Values read back from the device.
 #[derive(Debug, Clone, Default)]
 pub struct Read {
-    pub values: Vec<(Option<usize>, &'static str, f64)>,
+    pub values: Vec<(Option<usize>, Metric, f64)>,
     pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
 }
 
@@ -38,7 +39,7 @@ impl Batch {
     }
 
     /// Queues a scalar (any shape that sums to the value; it is reshaped to `[1]`).
-    pub fn push(&mut self, point: Option<usize>, metric: &'static str, value: Tensor<1>) {
+    pub fn push(&mut self, point: Option<usize>, metric: Metric, value: Tensor<1>) {
         self.keys.push((point, metric));
         self.values.push(value.reshape([1]));
     }
@@ -96,7 +97,7 @@ impl Default for Batch {
 pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
     let batch = &mut out.batch;
     if let Some(loss) = &view.loss {
-        batch.push(None, "loss", loss.clone());
+        batch.push(None, Metric::Loss, loss.clone());
     }
     for (i, p) in view.points.iter().enumerate() {
         let trace = view.traces[i].as_ref();
@@ -106,24 +107,24 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
             let flat = g.clone().flatten::<1>(0, 1);
             let norm = l2(&flat);
             let n = flat.dims()[0].max(1) as f64;
-            batch.push(Some(i), "signal_rms", norm.clone().div_scalar(n.sqrt()));
-            batch.push(Some(i), "signal_l2", norm);
+            batch.push(Some(i), Metric::SignalRms, norm.clone().div_scalar(n.sqrt()));
+            batch.push(Some(i), Metric::SignalL2, norm);
             if let Some(d) = &d {
                 batch.push(
                     Some(i),
-                    "preact_signal_l2",
+                    Metric::PreactSignalL2,
                     l2(&(d.clone() * g.clone()).flatten::<1>(0, 1)),
                 );
             }
         }
         if let Some(g) = &view.taps.norm_in[i] {
-            batch.push(Some(i), "bn_in_signal_l2", l2(&g.clone().flatten::<1>(0, 1)));
+            batch.push(Some(i), Metric::BnInSignalL2, l2(&g.clone().flatten::<1>(0, 1)));
         }
         if let Some((id, rank)) = view.weight[i]
             && let Some(g) = grad_flat(view.grads, id, rank)
         {
             grad_stats(batch, i, &g, GradPrefix::Weight);
-            out.values.push((Some(i), "weight_numel", g.dims()[0] as f64));
+            out.values.push((Some(i), Metric::WeightNumel, g.dims()[0] as f64));
             if view.update {
                 batch.push_vector(i, VectorKind::Histogram, log_histogram(&g));
             }
@@ -144,7 +145,7 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
             let skip = skip.clone().flatten::<1>(0, 1);
             let branch = total.clone().flatten::<1>(0, 1) - skip.clone();
             let (s, b) = (l2(&skip), l2(&branch));
-            batch.push(Some(i), "skip_share", s.clone() / (s + b + 1e-30));
+            batch.push(Some(i), Metric::SkipShare, s.clone() / (s + b + 1e-30));
         }
     }
 }
@@ -155,10 +156,12 @@ pub fn device_step(view: &StepView<'_>, out: &mut StepStats) {
 pub fn finish_device_step(stats: &mut StepStats, before: &[Option<Tensor<1>>], after: &[Option<Tensor<1>>]) {
     for (i, w) in after.iter().enumerate() {
         let Some(w) = w else { continue };
-        stats.batch.push(Some(i), "weight_l2", l2(w));
+        stats.batch.push(Some(i), Metric::WeightL2, l2(w));
         if let Some(Some(b)) = before.get(i) {
-            stats.batch.push(Some(i), "update_l2", l2(&(w.clone() - b.clone())));
-            stats.batch.push(Some(i), "weight_before_l2", l2(b));
+            stats
+                .batch
+                .push(Some(i), Metric::UpdateL2, l2(&(w.clone() - b.clone())));
+            stats.batch.push(Some(i), Metric::WeightBeforeL2, l2(b));
         }
     }
     let read = std::mem::take(&mut stats.batch).read();
@@ -224,14 +227,18 @@ pub fn activation_stats(
     let post = &trace.post;
     let flat = post.clone().flatten::<1>(0, 1);
     let mean = flat.clone().mean();
-    batch.push(Some(point), "act_mean", mean.clone());
-    batch.push(Some(point), "act_std", (flat - mean).powf_scalar(2.0).mean().sqrt());
+    batch.push(Some(point), Metric::ActMean, mean.clone());
+    batch.push(
+        Some(point),
+        Metric::ActStd,
+        (flat - mean).powf_scalar(2.0).mean().sqrt(),
+    );
     let act = activation?;
     match act.regime() {
         Regime::Saturating => {
             if let Some(d) = derivative {
                 let saturated = d.clone().lower_elem(0.01 * act.max_derivative()).float().mean();
-                batch.push(Some(point), "saturated_frac", saturated);
+                batch.push(Some(point), Metric::SaturatedFrac, saturated);
             }
             None
         }
@@ -239,14 +246,22 @@ pub fn activation_stats(
             let [_, features] = post.dims();
             let alive = post.clone().abs().max_dim(0).reshape([features]);
             // `dead_frac` is derived from `alive` on the host, with the window's.
-            batch.push(Some(point), "zero_frac", post.clone().equal_elem(0.0).float().mean());
+            batch.push(
+                Some(point),
+                Metric::ZeroFrac,
+                post.clone().equal_elem(0.0).float().mean(),
+            );
             Some(alive)
         }
         Regime::LeakyNegative => {
             // The output has the input's sign where it tells f' and the input was not kept.
             let x = trace.pre.as_ref().unwrap_or(post);
             if derivative.is_some() {
-                batch.push(Some(point), "negative_frac", x.clone().lower_elem(0.0).float().mean());
+                batch.push(
+                    Some(point),
+                    Metric::NegativeFrac,
+                    x.clone().lower_elem(0.0).float().mean(),
+                );
             }
             None
         }
@@ -317,12 +332,12 @@ mod tests {
         let d = Device::flex();
         let mut b = Batch::new();
         let t = Tensor::<1>::from_data(TensorData::new(vec![3.0f32, 4.0], [2]), &d);
-        b.push(Some(1), "l2", l2(&t));
+        b.push(Some(1), Metric::GradL2, l2(&t));
         grad_stats(&mut b, 2, &t, GradPrefix::Bias);
         let r = b.read();
-        assert_eq!(r.values[0], (Some(1), "l2", 5.0));
-        assert_eq!(r.values[1], (Some(2), "bias_grad_l2", 5.0));
-        assert_eq!(r.values[2], (Some(2), "bias_grad_max", 4.0));
-        assert_eq!(r.values[4], (Some(2), "bias_grad_nonfinite", 0.0));
+        assert_eq!(r.values[0], (Some(1), Metric::GradL2, 5.0));
+        assert_eq!(r.values[1], (Some(2), Metric::BiasGradL2, 5.0));
+        assert_eq!(r.values[2], (Some(2), Metric::BiasGradMax, 4.0));
+        assert_eq!(r.values[4], (Some(2), Metric::BiasGradNonfinite, 0.0));
     }
 }

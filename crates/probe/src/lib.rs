@@ -14,6 +14,7 @@
 pub mod config;
 pub mod device;
 pub mod host;
+pub mod metric;
 pub mod model_probe;
 pub mod module;
 pub mod observer;
@@ -27,6 +28,7 @@ mod worker;
 
 pub use config::{ProbeConfig, ProbeSchedule, Reductions, RunConfig};
 pub use gradscope_models::Activation;
+pub use metric::{Metric, Scope};
 pub use model_probe::ModelProbe;
 pub use module::{ModuleGrads, ParamGrad};
 pub use observer::{GradientProbe, Live, LiveHandle};

@@ -54,6 +54,7 @@ use gradscope_train::{MetricsRow, TapGrads, TrainError};
 
 use crate::config::ProbeConfig;
 use crate::device::{device_step, finish_device_step, param_values};
+use crate::metric::Metric;
 use crate::observer::{Ids, write_forensics, write_verdicts};
 use crate::record::ProbeRecord;
 use crate::step::{StepStats, StepView};
@@ -368,7 +369,7 @@ impl State {
             epoch: f64::NAN,
             wall_s: self.started.elapsed().as_secs_f64(),
             lr,
-            train_loss: rec.model.get("loss").copied(),
+            train_loss: rec.model.get(&Metric::Loss).copied(),
             train_acc: None,
             test_loss: None,
             test_acc: None,

@@ -18,6 +18,7 @@ use burn::tensor::Tensor;
 use gradscope_models::named_params;
 
 use crate::device::{Batch, grad_flat, grad_stats, l2, param_values};
+use crate::metric::Metric;
 use crate::step::GradPrefix;
 
 /// One parameter's gradient at one step.
@@ -63,29 +64,29 @@ impl ModuleGrads {
                 continue;
             };
             grad_stats(&mut batch, i, &g, GradPrefix::Weight);
-            batch.push(Some(i), "weight_l2", l2(w));
+            batch.push(Some(i), Metric::WeightL2, l2(w));
             kept.push(i);
         }
-        let read: BTreeMap<(usize, &'static str), f64> = batch
+        let read: BTreeMap<(usize, Metric), f64> = batch
             .read()
             .values
             .into_iter()
             .filter_map(|(p, k, v)| Some(((p?, k), v)))
             .collect();
-        let value = |i: usize, m: &'static str| read.get(&(i, m)).copied().unwrap_or(f64::NAN);
+        let value = |i: usize, m: Metric| read.get(&(i, m)).copied().unwrap_or(f64::NAN);
         let params = kept
             .iter()
             .map(|&i| {
                 let p = &named[i];
-                let (g, w) = (value(i, "grad_l2"), value(i, "weight_l2"));
+                let (g, w) = (value(i, Metric::GradL2), value(i, Metric::WeightL2));
                 ParamGrad {
                     path: p.path.clone(),
                     shape: p.shape.clone(),
                     grad_l2: g,
                     grad_rms: g / (p.numel().max(1) as f64).sqrt(),
-                    grad_max: value(i, "grad_max"),
-                    grad_zero_frac: value(i, "grad_zero_frac"),
-                    grad_nonfinite: value(i, "grad_nonfinite"),
+                    grad_max: value(i, Metric::GradMax),
+                    grad_zero_frac: value(i, Metric::GradZeroFrac),
+                    grad_nonfinite: value(i, Metric::GradNonfinite),
                     weight_l2: w,
                     grad_weight_ratio: if w == 0.0 { f64::NAN } else { g / w },
                     update_weight_ratio: None,
@@ -106,7 +107,7 @@ impl ModuleGrads {
         let mut batch = Batch::new();
         for (i, (old, new)) in self.before.iter().zip(now).enumerate() {
             if let (Some(old), Some(new)) = (old, new) {
-                batch.push(Some(i), "update_l2", l2(&(new - old.clone())));
+                batch.push(Some(i), Metric::UpdateL2, l2(&(new - old.clone())));
             }
         }
         for (i, _, u) in batch.read().values.into_iter().filter_map(|(p, k, v)| Some((p?, k, v))) {

@@ -17,6 +17,7 @@ use gradscope_train::{BackwardView, Control, Observer, RunInfo, StepInfo, Summar
 use crate::config::{ProbeConfig, ProbeSchedule, Reductions, RunConfig};
 use crate::device::{device_step, finish_device_step, param_values};
 use crate::host::{HostJob, Reading};
+use crate::metric::{Metric, Scope};
 use crate::record::{ProbeRecord, read_probe_csv};
 use crate::step::{StepStats, StepView};
 use crate::verdict::{WINDOW, judge};
@@ -129,14 +130,17 @@ pub struct Live {
 impl Live {
     fn of(rec: &ProbeRecord, points: &[ProbePoint]) -> Self {
         let profile = crate::verdict::profile_points(points);
-        let signal = |i: Option<&usize>| i.and_then(|&i| rec.get(i, "signal_rms"));
+        let signal = |i: Option<&usize>| i.and_then(|&i| rec.get(i, Metric::SignalRms));
         let signal_ratio = match (signal(profile.first()), signal(profile.last())) {
             (Some(first), Some(last)) if last > 0.0 => Some(first / last),
             _ => None,
         };
         let stuck: Vec<f64> = profile
             .iter()
-            .filter_map(|&i| rec.get(i, "dead_frac").or_else(|| rec.get(i, "saturated_frac")))
+            .filter_map(|&i| {
+                rec.get(i, Metric::DeadFrac)
+                    .or_else(|| rec.get(i, Metric::SaturatedFrac))
+            })
             .collect();
         Self {
             step: rec.step,
@@ -330,10 +334,9 @@ pub(crate) fn write_forensics(
 ) -> Result<String, TrainError> {
     let rec = records.last().expect("called with the non-finite record last");
     let (point, metric, value) = rec.first_nonfinite().expect("called on a non-finite record");
-    let layer = if point == usize::MAX {
-        "model".to_owned()
-    } else {
-        points[point].name.clone()
+    let layer = match point {
+        Scope::Model => "model".to_owned(),
+        Scope::Point(i) => points[i].name.clone(),
     };
     let cause = format!("{metric} of {layer} is {value} at step {}", rec.step);
     let json = serde_json::json!({
@@ -369,7 +372,7 @@ impl<M: Network> Observer<M> for GradientProbe {
         // Ratios divide by the latest weight norms: after a resume, those of
         // the last update step before the checkpoint, as the run had them.
         writer.weight_l2 = (0..self.points.len())
-            .map(|i| self.records.iter().rev().find_map(|r| r.get(i, "weight_l2")))
+            .map(|i| self.records.iter().rev().find_map(|r| r.get(i, Metric::WeightL2)))
             .collect();
         self.worker = Some(Worker::start(writer));
         self.started = Some(Instant::now());
@@ -504,8 +507,8 @@ mod tests {
         ];
         let mut rec = ProbeRecord::new(7, 3);
         for (i, (signal, dead)) in [(0.01, 0.5), (1.0, 0.0), (9.0, 0.0)].into_iter().enumerate() {
-            rec.layers[i].insert("signal_rms".into(), signal);
-            rec.layers[i].insert("dead_frac".into(), dead);
+            rec.layers[i].insert(Metric::SignalRms, signal);
+            rec.layers[i].insert(Metric::DeadFrac, dead);
         }
         let live = Live::of(&rec, &points);
         assert_eq!(live.step, 7);

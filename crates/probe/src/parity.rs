@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::metric::Metric;
 use crate::record::read_probe_csv;
 use crate::table::inspect;
 
@@ -104,13 +105,13 @@ pub fn compare(dirs: &[(String, &Path)], tol: f64) -> Result<Vec<ParityRow>, Str
         let mut max_grad = 0.0f64;
         for (ra, rb) in ref_probe.records.iter().zip(&other) {
             for (i, p) in ref_probe.points.iter().enumerate() {
-                if let (Some(a), Some(b)) = (ra.get(i, "grad_l2"), rb.get(i, "grad_l2")) {
+                if let (Some(a), Some(b)) = (ra.get(i, Metric::GradL2), rb.get(i, Metric::GradL2)) {
                     let r = rel(a, b);
                     max_grad = max_grad.max(r);
                     if r > tol && first.as_ref().is_none_or(|f| f.step > ra.step) {
                         first = Some(Divergence {
                             step: ra.step,
-                            quantity: "grad_l2".into(),
+                            quantity: Metric::GradL2.name().into(),
                             layer: Some(p.name.clone()),
                             reference: a,
                             other: b,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use gradscope_models::ProbePoint;
 
+use crate::metric::{Metric, Scope};
 use crate::step::{HIST_BINS, HIST_LO, HIST_WIDTH};
 
 /// Everything measured at one probe step.
@@ -13,9 +14,9 @@ use crate::step::{HIST_BINS, HIST_LO, HIST_WIDTH};
 pub struct ProbeRecord {
     pub step: u64,
     /// Model-wide values (`loss`).
-    pub model: BTreeMap<String, f64>,
+    pub model: BTreeMap<Metric, f64>,
     /// Per probe point (by index), metric -> value.
-    pub layers: Vec<BTreeMap<String, f64>>,
+    pub layers: Vec<BTreeMap<Metric, f64>>,
 }
 
 impl ProbeRecord {
@@ -28,21 +29,23 @@ impl ProbeRecord {
         }
     }
 
-    pub fn get(&self, point: usize, metric: &str) -> Option<f64> {
-        self.layers.get(point).and_then(|m| m.get(metric)).copied()
+    /// `metric` at probe point `point`, where it was measured.
+    pub fn get(&self, point: usize, metric: Metric) -> Option<f64> {
+        self.layers.get(point).and_then(|m| m.get(&metric)).copied()
     }
 
-    /// The first point and metric holding a non-finite value, in forward order.
-    pub fn first_nonfinite(&self) -> Option<(usize, String, f64)> {
+    /// The first value that is non-finite (or counts non-finite entries), in
+    /// forward order, the model-wide ones first.
+    pub fn first_nonfinite(&self) -> Option<(Scope, Metric, f64)> {
         if let Some((k, v)) = self.model.iter().find(|(_, v)| !v.is_finite()) {
-            return Some((usize::MAX, k.clone(), *v));
+            return Some((Scope::Model, *k, *v));
         }
         for (i, m) in self.layers.iter().enumerate() {
             if let Some((k, v)) = m
                 .iter()
-                .find(|(k, v)| !v.is_finite() || (k.ends_with("_nonfinite") && **v > 0.0))
+                .find(|(k, v)| !v.is_finite() || (k.counts_nonfinite() && **v > 0.0))
             {
-                return Some((i, k.clone(), *v));
+                return Some((Scope::Point(i), *k, *v));
             }
         }
         None
@@ -156,11 +159,14 @@ pub fn read_probe_csv(path: &Path, points: &[ProbePoint]) -> Result<Vec<ProbeRec
             });
         }
         let rec = records.last_mut().expect("just pushed");
+        let metric: Metric = cols[3]
+            .parse()
+            .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
         if cols[1] == "model" {
-            rec.model.insert(cols[3].to_owned(), value);
+            rec.model.insert(metric, value);
         } else {
             let i = points.iter().position(|p| p.name == cols[1]).ok_or_else(bad)?;
-            rec.layers[i].insert(cols[3].to_owned(), value);
+            rec.layers[i].insert(metric, value);
         }
     }
     Ok(records)

@@ -9,6 +9,7 @@ use gradscope_models::{ProbePoint, Trace};
 use gradscope_train::TapGrads;
 
 use crate::device::Batch;
+use crate::metric::Metric;
 
 /// Lower edge of the first |g| histogram bin, in log10 units (1e-20).
 pub const HIST_LO: f64 = -20.0;
@@ -49,7 +50,7 @@ pub struct StepView<'a> {
 /// still to be read (empty on the host path).
 #[derive(Default)]
 pub struct StepStats {
-    pub values: Vec<(Option<usize>, &'static str, f64)>,
+    pub values: Vec<(Option<usize>, Metric, f64)>,
     pub batch: Batch,
     pub vectors: Vec<(usize, VectorKind, Vec<f32>)>,
 }
@@ -63,14 +64,19 @@ pub enum GradPrefix {
 
 impl GradPrefix {
     /// Metric names of the L2 norm, max |g|, zero fraction and non-finite count.
-    pub fn names(self) -> [&'static str; 4] {
+    pub fn names(self) -> [Metric; 4] {
         match self {
-            GradPrefix::Weight => ["grad_l2", "grad_max", "grad_zero_frac", "grad_nonfinite"],
+            GradPrefix::Weight => [
+                Metric::GradL2,
+                Metric::GradMax,
+                Metric::GradZeroFrac,
+                Metric::GradNonfinite,
+            ],
             GradPrefix::Bias => [
-                "bias_grad_l2",
-                "bias_grad_max",
-                "bias_grad_zero_frac",
-                "bias_grad_nonfinite",
+                Metric::BiasGradL2,
+                Metric::BiasGradMax,
+                Metric::BiasGradZeroFrac,
+                Metric::BiasGradNonfinite,
             ],
         }
     }

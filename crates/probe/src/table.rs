@@ -4,6 +4,7 @@ use std::path::Path;
 
 use gradscope_models::{PointKind, ProbePoint, Regime};
 
+use crate::metric::Metric;
 use crate::record::{ProbeRecord, read_probe_csv};
 use crate::verdict::Verdicts;
 
@@ -96,8 +97,10 @@ pub fn render(ins: &Inspection) -> String {
     for (i, p) in ins.points.iter().enumerate() {
         let regime = p.activation.map(|a| a.regime());
         let units = match regime {
-            Some(Regime::Saturating) => last.get(i, "saturated_frac").map(|v| format!("sat {:.0}", v * 100.0)),
-            Some(Regime::Rectifying) => last.get(i, "dead_frac").map(|v| format!("dead {:.0}", v * 100.0)),
+            Some(Regime::Saturating) => last
+                .get(i, Metric::SaturatedFrac)
+                .map(|v| format!("sat {:.0}", v * 100.0)),
+            Some(Regime::Rectifying) => last.get(i, Metric::DeadFrac).map(|v| format!("dead {:.0}", v * 100.0)),
             _ => None,
         };
         let alerts: Vec<&str> = ins
@@ -117,8 +120,8 @@ pub fn render(ins: &Inspection) -> String {
         let next = ins.points[i + 1..].iter().position(|q| q.main_path).map(|k| i + 1 + k);
         let factor = match (
             p.main_path,
-            first.get(i, "signal_rms"),
-            next.and_then(|n| first.get(n, "signal_rms")),
+            first.get(i, Metric::SignalRms),
+            next.and_then(|n| first.get(n, Metric::SignalRms)),
         ) {
             (true, Some(here), Some(above)) if above > 0.0 => format!("x{}", ratio(here / above)),
             _ => "-".into(),
@@ -126,11 +129,11 @@ pub fn render(ins: &Inspection) -> String {
         out.push_str(&format!(
             "{:<24} {:>11} {:>11} {:>9} {:>11} {:>11} {:>12}  {}\n",
             name,
-            sci(first.get(i, "signal_rms")),
-            sci(last.get(i, "signal_rms")),
+            sci(first.get(i, Metric::SignalRms)),
+            sci(last.get(i, Metric::SignalRms)),
             factor,
-            sci(first.get(i, "grad_l2")),
-            sci(last.get(i, "grad_l2")),
+            sci(first.get(i, Metric::GradL2)),
+            sci(last.get(i, Metric::GradL2)),
             units.unwrap_or_else(|| "-".into()),
             alerts.join(", ")
         ));

@@ -18,6 +18,7 @@ use gradscope_models::{Activation, PointKind, ProbePoint, Regime};
 use gradscope_train::files::json_float;
 use gradscope_train::metrics::Divergence;
 
+use crate::metric::{Metric, Scope};
 use crate::record::ProbeRecord;
 
 /// First/last signal ratio below which gradients vanish.
@@ -198,7 +199,7 @@ fn attenuation(points: &[ProbePoint], records: &[ProbeRecord], profile: &[usize]
         return None;
     }
     let per_layer = |r: &ProbeRecord| {
-        let f = (r.get(lo, "signal_rms")? / r.get(hi, "signal_rms")?).powf(1.0 / (profile.len() - 1) as f64);
+        let f = (r.get(lo, Metric::SignalRms)? / r.get(hi, Metric::SignalRms)?).powf(1.0 / (profile.len() - 1) as f64);
         f.is_finite().then_some(f)
     };
     let first = records.first()?;
@@ -206,7 +207,7 @@ fn attenuation(points: &[ProbePoint], records: &[ProbeRecord], profile: &[usize]
     all.sort_by(f64::total_cmp);
     let through: Vec<f64> = profile
         .iter()
-        .filter_map(|&i| Some(first.get(i, "preact_signal_l2")? / first.get(i, "signal_l2")?))
+        .filter_map(|&i| Some(first.get(i, Metric::PreactSignalL2)? / first.get(i, Metric::SignalL2)?))
         .filter(|x| x.is_finite() && *x > 0.0)
         .collect();
     let bound = profile
@@ -297,7 +298,10 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
     let acts: Vec<Activation> = profile.iter().filter_map(|&i| points[i].activation).collect();
     let saturating = acts.iter().any(|a| a.regime() == Regime::Saturating);
     let sat_frac = records.last().map_or(0.0, |r| {
-        let v: Vec<f64> = profile.iter().filter_map(|&i| r.get(i, "saturated_frac")).collect();
+        let v: Vec<f64> = profile
+            .iter()
+            .filter_map(|&i| r.get(i, Metric::SaturatedFrac))
+            .collect();
         if v.is_empty() {
             0.0
         } else {
@@ -333,8 +337,8 @@ fn vanishing_remedies(points: &[ProbePoint], records: &[ProbeRecord], profile: &
             .iter()
             .filter_map(|&i| {
                 let p = &points[i];
-                let (fan_in, fan_out) = fans(p, r0.get(i, "weight_numel")?)?;
-                let rms = r0.get(i, "weight_l2")? / r0.get(i, "weight_numel")?.sqrt();
+                let (fan_in, fan_out) = fans(p, r0.get(i, Metric::WeightNumel)?)?;
+                let rms = r0.get(i, Metric::WeightL2)? / r0.get(i, Metric::WeightNumel)?.sqrt();
                 let xavier = (2.0 / (fan_in + fan_out)).sqrt();
                 (rms < 0.5 * xavier).then(|| format!("{} (weight RMS {rms:.2e} vs Xavier {xavier:.2e})", p.name))
             })
@@ -386,7 +390,7 @@ fn num(x: f64) -> String {
 
 /// RMS of a point's forward output, from its mean and standard deviation.
 fn act_rms(r: &ProbeRecord, point: usize) -> Option<f64> {
-    let (m, s) = (r.get(point, "act_mean")?, r.get(point, "act_std")?);
+    let (m, s) = (r.get(point, Metric::ActMean)?, r.get(point, Metric::ActStd)?);
     Some((m * m + s * s).sqrt())
 }
 
@@ -431,7 +435,7 @@ pub fn judge(
     let mut alerts = Vec::new();
     let mut notes = Vec::new();
     let uniform_loss = (classes.max(2) as f64).ln();
-    let initial_loss = records.first().and_then(|r| r.model.get("loss").copied());
+    let initial_loss = records.first().and_then(|r| r.model.get(&Metric::Loss).copied());
     let high_start = initial_loss
         .filter(|l| *l > INITIAL_LOSS_FACTOR * uniform_loss)
         .map(|l| (records[0].step, l));
@@ -448,7 +452,10 @@ pub fn judge(
         (Some(d), Some((step, ..))) => Some((*step, d.cause.clone())),
         (Some(d), None) => Some((d.step, d.cause.clone())),
         (None, Some((step, i, metric, v))) => {
-            let layer = points.get(*i).map_or("the model", |p| p.name.as_str());
+            let layer = match i {
+                Scope::Model => "the model",
+                Scope::Point(i) => points[*i].name.as_str(),
+            };
             Some((*step, format!("{metric} of {layer} is {v} at step {step}")))
         }
         (None, None) => None,
@@ -521,33 +528,39 @@ pub fn judge(
     let names = |idx: &[usize]| idx.iter().map(|&i| points[i].name.clone()).collect::<Vec<_>>();
     if profile.len() >= 2 {
         let (first, last) = (profile[0], profile[profile.len() - 1]);
-        let ratio = |r: &ProbeRecord| Some(r.get(first, "signal_rms")? / r.get(last, "signal_rms")?);
+        let ratio = |r: &ProbeRecord| Some(r.get(first, Metric::SignalRms)? / r.get(last, Metric::SignalRms)?);
         let db = |r: &ProbeRecord| ratio(r).map(|x| db_per_layer(x, 1.0, profile.len()));
-        let gw = |r: &ProbeRecord| Some(r.get(first, "grad_weight_ratio")? / r.get(last, "grad_weight_ratio")?);
+        let gw = |r: &ProbeRecord| Some(r.get(first, Metric::GradWeightRatio)? / r.get(last, Metric::GradWeightRatio)?);
+        // Which of the vanishing rule's three tests held.
+        enum By {
+            SignalRatio,
+            DbPerLayer,
+            GradWeightRatio,
+        }
         let vanish = sustained(records, ratio, |x| x < VANISHING_RATIO)
-            .map(|w| (w, "signal_ratio", VANISHING_RATIO))
+            .map(|w| (w, By::SignalRatio, VANISHING_RATIO))
             .or_else(|| {
                 // The slope rule needs depth: one sigmoid layer alone attenuates by 12 dB and is fine.
                 (profile.len() >= MIN_SLOPE_LAYERS)
                     .then(|| {
-                        sustained(records, db, |x| x < -ATTENUATION_DB).map(|w| (w, "db_per_layer", -ATTENUATION_DB))
+                        sustained(records, db, |x| x < -ATTENUATION_DB).map(|w| (w, By::DbPerLayer, -ATTENUATION_DB))
                     })
                     .flatten()
             })
             .or_else(|| {
-                sustained(records, gw, |x| x < VANISHING_RATIO).map(|w| (w, "grad_weight_ratio", VANISHING_RATIO))
+                sustained(records, gw, |x| x < VANISHING_RATIO).map(|w| (w, By::GradWeightRatio, VANISHING_RATIO))
             });
         if let Some(((steps, measured), what, threshold)) = vanish {
             let evidence = match what {
-                "signal_ratio" => format!(
+                By::SignalRatio => format!(
                     "back-propagated signal RMS at {} is {measured:.2e} of that at {} (median over the window)",
                     points[first].name, points[last].name
                 ),
-                "db_per_layer" => format!(
+                By::DbPerLayer => format!(
                     "signal falls {:.1} dB per layer toward the input (threshold {ATTENUATION_DB} dB)",
                     -measured
                 ),
-                _ => format!(
+                By::GradWeightRatio => format!(
                     "grad:weight ratio at {} is {measured:.2e} of that at {}",
                     points[first].name, points[last].name
                 ),
@@ -563,7 +576,10 @@ pub fn judge(
             });
         }
         let nonfinite = records.iter().any(|r| r.first_nonfinite().is_some());
-        let losses: Vec<f64> = records.iter().filter_map(|r| r.model.get("loss").copied()).collect();
+        let losses: Vec<f64> = records
+            .iter()
+            .filter_map(|r| r.model.get(&Metric::Loss).copied())
+            .collect();
         let min_loss = losses.iter().copied().fold(f64::INFINITY, f64::min);
         let rising = losses.last().is_some_and(|l| *l > 1.5 * min_loss);
         if let Some((steps, measured)) = sustained(records, ratio, |x| x > 1.0 / VANISHING_RATIO)
@@ -604,7 +620,7 @@ pub fn judge(
             Regime::Rectifying => {
                 let dead = records
                     .iter()
-                    .filter_map(|r| r.get(i, "dead_window_frac").map(|v| (r.step, v)))
+                    .filter_map(|r| r.get(i, Metric::DeadWindowFrac).map(|v| (r.step, v)))
                     .find(|(_, v)| *v > UNIT_FRACTION);
                 if let Some((step, v)) = dead {
                     alerts.push(Alert {
@@ -628,7 +644,7 @@ pub fn judge(
             }
             Regime::Saturating => {
                 if let Some((steps, measured)) =
-                    sustained(records, |r| r.get(i, "saturated_frac"), |x| x > UNIT_FRACTION)
+                    sustained(records, |r| r.get(i, Metric::SaturatedFrac), |x| x > UNIT_FRACTION)
                 {
                     alerts.push(Alert {
                         rule: Rule::Saturation,
@@ -668,14 +684,14 @@ fn audit(points: &[ProbePoint], first: Option<&ProbeRecord>, profile: &[usize]) 
             let (lo, hi) = (w[0], w[1]);
             let p = &points[hi];
             let measured_gain = r
-                .get(lo, "signal_rms")
-                .zip(r.get(hi, "signal_rms"))
+                .get(lo, Metric::SignalRms)
+                .zip(r.get(hi, Metric::SignalRms))
                 .map(|(a, b)| a / b)
                 .filter(|g| g.is_finite());
             let predicted_gain = (p.kind == PointKind::Dense && !p.has_norm)
                 .then(|| {
-                    let numel = r.get(hi, "weight_numel")?;
-                    let var = r.get(hi, "weight_l2")?.powi(2) / numel;
+                    let numel = r.get(hi, Metric::WeightNumel)?;
+                    let var = r.get(hi, Metric::WeightL2)?.powi(2) / numel;
                     let fan_out = *p.shape.first()? as f64;
                     Some((fan_out * var).sqrt() * typical_derivative(p.activation)?)
                 })
@@ -727,15 +743,15 @@ mod tests {
         points: &[ProbePoint],
         steps: u64,
         loss: impl Fn(u64) -> f64,
-        layer: impl Fn(u64, usize) -> Vec<(&'static str, f64)>,
+        layer: impl Fn(u64, usize) -> Vec<(Metric, f64)>,
     ) -> Vec<ProbeRecord> {
         (0..steps)
             .map(|step| {
                 let mut r = ProbeRecord::new(step, points.len());
-                r.model.insert("loss".into(), loss(step));
+                r.model.insert(Metric::Loss, loss(step));
                 for i in 0..points.len() {
                     for (k, v) in layer(step, i) {
-                        r.layers[i].insert(k.into(), v);
+                        r.layers[i].insert(k, v);
                     }
                 }
                 r
@@ -748,8 +764,8 @@ mod tests {
     }
 
     /// A signal that changes by `gain` per layer toward the input.
-    fn signal(gain: f64, depth: usize) -> impl Fn(u64, usize) -> Vec<(&'static str, f64)> {
-        move |_, i| vec![("signal_rms", gain.powi((depth - i) as i32))]
+    fn signal(gain: f64, depth: usize) -> impl Fn(u64, usize) -> Vec<(Metric, f64)> {
+        move |_, i| vec![(Metric::SignalRms, gain.powi((depth - i) as i32))]
     }
 
     #[test]
@@ -780,7 +796,11 @@ mod tests {
             |_| 2.3,
             |step, i| {
                 let s = f64::powi(0.25 + 0.01 * step as f64, (10 - i) as i32);
-                vec![("signal_rms", s), ("signal_l2", 4.0 * s), ("preact_signal_l2", 0.8 * s)]
+                vec![
+                    (Metric::SignalRms, s),
+                    (Metric::SignalL2, 4.0 * s),
+                    (Metric::PreactSignalL2, 0.8 * s),
+                ]
             },
         );
         let a = judge(&points, &recs, 10, None).attenuation.unwrap();
@@ -808,7 +828,7 @@ mod tests {
             |_| 2.3,
             |step, i| {
                 let gain = if step % 10 < 7 { 0.25 } else { 1.0 };
-                vec![("signal_rms", f64::powi(gain, (10 - i) as i32))]
+                vec![(Metric::SignalRms, f64::powi(gain, (10 - i) as i32))]
             },
         );
         assert!(!rules(&judge(&points, &recs, 10, None)).contains(&Rule::Vanishing));
@@ -837,7 +857,7 @@ mod tests {
         // The measured value of an exploding verdict can be infinite; it reads back.
         let mut recs = records(&points, 20, |s| 2.0 + s as f64, signal(2.0, 10));
         for r in &mut recs {
-            r.layers[0].insert("signal_rms".into(), f64::INFINITY);
+            r.layers[0].insert(Metric::SignalRms, f64::INFINITY);
         }
         let v = judge(&points, &recs, 10, None);
         let a = v.alerts.iter().find(|a| a.rule == Rule::Exploding).unwrap();
@@ -864,9 +884,9 @@ mod tests {
                 12,
                 |_| 2.3,
                 move |_, i| {
-                    let mut m = vec![("signal_rms", 1.0)];
+                    let mut m = vec![(Metric::SignalRms, 1.0)];
                     if i == 1 {
-                        m.push(("dead_window_frac", frac));
+                        m.push((Metric::DeadWindowFrac, frac));
                     }
                     m
                 },
@@ -886,7 +906,7 @@ mod tests {
                 &points,
                 12,
                 |_| 2.3,
-                move |_, _| vec![("signal_rms", 1.0), ("saturated_frac", frac)],
+                move |_, _| vec![(Metric::SignalRms, 1.0), (Metric::SaturatedFrac, frac)],
             );
             let v = judge(&points, &recs, 10, None);
             (rules(&v).contains(&Rule::Saturation), v.verdict)
@@ -903,7 +923,7 @@ mod tests {
         let act = |growth: f64| {
             move |_: u64, i: usize| {
                 let rms = growth.powf(i as f64 / 9.0);
-                vec![("signal_rms", 1.0), ("act_mean", 0.0), ("act_std", rms)]
+                vec![(Metric::SignalRms, 1.0), (Metric::ActMean, 0.0), (Metric::ActStd, rms)]
             }
         };
         let v = judge(&points, &records(&points, 12, |_| 230.0, act(213.0)), 10, None);
@@ -945,7 +965,7 @@ mod tests {
         assert!(a.remedies.iter().any(|r| r.contains("learning rate")));
         // A non-finite probe value alone is enough, and outranks vanishing.
         let mut recs = records(&points, 12, |_| 2.3, signal(0.25, 10));
-        recs[11].layers[2].insert("signal_rms".into(), f64::NAN);
+        recs[11].layers[2].insert(Metric::SignalRms, f64::NAN);
         let v = judge(&points, &recs, 10, None);
         assert_eq!(v.verdict, Verdict::Diverged);
         assert!(rules(&v).contains(&Rule::Vanishing));

@@ -23,6 +23,7 @@ use gradscope_train::TrainError;
 use gradscope_train::files::LineLog;
 
 use crate::host::HostJob;
+use crate::metric::Metric;
 use crate::record::{HIST_HEADER, PROBE_HEADER, ProbeRecord, hist_lines};
 use crate::step::{StepStats, VectorKind};
 use gradscope_train::run_dir::{PROBE_FILE, PROBE_HIST_FILE};
@@ -118,7 +119,7 @@ impl Writer {
                 VectorKind::Histogram => hists.push((i, v.into_iter().map(f64::from).collect::<Vec<_>>())),
                 VectorKind::UnitMaxAbs => {
                     // Units at zero for every sample of this batch.
-                    rec.layers[i].insert("dead_frac".into(), dead_fraction(&v));
+                    rec.layers[i].insert(Metric::DeadFrac, dead_fraction(&v));
                     let acc = self.alive[i].get_or_insert_with(|| vec![0.0; v.len()]);
                     acc.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
                 }
@@ -128,30 +129,30 @@ impl Writer {
             // Units that stayed at zero for every sample of every probed batch in the window.
             for (i, acc) in self.alive.iter_mut().enumerate() {
                 if let Some(a) = acc.take() {
-                    rec.layers[i].insert("dead_window_frac".into(), dead_fraction(&a));
+                    rec.layers[i].insert(Metric::DeadWindowFrac, dead_fraction(&a));
                 }
             }
         }
         for (layer, latest) in rec.layers.iter_mut().zip(&mut self.weight_l2) {
-            if let Some(w) = layer.get("weight_l2") {
+            if let Some(w) = layer.get(&Metric::WeightL2) {
                 *latest = Some(*w);
             }
-            let Some(g) = layer.get("grad_l2").copied() else {
+            let Some(g) = layer.get(&Metric::GradL2).copied() else {
                 continue;
             };
-            if let Some(n) = layer.get("weight_numel").copied() {
-                layer.insert("grad_rms".into(), g / n.sqrt());
+            if let Some(n) = layer.get(&Metric::WeightNumel).copied() {
+                layer.insert(Metric::GradRms, g / n.sqrt());
             }
             // Ratios to a zero weight (a zero-initialised layer) are undefined, not divergent.
             if let Some(w) = latest.filter(|w| *w != 0.0) {
-                layer.insert("grad_weight_ratio".into(), g / w);
+                layer.insert(Metric::GradWeightRatio, g / w);
             }
             // The update relative to the weights it started from: a zero-initialised
             // layer's first update has no ratio (against the weights after it, it
             // would read exactly 1).
-            let before = layer.remove("weight_before_l2").filter(|w| *w != 0.0);
-            if let (Some(u), Some(w)) = (layer.remove("update_l2"), before) {
-                layer.insert("update_weight_ratio".into(), u / w);
+            let before = layer.remove(&Metric::WeightBeforeL2).filter(|w| *w != 0.0);
+            if let (Some(u), Some(w)) = (layer.remove(&Metric::UpdateL2), before) {
+                layer.insert(Metric::UpdateWeightRatio, u / w);
             }
         }
         let lines = rec.csv_lines(&self.points);
@@ -298,12 +299,12 @@ mod tests {
 
     fn stats(dead_units: &[f32]) -> StepStats {
         let mut s = StepStats::default();
-        s.values.push((None, "loss", 2.3));
-        s.values.push((Some(0), "grad_l2", 0.5));
-        s.values.push((Some(0), "weight_l2", 2.0));
-        s.values.push((Some(0), "weight_numel", 16.0));
-        s.values.push((Some(0), "update_l2", 0.01));
-        s.values.push((Some(0), "weight_before_l2", 2.0));
+        s.values.push((None, Metric::Loss, 2.3));
+        s.values.push((Some(0), Metric::GradL2, 0.5));
+        s.values.push((Some(0), Metric::WeightL2, 2.0));
+        s.values.push((Some(0), Metric::WeightNumel, 16.0));
+        s.values.push((Some(0), Metric::UpdateL2, 0.01));
+        s.values.push((Some(0), Metric::WeightBeforeL2, 2.0));
         s.vectors.push((0, VectorKind::UnitMaxAbs, dead_units.to_vec()));
         s
     }
@@ -340,12 +341,12 @@ mod tests {
         let (threaded, csv) = run(true);
         assert_eq!((threaded.clone(), csv.clone()), run(false));
         let last = &threaded[1];
-        assert_eq!(last.get(0, "dead_frac"), Some(0.5));
+        assert_eq!(last.get(0, Metric::DeadFrac), Some(0.5));
         // Unit 0 was zero in both batches; unit 2 only in the first.
-        assert_eq!(last.get(0, "dead_window_frac"), Some(0.25));
-        assert_eq!(last.get(0, "grad_weight_ratio"), Some(0.25));
-        assert_eq!(last.get(0, "update_weight_ratio"), Some(0.005));
-        assert_eq!(last.get(0, "update_l2"), None, "turned into the ratio");
+        assert_eq!(last.get(0, Metric::DeadWindowFrac), Some(0.25));
+        assert_eq!(last.get(0, Metric::GradWeightRatio), Some(0.25));
+        assert_eq!(last.get(0, Metric::UpdateWeightRatio), Some(0.005));
+        assert_eq!(last.get(0, Metric::UpdateL2), None, "turned into the ratio");
         assert!(csv.contains("1,hidden.0,0,dead_window_frac,0.25"), "{csv}");
     }
 
@@ -357,12 +358,12 @@ mod tests {
         let mut w = writer(dir.path());
         let record = |w: &mut Writer, step: u64, grad: f64, weight: Option<f64>| {
             let mut s = StepStats::default();
-            s.values.push((Some(0), "grad_l2", grad));
-            s.values.push((Some(0), "weight_numel", 16.0));
+            s.values.push((Some(0), Metric::GradL2, grad));
+            s.values.push((Some(0), Metric::WeightNumel, 16.0));
             if let Some(weight) = weight {
-                s.values.push((Some(0), "weight_l2", weight));
-                s.values.push((Some(0), "update_l2", 0.1 * weight));
-                s.values.push((Some(0), "weight_before_l2", weight));
+                s.values.push((Some(0), Metric::WeightL2, weight));
+                s.values.push((Some(0), Metric::UpdateL2, 0.1 * weight));
+                s.values.push((Some(0), Metric::WeightBeforeL2, weight));
             }
             let meta = Meta {
                 step,
@@ -372,22 +373,29 @@ mod tests {
             w.write(meta, s).unwrap()
         };
         let first = record(&mut w, 0, 1.0, Some(4.0));
-        assert_eq!(first.get(0, "grad_weight_ratio"), Some(0.25));
-        assert_eq!(first.get(0, "update_weight_ratio"), Some(0.1));
+        assert_eq!(first.get(0, Metric::GradWeightRatio), Some(0.25));
+        assert_eq!(first.get(0, Metric::UpdateWeightRatio), Some(0.1));
         let between = record(&mut w, 1, 2.0, None);
-        assert_eq!(between.get(0, "grad_weight_ratio"), Some(0.5), "against step 0's norm");
-        assert_eq!(between.get(0, "grad_rms"), Some(0.5));
-        assert_eq!(between.get(0, "weight_l2"), None);
-        assert_eq!(between.get(0, "update_weight_ratio"), None);
+        assert_eq!(
+            between.get(0, Metric::GradWeightRatio),
+            Some(0.5),
+            "against step 0's norm"
+        );
+        assert_eq!(between.get(0, Metric::GradRms), Some(0.5));
+        assert_eq!(between.get(0, Metric::WeightL2), None);
+        assert_eq!(between.get(0, Metric::UpdateWeightRatio), None);
         let next = record(&mut w, 2, 2.0, Some(8.0));
-        assert_eq!(next.get(0, "grad_weight_ratio"), Some(0.25), "the new norm");
+        assert_eq!(next.get(0, Metric::GradWeightRatio), Some(0.25), "the new norm");
         let zero = record(&mut w, 3, 2.0, Some(0.0));
-        assert_eq!(zero.get(0, "grad_weight_ratio"), None);
-        assert_eq!(zero.get(0, "grad_rms"), Some(0.5), "needs no weight norm");
+        assert_eq!(zero.get(0, Metric::GradWeightRatio), None);
+        assert_eq!(zero.get(0, Metric::GradRms), Some(0.5), "needs no weight norm");
         let csv = std::fs::read_to_string(dir.path().join("probe.csv")).unwrap();
         assert!(csv.contains("1,hidden.0,0,grad_weight_ratio,0.5"), "{csv}");
         assert!(!csv.contains("1,hidden.0,0,weight_l2"), "{csv}");
-        assert!(!csv.contains("weight_before_l2"), "consumed by the ratio: {csv}");
+        assert!(
+            !csv.contains(Metric::WeightBeforeL2.name()),
+            "consumed by the ratio: {csv}"
+        );
     }
 
     /// A zero-initialised layer's first update has no update:weight ratio (it
@@ -397,19 +405,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());
         let mut s = StepStats::default();
-        s.values.push((Some(0), "grad_l2", 1.0));
-        s.values.push((Some(0), "weight_l2", 0.3));
-        s.values.push((Some(0), "update_l2", 0.3));
-        s.values.push((Some(0), "weight_before_l2", 0.0));
+        s.values.push((Some(0), Metric::GradL2, 1.0));
+        s.values.push((Some(0), Metric::WeightL2, 0.3));
+        s.values.push((Some(0), Metric::UpdateL2, 0.3));
+        s.values.push((Some(0), Metric::WeightBeforeL2, 0.0));
         let meta = Meta {
             step: 0,
             update: true,
             window_end: false,
         };
         let rec = w.write(meta, s).unwrap();
-        assert_eq!(rec.get(0, "update_weight_ratio"), None);
-        assert_eq!(rec.get(0, "update_l2"), None);
-        assert_eq!(rec.get(0, "weight_before_l2"), None);
+        assert_eq!(rec.get(0, Metric::UpdateWeightRatio), None);
+        assert_eq!(rec.get(0, Metric::UpdateL2), None);
+        assert_eq!(rec.get(0, Metric::WeightBeforeL2), None);
     }
 
     /// A job handed over while the worker polls, and one after it has gone

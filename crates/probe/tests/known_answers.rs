@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use gradscope_probe::Metric;
 use gradscope_probe::verdict::{Rule, Verdict};
 use gradscope_probe::{GradientProbe, ProbeConfig, ProbeRecord, ProbeSchedule, Reductions, Verdicts, judge};
 use gradscope_train::{ModelChoice, Optimizer, TrainConfig};
@@ -152,8 +153,8 @@ fn hidden_signal_matches_the_hand_computed_gradient() {
     })));
     t.run().unwrap();
     let ins = gradscope_probe::inspect(&run).unwrap();
-    let measured_hidden = ins.records[0].get(0, "signal_l2").unwrap();
-    let measured_head = ins.records[0].get(1, "signal_l2").unwrap();
+    let measured_hidden = ins.records[0].get(0, Metric::SignalL2).unwrap();
+    let measured_head = ins.records[0].get(1, Metric::SignalL2).unwrap();
 
     // By hand: z = h W2 + b2; dL/dz = (softmax(z) - onehot(y)) / B; dL/dh = dL/dz W2^T.
     let device = burn::tensor::Device::flex();
@@ -224,8 +225,12 @@ fn host_and_device_reductions_agree() {
         for (n, r) in host.iter().chain(&device).enumerate() {
             // Update steps (every 3rd probed step here) read the weights; every
             // step has a grad:weight ratio, against the latest weight norm.
-            assert_eq!(r.get(0, "weight_l2").is_some(), n % 12 % 3 == 0, "{preset} record {n}");
-            assert!(r.get(0, "grad_weight_ratio").is_some(), "{preset} record {n}");
+            assert_eq!(
+                r.get(0, Metric::WeightL2).is_some(),
+                n % 12 % 3 == 0,
+                "{preset} record {n}"
+            );
+            assert!(r.get(0, Metric::GradWeightRatio).is_some(), "{preset} record {n}");
         }
         let mut compared = 0;
         for (h, d) in host.iter().zip(&device) {
@@ -241,10 +246,10 @@ fn host_and_device_reductions_agree() {
                 for (k, hv) in hl {
                     let dv = dl[k];
                     let mut tol = 1e-4 * hv.abs().max(dv.abs()) + 1e-7;
-                    if k == "act_mean" {
+                    if *k == Metric::ActMean {
                         // A mean near 0 of values of size `act_std` (a BatchNorm's
                         // output) carries f32 rounding of that size, not of its own.
-                        tol += 1e-5 * hl.get("act_std").copied().unwrap_or(0.0);
+                        tol += 1e-5 * hl.get(&Metric::ActStd).copied().unwrap_or(0.0);
                     }
                     assert!(
                         (hv - dv).abs() <= tol,

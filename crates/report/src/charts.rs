@@ -1,6 +1,7 @@
 //! Charts as SVG strings (plotters' SVG backend: no system fonts needed), each
 //! with the CSV of the data it draws.
 
+use gradscope_probe::Metric;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -46,27 +47,27 @@ impl XAxis {
     }
 }
 
-/// A convergence metric from `metrics.csv`.
+/// A convergence curve from `metrics.csv`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
+pub enum Curve {
     TrainLoss,
     TestLoss,
     TestAcc,
 }
 
-impl Metric {
+impl Curve {
     fn name(self) -> &'static str {
         match self {
-            Metric::TrainLoss => "loss_train",
-            Metric::TestLoss => "loss_test",
-            Metric::TestAcc => "acc_test",
+            Curve::TrainLoss => "loss_train",
+            Curve::TestLoss => "loss_test",
+            Curve::TestAcc => "acc_test",
         }
     }
     fn axis(self) -> &'static str {
         match self {
-            Metric::TrainLoss => "training loss (cross-entropy)",
-            Metric::TestLoss => "test loss (cross-entropy)",
-            Metric::TestAcc => "test accuracy (%)",
+            Curve::TrainLoss => "training loss (cross-entropy)",
+            Curve::TestLoss => "test loss (cross-entropy)",
+            Curve::TestAcc => "test accuracy (%)",
         }
     }
 }
@@ -93,18 +94,18 @@ fn moving_average(v: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
 
 /// Whether any run logged `metric` (a training loop of the user's own logs
 /// no test metrics: no empty chart is drawn for them).
-pub fn logged(runs: &[RunData], metric: Metric) -> bool {
+pub fn logged(runs: &[RunData], metric: Curve) -> bool {
     runs.iter().any(|r| !series(r, metric, XAxis::Step).is_empty())
 }
 
-fn series(run: &RunData, metric: Metric, x: XAxis) -> Vec<(f64, f64)> {
+fn series(run: &RunData, metric: Curve, x: XAxis) -> Vec<(f64, f64)> {
     run.metrics
         .iter()
         .filter_map(|r| {
             let y = match metric {
-                Metric::TrainLoss => r.train_loss,
-                Metric::TestLoss => r.test_loss,
-                Metric::TestAcc => r.test_acc.map(|a| a * 100.0),
+                Curve::TrainLoss => r.train_loss,
+                Curve::TestLoss => r.test_loss,
+                Curve::TestAcc => r.test_acc.map(|a| a * 100.0),
             }?;
             let x = match x {
                 XAxis::Step => r.step as f64,
@@ -342,7 +343,7 @@ fn group_lines(
 pub fn convergence(
     runs: &[RunData],
     groups: &[(String, Vec<usize>)],
-    metric: Metric,
+    metric: Curve,
     x: XAxis,
     smooth: usize,
 ) -> Result<Chart, String> {
@@ -353,7 +354,7 @@ pub fn convergence(
         .filter(|y| *y > 0.0)
         .collect();
     let span = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max) / ys.iter().copied().fold(f64::INFINITY, f64::min);
-    let log_y = metric != Metric::TestAcc && span > 20.0;
+    let log_y = metric != Curve::TestAcc && span > 20.0;
     let compared = groups.iter().map(|g| g.0.as_str()).collect::<Vec<_>>().join(" vs ");
     // A title that fits the chart's width; the legend below names every line.
     let title = match format!("{}: {compared}", metric.axis()) {
@@ -385,7 +386,7 @@ fn profile(run: &RunData) -> Vec<(f64, usize)> {
 
 /// Per-layer profile of `metric` (signal or weight-gradient norm) against
 /// relative depth at the first, an early, and the last probe step of each run.
-pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart, String> {
+pub fn flow_profile(runs: &[RunData], metric: Metric, axis: &str) -> Result<Chart, String> {
     let mut lines = Vec::new();
     for run in runs.iter().filter(|r| !r.probe.is_empty()) {
         let n = run.probe.len();
@@ -408,7 +409,7 @@ pub fn flow_profile(runs: &[RunData], metric: &str, axis: &str) -> Result<Chart,
     Ok(Chart {
         name: format!("flow_{metric}"),
         svg: line_chart(&title, "relative depth", axis, &lines, true)?,
-        csv: csv_of(&lines, "relative_depth", metric),
+        csv: csv_of(&lines, "relative_depth", metric.name()),
         title,
     })
 }
@@ -423,10 +424,10 @@ pub enum LayerSeries {
 }
 
 impl LayerSeries {
-    fn metric(self) -> &'static str {
+    fn metric(self) -> Metric {
         match self {
-            LayerSeries::GradL2 => "grad_l2",
-            LayerSeries::SignalRms => "signal_rms",
+            LayerSeries::GradL2 => Metric::GradL2,
+            LayerSeries::SignalRms => Metric::SignalRms,
         }
     }
     fn what(self) -> (&'static str, &'static str) {
@@ -631,7 +632,7 @@ pub const LAYER_LINES: usize = PALETTE.len();
 pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
     let mut lines = Vec::new();
     for run in runs.iter().filter(|r| !r.probe.is_empty()) {
-        for metric in ["saturated_frac", "dead_frac"] {
+        for metric in [Metric::SaturatedFrac, Metric::DeadFrac] {
             let layers = profile(run);
             let points: Vec<(f64, f64)> = run
                 .probe
@@ -642,7 +643,7 @@ pub fn regimes(runs: &[RunData]) -> Result<Chart, String> {
                 })
                 .collect();
             if !points.is_empty() {
-                let what = if metric == "saturated_frac" {
+                let what = if metric == Metric::SaturatedFrac {
                     "saturated"
                 } else {
                     "dead"
@@ -744,7 +745,7 @@ fn colour_bar(area: &DrawingArea<SVGBackend, Shift>, lo: f64, hi: f64, cells: &C
 
 /// Layer x step heatmap of log10 `metric` for each run, on one colour scale
 /// shared by all runs so that they can be compared.
-pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, String> {
+pub fn spectrogram(runs: &[RunData], metric: Metric, what: &str) -> Result<Chart, String> {
     let runs: Vec<&RunData> = runs.iter().filter(|r| !r.probe.is_empty()).collect();
     let logs: Vec<f64> = runs
         .iter()
@@ -854,7 +855,7 @@ pub fn spectrogram(runs: &[RunData], metric: &str, what: &str) -> Result<Chart, 
 pub fn start_profile(
     runs: &[RunData],
     groups: &[(String, Vec<usize>)],
-    metric: &str,
+    metric: Metric,
     axis: &str,
 ) -> Result<Chart, String> {
     let lines = group_lines(runs, groups, |run| {
@@ -870,7 +871,7 @@ pub fn start_profile(
     Ok(Chart {
         name: format!("start_{metric}"),
         svg: line_chart(&title, "relative depth", axis, &lines, true)?,
-        csv: csv_of(&lines, "relative_depth", metric),
+        csv: csv_of(&lines, "relative_depth", metric.name()),
         title: format!(
             "{title}; a layer whose signal is exactly 0 (every unit dead) has no point on the log axis, so a net dead near its output shows only its last layers"
         ),
@@ -880,7 +881,7 @@ pub fn start_profile(
 /// Mean share of dead (ReLU) or saturated (sigmoid/tanh) units over the
 /// main-path layers against steps, one line per group (mean over its seeds).
 pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Result<Chart, String> {
-    let share = |run: &RunData, metric: &str| -> Vec<(f64, f64)> {
+    let share = |run: &RunData, metric: Metric| -> Vec<(f64, f64)> {
         let layers = profile(run);
         run.probe
             .iter()
@@ -892,9 +893,9 @@ pub fn regimes_by_group(runs: &[RunData], groups: &[(String, Vec<usize>)]) -> Re
     };
     let mut lines = Vec::new();
     for (metric, what) in [
-        ("dead_frac", "dead"),
-        ("saturated_frac", "saturated"),
-        ("negative_frac", "on the negative slope"),
+        (Metric::DeadFrac, "dead"),
+        (Metric::SaturatedFrac, "saturated"),
+        (Metric::NegativeFrac, "on the negative slope"),
     ] {
         let named: Vec<(String, Vec<usize>)> = groups
             .iter()
@@ -978,7 +979,7 @@ mod tests {
         run.points = points(20);
         let mut rec = gradscope_probe::ProbeRecord::new(0, 20);
         for (i, l) in rec.layers.iter_mut().enumerate() {
-            l.insert("grad_l2".into(), 1.0 + i as f64);
+            l.insert(Metric::GradL2, 1.0 + i as f64);
         }
         run.probe = vec![rec];
         assert!(

@@ -14,7 +14,9 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-pub use charts::{Chart, LayerSeries, Metric, XAxis};
+use gradscope_probe::Metric;
+
+pub use charts::{Chart, Curve, LayerSeries, XAxis};
 pub use load::{RunData, load_run};
 pub use summary::{SummaryRow, render_text, summary_rows, text_plot};
 
@@ -124,12 +126,12 @@ pub fn claim_section(
         .collect();
     let groups = label::groups(&data);
     let mut charts = Vec::new();
-    for m in [Metric::TrainLoss, Metric::TestAcc] {
+    for m in [Curve::TrainLoss, Curve::TestAcc] {
         charts.push(charts::convergence(&data, &groups, m, XAxis::Step, 1).map_err(ReportError::Draw)?);
     }
     if data.iter().any(|r| !r.probe.is_empty()) {
         charts.push(
-            charts::start_profile(&data, &groups, "signal_rms", "back-propagated signal RMS |dL/dh|")
+            charts::start_profile(&data, &groups, Metric::SignalRms, "back-propagated signal RMS |dL/dh|")
                 .map_err(ReportError::Draw)?,
         );
         if regimes {
@@ -235,17 +237,17 @@ pub fn build_labelled(runs: &[(String, PathBuf)], options: ReportOptions) -> Res
 fn draw(runs: Vec<RunData>, mut warnings: Vec<String>, options: ReportOptions) -> Result<Report, ReportError> {
     let groups = label::groups(&runs);
     let mut charts = Vec::new();
-    for m in [Metric::TrainLoss, Metric::TestLoss, Metric::TestAcc] {
+    for m in [Curve::TrainLoss, Curve::TestLoss, Curve::TestAcc] {
         if charts::logged(&runs, m) {
             charts.push(charts::convergence(&runs, &groups, m, options.x, options.smooth).map_err(ReportError::Draw)?);
         }
     }
     if runs.iter().any(|r| !r.probe.is_empty()) {
         charts.push(
-            charts::flow_profile(&runs, "signal_rms", "back-propagated signal RMS |dL/dh|")
+            charts::flow_profile(&runs, Metric::SignalRms, "back-propagated signal RMS |dL/dh|")
                 .map_err(ReportError::Draw)?,
         );
-        charts.push(charts::flow_profile(&runs, "grad_l2", "weight-gradient L2 norm").map_err(ReportError::Draw)?);
+        charts.push(charts::flow_profile(&runs, Metric::GradL2, "weight-gradient L2 norm").map_err(ReportError::Draw)?);
         for (k, run) in runs
             .iter()
             .filter(|r| !r.probe.is_empty())
@@ -263,9 +265,10 @@ fn draw(runs: Vec<RunData>, mut warnings: Vec<String>, options: ReportOptions) -
                 Err(_) => {}
             }
         }
-        charts.push(charts::spectrogram(&runs, "grad_l2", "weight-gradient norm").map_err(ReportError::Draw)?);
-        charts
-            .push(charts::spectrogram(&runs, "update_weight_ratio", "update:weight ratio").map_err(ReportError::Draw)?);
+        charts.push(charts::spectrogram(&runs, Metric::GradL2, "weight-gradient norm").map_err(ReportError::Draw)?);
+        charts.push(
+            charts::spectrogram(&runs, Metric::UpdateWeightRatio, "update:weight ratio").map_err(ReportError::Draw)?,
+        );
         charts.push(charts::regimes(&runs).map_err(ReportError::Draw)?);
     }
     let summary = summary_rows(&runs, options.target_acc);

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use event_file::{Event, Histogram, Summary, Value, write_record};
+use gradscope_probe::Metric;
 use gradscope_probe::step::HIST_WIDTH;
 use gradscope_probe::verdict::Verdict;
 use gradscope_probe::{GradHistogram, read_hist_csv};
@@ -47,17 +48,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 }
 
 /// `probe.csv` metric -> TensorBoard tag group.
-const LAYER_SCALARS: [(&str, &str); 10] = [
-    ("grad_l2", "grad_norm"),
-    ("signal_rms", "signal_rms"),
-    ("grad_weight_ratio", "grad_to_weight"),
-    ("update_weight_ratio", "update_to_weight"),
-    ("dead_frac", "dead_fraction"),
-    ("saturated_frac", "saturated_fraction"),
-    ("negative_frac", "negative_fraction"),
-    ("grad_zero_frac", "grad_zero_fraction"),
-    ("skip_share", "skip_share"),
-    ("act_std", "activation_std"),
+const LAYER_SCALARS: [(Metric, &str); 10] = [
+    (Metric::GradL2, "grad_norm"),
+    (Metric::SignalRms, "signal_rms"),
+    (Metric::GradWeightRatio, "grad_to_weight"),
+    (Metric::UpdateWeightRatio, "update_to_weight"),
+    (Metric::DeadFrac, "dead_fraction"),
+    (Metric::SaturatedFrac, "saturated_fraction"),
+    (Metric::NegativeFrac, "negative_fraction"),
+    (Metric::GradZeroFrac, "grad_zero_fraction"),
+    (Metric::SkipShare, "skip_share"),
+    (Metric::ActStd, "activation_std"),
 ];
 
 /// The file name gradscope gives its event file.

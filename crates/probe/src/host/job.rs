@@ -6,6 +6,7 @@ use gradscope_models::{Activation, Regime};
 
 use super::kernels::*;
 use super::transfer::{Gather, HostValues, Reading, Transfer};
+use crate::metric::Metric;
 use crate::step::{GradPrefix, StepStats, StepView, VectorKind};
 
 /// What [`HostJob::compute`] needs of a point, and where its tensors are among
@@ -120,15 +121,15 @@ impl HostJob {
             None => Vec::new(),
         };
         if let Some(loss) = self.loss {
-            out.values.push((None, "loss", values[loss][0] as f64));
+            out.values.push((None, Metric::Loss, values[loss][0] as f64));
         }
         for (i, at) in self.at.iter().enumerate() {
             let g = self.taps[i].map(|k| &*values[k]);
             let pre = at.pre.map(|k| &*values[k]);
             point_stats(i, at.activation, &values[at.post], at.features, pre, g, &mut out);
-            let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
+            let mut push = |name: Metric, v: f64| out.values.push((Some(i), name, v));
             if let Some(k) = at.norm_in {
-                push("bn_in_signal_l2", l2(&values[k]));
+                push(Metric::BnInSignalL2, l2(&values[k]));
             }
             for &(k, prefix) in &at.grads {
                 let Some(g) = k.map(|k| &values[k]) else { continue };
@@ -139,7 +140,7 @@ impl HostJob {
                 push(zero_name, m.zero_frac());
                 push(nonfinite_name, m.nonfinite as f64);
                 if matches!(prefix, GradPrefix::Weight) {
-                    push("weight_numel", g.len() as f64);
+                    push(Metric::WeightNumel, g.len() as f64);
                     if self.update {
                         let counts = log_histogram(g).into_iter().map(|c| c as f32).collect();
                         out.vectors.push((i, VectorKind::Histogram, counts));
@@ -151,11 +152,11 @@ impl HostJob {
                     // The norm comes out of the same pass as the update's size.
                     Some(before) => {
                         let (update, weight) = diff_l2(before, after);
-                        push("weight_l2", weight);
-                        push("update_l2", update);
-                        push("weight_before_l2", l2(before));
+                        push(Metric::WeightL2, weight);
+                        push(Metric::UpdateL2, update);
+                        push(Metric::WeightBeforeL2, l2(before));
                     }
-                    None => push("weight_l2", l2(after)),
+                    None => push(Metric::WeightL2, l2(after)),
                 }
             }
             if let Some((input, branch)) = at.skip
@@ -163,7 +164,7 @@ impl HostJob {
             {
                 // ||total - skip|| is the branch's part; ||skip|| comes out of the same pass.
                 let (b, s) = diff_l2(&values[total], &values[skip]);
-                push("skip_share", s / (s + b + 1e-30));
+                push(Metric::SkipShare, s / (s + b + 1e-30));
             }
         }
         out
@@ -186,29 +187,29 @@ fn point_stats(
     let threshold = act.map_or(0.0, |a| (0.01 * a.max_derivative()) as f32);
     let (pass, known) = point_pass(post, pre, g, act, threshold);
     let n = pass.n.max(1) as f64;
-    let mut push = |name: &'static str, v: f64| out.values.push((Some(i), name, v));
+    let mut push = |name: Metric, v: f64| out.values.push((Some(i), name, v));
     if g.is_some() {
         let norm = pass.signal_sq.sqrt();
-        push("signal_l2", norm);
-        push("signal_rms", norm / n.sqrt());
+        push(Metric::SignalL2, norm);
+        push(Metric::SignalRms, norm / n.sqrt());
     }
     if let Some(act) = act.filter(|_| known) {
         if g.is_some() {
-            push("preact_signal_l2", pass.through_sq.sqrt());
+            push(Metric::PreactSignalL2, pass.through_sq.sqrt());
         }
         let share = pass.in_regime as f64 / n;
         match act.regime() {
-            Regime::Saturating => push("saturated_frac", share),
-            Regime::LeakyNegative => push("negative_frac", share),
+            Regime::Saturating => push(Metric::SaturatedFrac, share),
+            Regime::LeakyNegative => push(Metric::NegativeFrac, share),
             // `dead_frac` is derived from the units' vector when the record is written.
             Regime::Rectifying => {
-                push("zero_frac", share);
+                push(Metric::ZeroFrac, share);
                 out.vectors
                     .push((i, VectorKind::UnitMaxAbs, unit_max_abs(post, features)));
             }
             Regime::Linear => {}
         }
     }
-    push("act_mean", pass.mean());
-    push("act_std", pass.std());
+    push(Metric::ActMean, pass.mean());
+    push(Metric::ActStd, pass.std());
 }
