@@ -57,7 +57,7 @@ impl<M: gradscope_models::Network> Observer<M> for ProbeInBlocks {
     fn on_start(&mut self, run: &RunInfo) -> Result<(), TrainError> {
         Observer::<M>::on_start(&mut self.0, run)
     }
-    fn wants_probe(&mut self, step: u64) -> bool {
+    fn wants_taps(&mut self, step: u64) -> bool {
         in_probed_block(step)
     }
     fn after_backward(&mut self, view: &BackwardView<'_, M>) -> Control {

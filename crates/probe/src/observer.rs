@@ -379,7 +379,7 @@ impl<M: Network> Observer<M> for GradientProbe {
         Ok(())
     }
 
-    fn wants_probe(&mut self, step: u64) -> bool {
+    fn wants_taps(&mut self, step: u64) -> bool {
         self.config.schedule.probes(step)
     }
 

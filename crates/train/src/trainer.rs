@@ -58,9 +58,9 @@ pub struct BackwardView<'a, M> {
     pub model: &'a M,
     pub loss: &'a Tensor<1>,
     pub grads: &'a GradientsParams,
-    /// Present on steps where an observer asked for a probe.
+    /// Present on tapped steps ([`Observer::wants_taps`]).
     pub taps: Option<&'a TapGrads>,
-    /// Present on steps where an observer asked for a probe.
+    /// Present on tapped steps ([`Observer::wants_taps`]).
     pub traces: Option<&'a [Trace]>,
 }
 
@@ -90,8 +90,10 @@ pub trait Observer<M> {
     fn on_start(&mut self, _run: &RunInfo) -> Result<(), TrainError> {
         Ok(())
     }
-    /// Whether step `step` should run the probed forward pass with taps.
-    fn wants_probe(&mut self, _step: u64) -> bool {
+    /// Whether step `step` should run the forward pass with taps at the
+    /// model's probe points, so that [`BackwardView`] carries `dL/dh` and the
+    /// activations there (a step any observer asks for is tapped for all).
+    fn wants_taps(&mut self, _step: u64) -> bool {
         false
     }
     fn after_backward(&mut self, _view: &BackwardView<'_, M>) -> Control {
@@ -453,7 +455,7 @@ impl<M: Network + 'static> Trainer<M> {
         let probe = self
             .observers
             .iter_mut()
-            .fold(false, |any, o| o.wants_probe(info.step) | any); // ask every observer
+            .fold(false, |any, o| o.wants_taps(info.step) | any); // ask every observer
         let model = self.model.as_ref().expect(HELD);
         let head = model.head();
         let taps = probe.then(|| Taps::new(model.probe_points()));

@@ -9,20 +9,21 @@
 //! accumulator arrays were left scalar by LLVM; the interleaved 16-lane chains
 //! of [`Moments::of`] and [`point_pass`] are the exceptions that do vectorise.
 //! Counts are accumulated as f32 or u32 lanes, exact at these block sizes.
-//! Timings: `cargo bench --workspace --profile dev --bench kernels`.
-//! The kernels are compiled for each SIMD level (AVX-512, AVX2, ...) and
-//! picked at run time (the `multiversion` crate).
+//! Timings: `cargo bench --workspace --profile dev --bench kernels`. They are
+//! compiled for the baseline target: they run on the probe's own thread while
+//! the next step trains, and builds per SIMD level picked at run time did not
+//! change the probe's overhead measurably (BENCHMARKS.md, "Probe overhead").
 
 use gradscope_models::Activation;
 use gradscope_models::activation::{SELU_ALPHA, SELU_SCALE};
-use multiversion::multiversion;
 
 use crate::step::{HIST_BINS, HIST_LO, HIST_WIDTH};
 
 /// Values per block whose partial sums are carried in f32.
 pub const BLOCK: usize = 8192;
-/// f32 lanes per accumulator array: four AVX-512 registers, so that four
-/// independent add chains hide the adder's latency (one register measured 3x slower).
+/// f32 lanes per accumulator array: enough independent add chains to hide
+/// the adder's latency at any vector width (one chain per register measured
+/// 3x slower).
 const LANES: usize = 64;
 
 /// First and second moments and the counts the probe needs, from one pass.
@@ -66,8 +67,7 @@ impl Moments {
     }
 }
 
-/// [`Moments::of`], compiled for each SIMD level and picked at run time.
-#[multiversion(targets = "simd")]
+/// [`Moments::of`].
 fn moments(x: &[f32]) -> Moments {
     let mut m = Moments {
         n: x.len(),
@@ -137,7 +137,6 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 
 /// `||x||_2`, the one statistic of a back-propagated signal or a weight that the
 /// probe needs every step.
-#[multiversion(targets = "simd")]
 pub fn l2(x: &[f32]) -> f64 {
     x.chunks(BLOCK).map(|b| lane_sum(b, |v| v * v)).sum::<f64>().sqrt()
 }
@@ -166,7 +165,6 @@ pub fn exp_fast(x: f32) -> f32 {
 /// `(||a - b||_2, ||b||_2)` in one pass: the size of an update from `a` to `b`
 /// and the norm of the weights it led to; also the part of a gradient not on
 /// the skip path.
-#[multiversion(targets = "simd")]
 pub fn diff_l2(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len(), "diff_l2 of tensors of different sizes");
     let (mut diff, mut norm) = (0f64, 0f64);
@@ -241,7 +239,6 @@ const SELU_SCALE32: f32 = SELU_SCALE as f32;
 /// with [`exp_fast`] so that the pass vectorises (tested against
 /// [`Activation::derivative_at`], the reference); GELU, which needs `erf`, uses
 /// the reference per value.
-#[multiversion(targets = "simd")]
 fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
     macro_rules! kernel {
         ($d:expr, $count:expr) => {
@@ -288,7 +285,6 @@ fn from_input(pre: &[f32], post: &[f32], g: Option<&[f32]>, act: Activation, thr
 /// sigmoid, as Burn's backward pass computes it, with no exponential to take.
 /// Call it only where [`Activation::reads_from_output`]; the output then has
 /// the input's sign, so negative values are counted on it.
-#[multiversion(targets = "simd")]
 fn from_output(post: &[f32], g: Option<&[f32]>, act: Activation, threshold: f32, shift: f32) -> PointPass {
     macro_rules! kernel {
         ($d:expr, $count:expr) => {
@@ -392,7 +388,6 @@ fn point_kernel(
 
 /// Per-unit max |x| over the batch of a row-major `[batch, features]` buffer:
 /// a unit is dead on this batch when its value is 0.
-#[multiversion(targets = "simd")]
 pub fn unit_max_abs(x: &[f32], features: usize) -> Vec<f32> {
     let mut out = vec![0f32; features];
     for row in x.chunks_exact(features) {
@@ -450,7 +445,6 @@ impl BinTable {
 /// every edge (see `BinTable`). Four interleaved sets of counters keep
 /// increments of neighbouring values (gradients cluster in a few bins) from
 /// waiting on each other.
-#[multiversion(targets = "simd")]
 pub fn log_histogram(x: &[f32]) -> Vec<f64> {
     let table = BinTable::get();
     // Slots: the bins, then exact zeros, then NaN (discarded).
