@@ -10,6 +10,29 @@
 //! reductions ([`device`], the cross-check); [`ModelProbe`] brings the
 //! probe, with dL/dh at the tensors a user marks, to any Burn module trained by
 //! burn-train's `Learner` or a loop of the user's own.
+//!
+//! # One probed step, in order
+//!
+//! 1. **Capture.** The trainer asks its observers whether to tap the step
+//!    (`Observer::wants_taps`, [`ProbeConfig::schedule`]); a tapped forward pass
+//!    routes each probe point's output through an identity node whose gradient
+//!    is kept (`gradscope_models::capture`), so the backward pass leaves dL/dh
+//!    there beside the parameter gradients.
+//! 2. **Read.** After the backward pass ([`GradientProbe`]'s `after_backward`),
+//!    the step's tensors (dL/dh, the activations, the weight gradients; on
+//!    update steps the weights before and after the optimiser step) are read
+//!    to the host in one go ([`host::transfer`]) and handed to the probe's own
+//!    thread as a [`host::HostJob`], so the next step trains meanwhile.
+//! 3. **Reduce.** That thread takes norms, RMS, moments, dead and saturated
+//!    shares and |g| histograms ([`host::job`], [`host::kernels`]) into
+//!    [`step::StepStats`]; the device path ([`device`]) computes the same as
+//!    Burn reductions.
+//! 4. **Record.** The statistics become a [`ProbeRecord`] of [`Metric`]s, with
+//!    the ratios (grad:weight, update:weight) and dead-unit windows derived,
+//!    and one line per value of `probe.csv` (`worker`).
+//! 5. **Judge.** [`verdict::judge`] applies the rules (vanishing, exploding,
+//!    dead ReLUs, saturation, a huge initial loss, forward explosion,
+//!    divergence) to the records, each alert with its evidence and remedies.
 
 pub mod config;
 pub mod device;
