@@ -36,7 +36,9 @@ pub enum ChildJob {
 /// One measured configuration, as a child process reports it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
-    /// Samples per second: median over repetitions, and each repetition's.
+    /// Samples per second: median over repetitions (NaN when a run logged
+    /// none after its warm-up), and each repetition's.
+    #[serde(with = "gradscope_train::files::json_float")]
     pub median: f64,
     pub samples: Vec<f64>,
     /// Peak resident memory of the process (VmHWM), MiB.
@@ -68,7 +70,7 @@ fn spawn(launcher: &Launcher, job: &ChildJob, threads: usize, backend: Backend) 
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
-                .unwrap_or("failed")
+                .map_or("failed", |l| l.trim_start_matches("error: "))
                 .to_owned(),
         ));
     }
@@ -220,8 +222,14 @@ fn train(preset: &str, backend: Backend, mode: Mode, settings: &Settings) -> Res
         ..ProbeConfig::default()
     };
     // Throughput runs have the probe off: `run_with` then has no probe to wrap.
-    ProbedRun::start(&RunConfig::new(config, probe), &tmp.path().join("run"))?
+    let summary = ProbedRun::start(&RunConfig::new(config, probe), &tmp.path().join("run"))?
         .run_with(|probe| Box::new(ProbeInBlocks(probe)))?;
+    if let Some(d) = summary.diverged {
+        return Err(BenchError::Failed(format!(
+            "{preset} diverged at step {} ({}) with the benchmark's SGD (lr 0.1, momentum 0.9)",
+            d.step, d.cause
+        )));
+    }
     let rows = gradscope_report::load::read_metrics(&tmp.path().join("run/metrics.csv"), &mut Vec::new())
         .map_err(BenchError::Failed)?;
     // Row 0 is the untrained evaluation; the first `steps / (reps + 1)` steps are the warm-up.
@@ -252,4 +260,51 @@ fn matmul_gflops(backend: Backend, m: usize, k: usize, n: usize) -> Result<f64, 
         times.push(start.elapsed().as_secs_f64() / reps as f64);
     }
     Ok(2.0 * (m * k * n) as f64 / median(&mut times[1..]) / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that logged nothing after its warm-up reports a NaN median, which
+    /// reaches the parent as NaN rather than as JSON it cannot read.
+    #[test]
+    fn a_nan_median_survives_the_trip_to_the_parent() {
+        let m = Measured {
+            median: f64::NAN,
+            samples: Vec::new(),
+            peak_rss_mib: None,
+            plain_step_s: None,
+            probed_step_s: None,
+            probe_overhead: None,
+        };
+        let back: Measured = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(back.median.is_nan() && back.samples.is_empty());
+    }
+
+    #[test]
+    fn jobs_travel_as_json() {
+        let job = ChildJob::Train {
+            preset: "mlp-relu-2x16".into(),
+            backend: Backend::Flex,
+            mode: Mode::ProbeBlocks,
+            settings: Settings {
+                steps: 3,
+                reps: 1,
+                batch_size: 8,
+                probe_reductions: gradscope_probe::Reductions::Host,
+            },
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        let ChildJob::Train { preset, settings, .. } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}")
+        };
+        assert_eq!((preset.as_str(), settings.batch_size), ("mlp-relu-2x16", 8));
+        assert!(
+            serve("{\"job\": \"sing\"}")
+                .unwrap_err()
+                .to_string()
+                .contains("bad child job")
+        );
+    }
 }
