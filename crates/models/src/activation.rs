@@ -75,7 +75,7 @@ impl Activation {
     /// Applies `f` element-wise.
     pub fn forward<const D: usize>(&self, a: Tensor<D>) -> Tensor<D> {
         match *self {
-            Activation::Sigmoid => act::sigmoid(a),
+            Activation::Sigmoid => crate::sigmoid::sigmoid(a),
             Activation::Tanh => act::tanh(a),
             Activation::Relu => act::relu(a),
             Activation::LeakyRelu { slope } => act::leaky_relu(a, slope),

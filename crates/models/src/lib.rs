@@ -3,8 +3,9 @@
 //! CIFAR-style ResNets (plain or residual, BatchNorm on or off) as Burn modules,
 //! their named presets, host-side seeded initialisation that gives identical
 //! weights on every backend, the probe points (names, shapes, parameter
-//! paths, taps) through which the probe reads them, and the convolution they
-//! train with (on flex, the direct backward pass: [`conv`]). It knows nothing of datasets,
+//! paths, taps) through which the probe reads them, and the convolution and
+//! sigmoid they train with (on flex, the direct backward pass: [`conv`]; a
+//! vectorised `exp`: [`sigmoid`]). It knows nothing of datasets,
 //! optimisers, training loops, metrics or reports.
 //!
 //! ```
@@ -33,6 +34,7 @@ pub mod mlp;
 pub mod params;
 pub mod probe_point;
 pub mod resnet;
+pub mod sigmoid;
 pub mod zoo;
 
 pub use activation::{Activation, Regime};
