@@ -583,8 +583,37 @@ fn quick_lab_states_a_verdict_for_each_claim_and_reuses_runs() {
     std::fs::rename(out.join("kept-checkpoints"), &checkpoints).unwrap();
     run_ok(&["lab", "--quick", "--quiet", "--out", o]);
 
-    // 17 jobs of 6 claims, 3 of them shared between claims: 14 runs, all reused.
-    assert_eq!(log.matches("reused").count(), 17, "{log}");
+    // 17 jobs of 6 claims, 3 of them shared between claims: 14 runs, each reused once.
+    assert_eq!(log.matches("reused").count(), 14, "{log}");
+
+    // Two runs at a time, one thread each: every run trained once, the same verdicts.
+    let o2 = tmp.path().join("lab-jobs2");
+    let out2 = gradscope()
+        .args([
+            "lab",
+            "--quick",
+            "--quiet",
+            "--jobs",
+            "2",
+            "--out",
+            o2.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out2.status.success(), "{}", String::from_utf8_lossy(&out2.stderr));
+    let log2 = String::from_utf8_lossy(&out2.stderr);
+    assert_eq!(log2.matches("trained").count(), 14, "{log2}");
+    let outcomes = |dir: &std::path::Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("claims.json")).unwrap()).unwrap();
+        v["claims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].to_string(), c["outcome"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcomes(&o2), outcomes(&out));
 
     let jobs = run_ok(&["lab", "--quick", "--list-jobs", "--out", o]);
     assert_eq!(

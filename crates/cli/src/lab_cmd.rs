@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_lab::{Job, Outcome, Suite, judge_suite, run_job};
+use gradscope_lab::{Job, JobOutcome, Outcome, Spread, Suite, judge_suite, run_all};
 use gradscope_train::{Backend, ModelChoice, Optimizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -45,6 +45,11 @@ pub struct LabArgs {
     /// (e.g. Fashion-MNIST), for every run.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Runs at a time, one thread each (1: one run at a time on every thread).
+    /// Small MLPs train faster on one thread than on two here, so `--jobs 2`
+    /// finishes the default suite sooner on a 2-core machine (BENCHMARKS.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
     /// Print one self-contained `gradscope train` command per run and exit.
     #[arg(long)]
     pub list_jobs: bool,
@@ -166,18 +171,33 @@ pub fn run(args: LabArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
-    for (k, job) in jobs.iter().enumerate() {
-        bar.set_message(format!("{}/{} seed {}", job.claim, job.role, job.seed));
-        let (what, warning) =
-            run_job(job).with_context(|| format!("lab run {}/{} seed {}", job.claim, job.role, job.seed))?;
+    let runs = jobs
+        .iter()
+        .map(|j| &j.dir)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    bar.set_length(runs as u64);
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let spread = match args.jobs {
+        1 => Spread::Sequential,
+        n => Spread::Concurrent(n as usize),
+    };
+    let report = |i: usize, what: JobOutcome, warning: Option<String>| {
+        let job = &jobs[i];
+        let k = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if let Some(w) = warning {
             bar.suspend(|| eprintln!("warning: {w}"));
         }
         if args.quiet || bar.is_hidden() {
-            eprintln!("[{}/{}] {} {}", k + 1, jobs.len(), what.as_str(), job.dir.display());
+            eprintln!("[{k}/{runs}] {} {}", what.as_str(), job.dir.display());
         }
+        bar.set_message(format!("{}/{} seed {}", job.claim, job.role, job.seed));
         bar.inc(1);
-    }
+    };
+    run_all(&jobs, spread, &report).map_err(|(i, e)| {
+        let job = &jobs[i];
+        anyhow::Error::new(e).context(format!("lab run {}/{} seed {}", job.claim, job.role, job.seed))
+    })?;
     bar.finish_and_clear();
     let (results, html) = judge_suite(&suite, &jobs, &args.out)?;
     let runs = jobs

@@ -12,5 +12,5 @@ pub mod run;
 pub mod suite;
 
 pub use claims::{ClaimResult, Outcome, evaluate};
-pub use run::{JobOutcome, LabError, judge_suite, run_job};
+pub use run::{JobOutcome, LabError, Spread, judge_suite, run_all, run_job};
 pub use suite::{ClaimKind, ClaimSpec, Job, Suite};

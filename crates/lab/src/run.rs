@@ -97,6 +97,67 @@ pub fn run_job(job: &Job) -> Result<(JobOutcome, Option<String>), LabError> {
     Ok((outcome, warning))
 }
 
+/// How [`run_all`] spreads the runs over the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// One run at a time, on every thread of the pool.
+    Sequential,
+    /// This many runs at a time, one thread each (each run in a one-thread
+    /// rayon pool of its own).
+    Concurrent(usize),
+}
+
+/// Runs every job ([`run_job`]); a run that several jobs share (the same
+/// directory) is run once. `done` hears of each run as it ends: its index in
+/// `jobs` and what [`run_job`] did. Stops at the first error, after the runs
+/// already going have ended, and returns it with the failed job's index.
+pub fn run_all(
+    jobs: &[Job],
+    spread: Spread,
+    done: &(dyn Fn(usize, JobOutcome, Option<String>) + Sync),
+) -> Result<(), (usize, LabError)> {
+    let mut unique: Vec<usize> = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if !unique.iter().any(|&u| jobs[u].dir == j.dir) {
+            unique.push(i);
+        }
+    }
+    let one = |i: usize| {
+        let (outcome, warning) = run_job(&jobs[i]).map_err(|e| (i, e))?;
+        done(i, outcome, warning);
+        Ok(())
+    };
+    let workers = match spread {
+        Spread::Sequential => return unique.into_iter().try_for_each(one),
+        Spread::Concurrent(n) => n.clamp(1, unique.len().max(1)),
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("a one-thread pool starts");
+                while failed.lock().is_ok_and(|f| f.is_none()) {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&i) = unique.get(k) else { break };
+                    if let Err(e) = pool.install(|| one(i))
+                        && let Ok(mut f) = failed.lock()
+                    {
+                        f.get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().expect("no worker panicked holding the lock") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Judges every claim of `suite` from its jobs' runs (trained already) and
 /// writes the lab report under `out/report` and the verdicts to
 /// `out/claims.json`. Returns the results and the report page's path.
