@@ -1,4 +1,4 @@
-//! Throughput of the probe's one-pass host kernels ([`gradscope_probe::fused`])
+//! Throughput of the probe's one-pass host kernels ([`gradscope_probe::host::kernels`])
 //! at the sizes of an `8x256` MLP step, beside a `memcpy` of the same bytes.
 //!
 //! ```text

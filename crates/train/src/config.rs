@@ -291,7 +291,10 @@ fn unknown_keys(given: &toml::Table, parsed: &toml::Table, prefix: &str, out: &m
 
 impl TrainConfig {
     /// Reads a TOML run configuration: keys left out take their defaults; an
-    /// unknown key at any depth and any unusable value are refused.
+    /// unknown key inside a table and any unusable value are refused; an
+    /// unknown top-level key is kept in [`TrainConfig::others`] for the
+    /// component that owns it (`gradscope_probe::RunConfig` refuses the ones
+    /// nobody owns).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: TrainConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let given: toml::Table = text
