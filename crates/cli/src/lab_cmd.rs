@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gradscope_lab::{Job, JobOutcome, Outcome, Spread, Suite, judge_suite, run_all};
+use gradscope_lab::{Job, JobOutcome, Outcome, Spread, Suite, distinct_runs, judge_suite, run_all};
 use gradscope_train::{Backend, ModelChoice, Optimizer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -138,13 +138,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     let jobs = suite.jobs(&args.out).map_err(anyhow::Error::msg)?;
     if args.list_jobs {
-        let mut listed: Vec<&PathBuf> = Vec::new();
-        for job in &jobs {
-            // A run several claims share is listed once.
-            if listed.contains(&&job.dir) {
-                continue;
-            }
-            listed.push(&job.dir);
+        for job in distinct_runs(&jobs).into_iter().map(|i| &jobs[i]) {
             if !matches!(job.config.train.model, ModelChoice::Preset { .. }) {
                 let text = toml::to_string_pretty(&job.config.joined())?;
                 std::fs::create_dir_all(job.dir.parent().expect("job dirs have parents"))?;
@@ -160,10 +154,11 @@ pub fn run(args: LabArgs) -> Result<()> {
         return Ok(());
     }
     crate::train_cmd::pin_default_device(jobs.first().map_or(Backend::Flex, |j| j.config.train.backend));
+    let runs = distinct_runs(&jobs).len();
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(jobs.len() as u64)
+        ProgressBar::new(runs as u64)
     };
     bar.set_style(
         ProgressStyle::with_template("lab [{bar:30}] {pos}/{len} runs, eta {eta}  {msg}")
@@ -171,12 +166,6 @@ pub fn run(args: LabArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
-    let runs = jobs
-        .iter()
-        .map(|j| &j.dir)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    bar.set_length(runs as u64);
     let finished = std::sync::atomic::AtomicUsize::new(0);
     let spread = match args.jobs {
         1 => Spread::Sequential,
@@ -200,11 +189,6 @@ pub fn run(args: LabArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let (results, html) = judge_suite(&suite, &jobs, &args.out)?;
-    let runs = jobs
-        .iter()
-        .map(|j| &j.dir)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
     println!(
         "{} ({} runs, {:.0} s)\n",
         suite.name,

@@ -13,4 +13,4 @@ pub mod suite;
 
 pub use claims::{ClaimResult, Outcome, evaluate};
 pub use run::{JobOutcome, LabError, Spread, judge_suite, run_all, run_job};
-pub use suite::{ClaimKind, ClaimSpec, Job, Suite};
+pub use suite::{ClaimKind, ClaimSpec, Job, Suite, distinct_runs};

@@ -11,7 +11,7 @@ use gradscope_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE, read_config, read_s
 use gradscope_train::{RunDir, Status, TrainError};
 
 use crate::claims::{ClaimResult, evaluate};
-use crate::suite::{Job, Suite};
+use crate::suite::{Job, Suite, distinct_runs};
 
 /// Why a job or a suite's judging could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -116,12 +116,7 @@ pub fn run_all(
     spread: Spread,
     done: &(dyn Fn(usize, JobOutcome, Option<String>) + Sync),
 ) -> Result<(), (usize, LabError)> {
-    let mut unique: Vec<usize> = Vec::new();
-    for (i, j) in jobs.iter().enumerate() {
-        if !unique.iter().any(|&u| jobs[u].dir == j.dir) {
-            unique.push(i);
-        }
-    }
+    let unique = distinct_runs(jobs);
     let one = |i: usize| {
         let (outcome, warning) = run_job(&jobs[i]).map_err(|e| (i, e))?;
         done(i, outcome, warning);
@@ -163,12 +158,7 @@ pub fn run_all(
 /// `out/claims.json`. Returns the results and the report page's path.
 pub fn judge_suite(suite: &Suite, jobs: &[Job], out: &Path) -> Result<(Vec<ClaimResult>, PathBuf), LabError> {
     // A run shared by several claims is trained once and drawn once.
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for j in jobs {
-        if !dirs.contains(&j.dir) {
-            dirs.push(j.dir.clone());
-        }
-    }
+    let dirs: Vec<PathBuf> = distinct_runs(jobs).into_iter().map(|i| jobs[i].dir.clone()).collect();
     let mut report = gradscope_report::lab_report(&dirs, Vec::new())?;
     let mut results: Vec<ClaimResult> = Vec::new();
     for claim in &suite.claims {

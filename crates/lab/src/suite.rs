@@ -104,6 +104,19 @@ pub struct Job {
     pub dir: PathBuf,
 }
 
+/// The index of each distinct run among `jobs`: the first job of each
+/// directory, in order. A run several claims share is planned once per claim
+/// but trained, listed and drawn once.
+pub fn distinct_runs(jobs: &[Job]) -> Vec<usize> {
+    let mut runs: Vec<usize> = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if !runs.iter().any(|&r| jobs[r].dir == j.dir) {
+            runs.push(i);
+        }
+    }
+    runs
+}
+
 impl Suite {
     /// Parses a suite file, naming it in errors.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -203,6 +216,10 @@ mod tests {
         assert_eq!(dir("b", "sick", 1), Path::new("out/a/sick-s1"));
         assert_eq!(dir("b", "cured", 1), Path::new("out/b/cured-s1"));
         assert_ne!(dir("a", "sick", 0), dir("a", "sick", 1), "seeds stay apart");
+        // 8 jobs, 6 runs: b's sick role is a's in both seeds.
+        let runs = distinct_runs(&jobs);
+        assert_eq!(runs.len(), 6);
+        assert!(runs.iter().all(|&i| jobs[i].claim == "a" || jobs[i].role == "cured"));
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub struct ProbedRun {
 impl ProbedRun {
     /// A new run in `dir` (which must not exist or be empty).
     pub fn start(config: &RunConfig, dir: &Path) -> Result<Self, TrainError> {
-        config.validate()?;
+        // The training's settings are checked by `gradscope_train::start`;
+        // the probe's before anything is written.
+        config.probe.validate()?;
         Self::with(gradscope_train::start(config.joined(), dir)?)
     }
 
