@@ -24,10 +24,12 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
+
+use crate::flex_host::{f32_tensor, to_f32};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
 /// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
@@ -184,16 +186,24 @@ impl Geometry {
     fn l(&self) -> usize {
         self.ho * self.wo
     }
-}
 
-fn f32s(t: &FlexTensor) -> FlexTensor {
-    let t = t.to_contiguous();
-    assert_eq!(t.dtype(), DType::F32, "the direct convolution is written for f32");
-    t
-}
+    /// For a stride-1 convolution that keeps the image's size, kernel offset
+    /// `(r, s)` reads the plane shifted by `(r - ph)·W + (s - pw)`: the first
+    /// input position read and the output positions whose reads fall inside
+    /// the plane (flat; the columns that wrap into a neighbouring row are
+    /// not excluded here).
+    fn shifted(&self, r: usize, s: usize) -> (usize, std::ops::Range<usize>) {
+        let hw = (self.h * self.w) as isize;
+        let shift = (r as isize - self.pad[0] as isize) * self.w as isize + (s as isize - self.pad[1] as isize);
+        let lo = (-shift).clamp(0, hw);
+        let hi = (hw - shift).clamp(lo, hw);
+        ((lo + shift) as usize, lo as usize..hi as usize)
+    }
 
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
+    /// Whether each kernel offset reads the plane shifted (see [`Geometry::shifted`]).
+    fn keeps_size(&self) -> bool {
+        self.stride == [1, 1] && self.ho == self.h && self.wo == self.w
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -206,7 +216,7 @@ fn backward(
     want_w: bool,
     want_b: bool,
 ) -> Grads {
-    let (x, weight, grad) = (f32s(x), f32s(weight), f32s(grad));
+    let (x, weight, grad) = (to_f32(x), to_f32(weight), to_f32(grad));
     let xd = x.layout().shape().to_vec();
     let wd = weight.layout().shape().to_vec();
     let geo = Geometry::of(&xd, &wd, options);
@@ -224,19 +234,19 @@ fn backward(
                 *b += row.iter().sum::<f32>();
             }
         }
-        tensor(gb, vec![geo.k])
+        f32_tensor(gb, vec![geo.k])
     });
     Grads {
-        x: gx.map(|v| tensor(v, xd.to_vec())),
-        weight: gw.map(|v| tensor(v, wd.to_vec())),
+        x: gx.map(|v| f32_tensor(v, xd.to_vec())),
+        weight: gw.map(|v| f32_tensor(v, wd.to_vec())),
         bias,
     }
 }
 
 /// The forward pass on flex tensors: per image `y = W · im2col(x) + b`.
 fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options: &ConvOptions<2>) -> FlexTensor {
-    let (x, w) = (f32s(x), f32s(w));
-    let b = b.map(f32s);
+    let (x, w) = (to_f32(x), to_f32(w));
+    let b = b.map(to_f32);
     let geo = Geometry::of(&x.layout().shape().to_vec(), &w.layout().shape().to_vec(), options);
     let y = direct_forward(
         &geo,
@@ -244,7 +254,7 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options:
         w.as_slice::<f32>().expect("contiguous f32"),
         b.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32")),
     );
-    tensor(y, vec![geo.n, geo.k, geo.ho, geo.wo])
+    f32_tensor(y, vec![geo.n, geo.k, geo.ho, geo.wo])
 }
 
 /// `y[n] (K x L) = W (K x CRS) · im2col(x[n]) (CRS x L) + b`, images split over rayon.
@@ -287,11 +297,12 @@ fn direct_backward(
         let g_n = &g[n * geo.k * l..(n + 1) * geo.k * l];
         if want_w {
             im2col(geo, &x[n * chw..(n + 1) * chw], &mut acc.col);
-            // dW (K x CRS) += g_n (K x L) · colᵀ (L x CRS)
+            // dWᵀ (CRS x K) += col (CRS x L) · g_nᵀ (L x K): the same
+            // product as dW += g_n · colᵀ, in the operand order gemm runs faster.
             matmul(
-                Mat::rows(&mut acc.gw[..], geo.k, crs),
-                Mat::rows(g_n, geo.k, l),
-                Mat::rows(&acc.col[..], crs, l).transposed(),
+                Mat::rows(&mut acc.gw_t[..], crs, geo.k),
+                Mat::rows(&acc.col[..], crs, l),
+                Mat::rows(g_n, geo.k, l).transposed(),
                 true,
             );
         }
@@ -303,13 +314,13 @@ fn direct_backward(
                 Mat::rows(g_n, geo.k, l),
                 false,
             );
-            col2im(geo, &acc.colgrad, gx_n);
+            col2im(geo, &mut acc.colgrad, gx_n);
         }
     };
     let scratch = || Scratch {
         col: vec![0f32; if want_w { crs * l } else { 0 }],
         colgrad: vec![0f32; if want_x { crs * l } else { 0 }],
-        gw: vec![0f32; if want_w { geo.k * crs } else { 0 }],
+        gw_t: vec![0f32; if want_w { geo.k * crs } else { 0 }],
     };
     // The weight gradient sums over images in fixed chunks, each in image
     // order, and the chunks' sums in chunk order: the same result whatever
@@ -325,7 +336,7 @@ fn direct_backward(
             };
             per_image(gx_n, n, &mut acc);
         }
-        acc.gw
+        acc.gw_t
     };
     let partials: Vec<Vec<f32>> = if want_x {
         gx.par_chunks_mut(chunk * chw)
@@ -339,9 +350,15 @@ fn direct_backward(
             .collect()
     };
     let gw = want_w.then(|| {
-        let mut sum = vec![0f32; geo.k * crs];
+        let mut sum_t = vec![0f32; geo.k * crs];
         for p in &partials {
-            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+            sum_t.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        let mut sum = vec![0f32; geo.k * crs];
+        for (j, row) in sum_t.chunks(geo.k).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                sum[kk * crs + j] = v;
+            }
         }
         sum
     });
@@ -436,7 +453,8 @@ const WEIGHT_GRAD_CHUNKS: usize = 16;
 struct Scratch {
     col: Vec<f32>,
     colgrad: Vec<f32>,
-    gw: Vec<f32>,
+    /// The chunk's weight gradient, transposed (`CRS x K`).
+    gw_t: Vec<f32>,
 }
 
 /// The output positions `o` whose input position `o·stride + offset - pad`
@@ -463,25 +481,20 @@ fn im2col(geo: &Geometry, x: &[f32], col: &mut [f32]) {
             for s in 0..geo.s {
                 let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
                 let dst = &mut col[((c * geo.r + r) * geo.s + s) * l..][..l];
-                if sh == 1 && sw == 1 && geo.ho == geo.h && geo.wo == geo.w {
+                if geo.keeps_size() {
                     shifted_copy(geo, plane, r, s, cols, dst);
                     continue;
                 }
-                dst[..rows.start * geo.wo].fill(0.0);
-                dst[rows.end * geo.wo..].fill(0.0);
+                // Zeros first in one pass (per output row, a fill of the one
+                // or two padded columns would be a `memset` call each).
+                dst.fill(0.0);
                 for oh in rows.clone() {
                     let src = &plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
                     let out = &mut dst[oh * geo.wo..][..geo.wo];
-                    out[..cols.start].fill(0.0);
-                    out[cols.end..].fill(0.0);
                     // The first input column this row reads.
                     let first = cols.start * sw + s - geo.pad[1];
-                    if sw == 1 {
-                        out[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
-                    } else {
-                        for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                            *d = *v;
-                        }
+                    for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                        *d = *v;
                     }
                 }
             }
@@ -495,24 +508,38 @@ fn im2col(geo: &Geometry, x: &[f32], col: &mut [f32]) {
 /// columns outside `cols`). Rows that fall outside the image are exactly the
 /// flat positions the shift moves outside the plane.
 fn shifted_copy(geo: &Geometry, plane: &[f32], r: usize, s: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
-    let hw = geo.h * geo.w;
-    let shift = (r as isize - geo.pad[0] as isize) * geo.w as isize + (s as isize - geo.pad[1] as isize);
-    let lo = (-shift).clamp(0, hw as isize) as usize;
-    let hi = (hw as isize - shift).clamp(lo as isize, hw as isize) as usize;
-    dst[..lo].fill(0.0);
-    dst[hi..].fill(0.0);
-    let from = (lo as isize + shift) as usize;
-    dst[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
-    if cols.start > 0 || cols.end < geo.w {
-        for row in dst.chunks_mut(geo.w) {
-            row[..cols.start].fill(0.0);
-            row[cols.end..].fill(0.0);
+    let (from, range) = geo.shifted(r, s);
+    dst[..range.start].fill(0.0);
+    dst[range.end..].fill(0.0);
+    dst[range.clone()].copy_from_slice(&plane[from..from + range.len()]);
+    zero_columns(dst, geo.w, cols);
+}
+
+/// The adjoint of [`shifted_copy`]: `plane += src` shifted back, after
+/// zeroing `src`'s wrapped columns (which belong to no input position).
+fn shifted_add(geo: &Geometry, src: &mut [f32], r: usize, s: usize, cols: std::ops::Range<usize>, plane: &mut [f32]) {
+    zero_columns(src, geo.w, cols);
+    let (from, range) = geo.shifted(r, s);
+    let len = range.len();
+    for (d, v) in plane[from..from + len].iter_mut().zip(&src[range]) {
+        *d += v;
+    }
+}
+
+/// Zeroes the columns outside `keep` of a `? x width` matrix, column by
+/// column: a fill of one or two values per row would be a `memset` call each.
+fn zero_columns(m: &mut [f32], width: usize, keep: std::ops::Range<usize>) {
+    for col in (0..keep.start).chain(keep.end..width) {
+        for v in m[col..].iter_mut().step_by(width) {
+            *v = 0.0;
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back to the input position it was read from.
-fn col2im(geo: &Geometry, col: &[f32], x: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds each column entry back to the input
+/// position it was read from (`col` is scratch: entries that belong to no
+/// input position may be zeroed).
+fn col2im(geo: &Geometry, col: &mut [f32], x: &mut [f32]) {
     let l = geo.l();
     let [sh, sw] = geo.stride;
     for c in 0..geo.c {
@@ -521,7 +548,11 @@ fn col2im(geo: &Geometry, col: &[f32], x: &mut [f32]) {
             let rows = inside(geo.h, geo.ho, r, sh, geo.pad[0]);
             for s in 0..geo.s {
                 let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
-                let src = &col[((c * geo.r + r) * geo.s + s) * l..][..l];
+                let src = &mut col[((c * geo.r + r) * geo.s + s) * l..][..l];
+                if geo.keeps_size() {
+                    shifted_add(geo, src, r, s, cols, plane);
+                    continue;
+                }
                 for oh in rows.clone() {
                     let dst = &mut plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
                     let vals = &src[oh * geo.wo..][..geo.wo][cols.clone()];

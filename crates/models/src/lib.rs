@@ -3,9 +3,10 @@
 //! CIFAR-style ResNets (plain or residual, BatchNorm on or off) as Burn modules,
 //! their named presets, host-side seeded initialisation that gives identical
 //! weights on every backend, the probe points (names, shapes, parameter
-//! paths, taps) through which the probe reads them, and the convolution and
-//! sigmoid they train with (on flex, the direct backward pass: [`conv`]; a
-//! vectorised `exp`: [`sigmoid`]). It knows nothing of datasets,
+//! paths, taps) through which the probe reads them, and the convolution,
+//! BatchNorm and sigmoid they train with (on flex: the direct backward pass,
+//! [`conv`]; a few passes over the activations, [`batchnorm`]; a vectorised
+//! `exp`, [`sigmoid`]). It knows nothing of datasets,
 //! optimisers, training loops, metrics or reports.
 //!
 //! ```
@@ -25,9 +26,11 @@
 //! ```
 
 pub mod activation;
+pub mod batchnorm;
 pub mod capture;
 pub mod common;
 pub mod conv;
+mod flex_host;
 pub mod init;
 pub mod interop;
 pub mod mlp;

@@ -80,13 +80,13 @@ impl DenseLayer {
         match (&self.norm, self.placement) {
             (None, _) => (self.activation.input_to_keep(&z), self.activation.forward(z)),
             (Some(bn), NormPlacement::BeforeActivation) => {
-                let a = bn.forward(rec.norm_input(z));
+                let a = crate::batchnorm::forward(bn, rec.norm_input(z));
                 (self.activation.input_to_keep(&a), self.activation.forward(a))
             }
             (Some(bn), NormPlacement::AfterActivation) => {
                 // The output is BatchNorm's: it does not tell the activation's derivative.
                 let y = self.activation.forward(z.clone());
-                (Some(z), bn.forward(rec.norm_input(y)))
+                (Some(z), crate::batchnorm::forward(bn, rec.norm_input(y)))
             }
         }
     }

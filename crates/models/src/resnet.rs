@@ -123,7 +123,7 @@ impl ConvNorm {
     fn forward(&self, x: Tensor<4>, rec: &mut Recorder) -> Tensor<4> {
         let z = crate::conv::forward(&self.conv, x);
         match &self.norm {
-            Some(bn) => bn.forward(rec.norm_input(z)),
+            Some(bn) => crate::batchnorm::forward(bn, rec.norm_input(z)),
             None => z,
         }
     }

@@ -1,0 +1,438 @@
+//! BatchNorm on flex in a few passes over the activations.
+//!
+//! Burn's training-mode batch norm is a decomposition into tensor operations
+//! (`swap_dims` + reshape copies to reduce per channel, then broadcast
+//! subtract, divide, multiply and add, and about a dozen more passes
+//! backward); on a ResNet's activations these passes cost about as much as
+//! the convolutions. Here, on flex, with `M` values per channel, `x̂ = (x - μ) / σ`
+//! and `σ = √(var + ε)` (biased variance, as Burn and PyTorch normalise):
+//!
+//! `y = γ x̂ + β`, `dL/dγ = Σ g x̂`, `dL/dβ = Σ g`, `dL/dx = γ/σ · (g - Σg/M - x̂ · Σ(g x̂)/M)`,
+//!
+//! two reading passes and one writing pass forward, one reading and one
+//! writing pass backward; evaluation is one pass with the running statistics.
+//! The running statistics are updated exactly as `burn::nn::BatchNorm` does.
+//! Other backends, and tensors that are not f32, take Burn's own `BatchNorm`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::nn::BatchNorm;
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::flex_host::{f32_tensor, to_f32};
+
+/// `bn.forward(x)` for `x: [N, C, ...]`, with the passes above on flex.
+pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    let [features] = bn.gamma.shape().dims();
+    let dims = x.dims();
+    assert!(
+        D >= 2 && dims[1] == features,
+        "BatchNorm over {features} features got an input of shape {dims:?}"
+    );
+    if x.device().is_autodiff() && bn.training.is_enabled() {
+        match train_flex(bn, &x) {
+            Some((y, mean, var)) => {
+                update_running_stats(bn, mean, var, &x.device());
+                y
+            }
+            None => bn.forward(x),
+        }
+    } else {
+        inference_flex(bn, &x).unwrap_or_else(|| bn.forward(x))
+    }
+}
+
+/// The running statistics' update of `burn::nn::BatchNorm::forward_train`.
+fn update_running_stats(bn: &BatchNorm, mean: Vec<f32>, var: Vec<f32>, device: &burn::tensor::Device) {
+    let c = mean.len();
+    let m = bn.momentum;
+    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Vec<f32>| {
+        let batch = Tensor::<1>::from_data(TensorData::new(batch, [c]), device);
+        let running = state.value_sync().to_device(device);
+        state.update(running.mul_scalar(1.0 - m).add(batch.mul_scalar(m)).detach());
+    };
+    update(&bn.running_mean, mean);
+    update(&bn.running_var, var);
+}
+
+/// The training pass on `Autodiff<Flex>`: output, batch mean and biased variance.
+fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D>, Vec<f32>, Vec<f32>)> {
+    type Ad = Autodiff<Flex>;
+    let x_ad = x.clone().try_into_primitive::<Ad>().ok()?;
+    let g_ad = bn.gamma.val().try_into_primitive::<Ad>().ok()?;
+    let b_ad = bn.beta.val().try_into_primitive::<Ad>().ok()?;
+    let (x_p, x_node) = x_ad.into_parts();
+    let (g_p, g_node) = g_ad.into_parts();
+    let (b_p, b_node) = b_ad.into_parts();
+    if [x_p.dtype(), g_p.dtype(), b_p.dtype()] != [DType::F32; 3] {
+        return None;
+    }
+    let x_p = to_f32(&x_p);
+    let gamma = to_f32(&g_p).as_slice::<f32>().expect("contiguous f32").to_vec();
+    let beta = to_f32(&b_p).as_slice::<f32>().expect("contiguous f32").to_vec();
+    let shape = Layout::of(x_p.layout().shape());
+    let xs = x_p.as_slice::<f32>().expect("contiguous f32");
+    let (mean, var) = shape.mean_var(xs);
+    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + bn.epsilon as f32).sqrt()).collect();
+    let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
+    let shift: Vec<f32> = (0..shape.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
+    let y = f32_tensor(shape.affine(xs, &scale, &shift), x_p.layout().shape().to_vec());
+    let state = State {
+        x: x_p,
+        gamma,
+        mean: mean.clone(),
+        inv_std,
+    };
+    let out = match DirectBatchNorm
+        .prepare::<NoCheckpointing>([x_node, g_node, b_node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Some((Tensor::from_primitive::<Ad>(out), mean, var))
+}
+
+/// Evaluation on plain flex: `y = γ (x - running mean) / √(running var + ε) + β` in one pass.
+fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tensor<D>> {
+    let host = |t: Tensor<1>| -> Option<Vec<f32>> {
+        let t = t.try_into_primitive::<Flex>().ok()?;
+        (t.dtype() == DType::F32).then(|| to_f32(&t).as_slice::<f32>().expect("contiguous f32").to_vec())
+    };
+    let x_p = x.clone().try_into_primitive::<Flex>().ok()?;
+    if x_p.dtype() != DType::F32 {
+        return None;
+    }
+    let gamma = host(bn.gamma.val())?;
+    let beta = host(bn.beta.val())?;
+    let mean = host(bn.running_mean.value())?;
+    let var = host(bn.running_var.value())?;
+    let x_p = to_f32(&x_p);
+    let shape = Layout::of(x_p.layout().shape());
+    let scale: Vec<f32> = (0..shape.c)
+        .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
+        .collect();
+    let shift: Vec<f32> = (0..shape.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
+    let y = shape.affine(x_p.as_slice::<f32>().expect("contiguous f32"), &scale, &shift);
+    Some(Tensor::from_primitive::<Flex>(f32_tensor(
+        y,
+        x_p.layout().shape().to_vec(),
+    )))
+}
+
+/// What the backward pass needs: the input and the statistics it was normalised with.
+#[derive(Debug, Clone)]
+struct State {
+    x: FlexTensor,
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+/// The batch norm's autodiff node; parents: x, gamma, beta.
+#[derive(Debug)]
+struct DirectBatchNorm;
+
+impl Backward<Flex, 3> for DirectBatchNorm {
+    type State = State;
+
+    fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = to_f32(&grads.consume::<Flex>(&ops.node));
+        let State {
+            x,
+            gamma,
+            mean,
+            inv_std,
+        } = ops.state;
+        let dims = x.layout().shape().to_vec();
+        let shape = Layout::of(&dims);
+        let (xs, gs) = (
+            x.as_slice::<f32>().expect("contiguous f32"),
+            grad.as_slice::<f32>().expect("contiguous f32"),
+        );
+        // Σ g and Σ g (x - μ) per channel; Σ g x̂ = σ⁻¹ Σ g (x - μ).
+        let (sum_g, sum_gx) = shape.grad_sums(gs, xs, &mean);
+        let sum_gxhat: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, i)| s * i).collect();
+        let [x_parent, gamma_parent, beta_parent] = &ops.parents;
+        if let Some(node) = x_parent {
+            // dL/dx = a g + b x + c per channel.
+            let m = shape.per_channel() as f32;
+            let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
+            let b: Vec<f32> = (0..shape.c).map(|c| -a[c] * inv_std[c] * sum_gxhat[c] / m).collect();
+            let k: Vec<f32> = (0..shape.c).map(|c| -a[c] * sum_g[c] / m - b[c] * mean[c]).collect();
+            let dx = shape.grad_x(gs, xs, &a, &b, &k);
+            grads.register::<Flex>(node.id, f32_tensor(dx, dims.clone()));
+        }
+        if let Some(node) = gamma_parent {
+            grads.register::<Flex>(node.id, f32_tensor(sum_gxhat, vec![shape.c]));
+        }
+        if let Some(node) = beta_parent {
+            grads.register::<Flex>(node.id, f32_tensor(sum_g, vec![shape.c]));
+        }
+    }
+}
+
+/// Values per task above which a pass is split over the rayon pool.
+const PARALLEL_VALUES: usize = 1 << 15;
+
+/// An input `[N, C, S...]` seen as `N x C` runs of `S` contiguous values.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    n: usize,
+    c: usize,
+    s: usize,
+}
+
+impl Layout {
+    fn of(dims: &[usize]) -> Self {
+        Self {
+            n: dims[0],
+            c: dims[1],
+            s: dims[2..].iter().product(),
+        }
+    }
+
+    /// Values normalised together (one channel's).
+    fn per_channel(&self) -> usize {
+        self.n * self.s
+    }
+
+    fn parallel(&self) -> bool {
+        self.n * self.c * self.s >= PARALLEL_VALUES
+    }
+
+    /// Per channel `Σ x` (`SQUARED = false`) or `Σ (x - center)²` over the batch and positions.
+    fn channel_sums<const SQUARED: bool>(&self, x: &[f32], center: &[f32]) -> Vec<f32> {
+        let Self { n, c, s } = *self;
+        let term = |v: f32, m: f32| if SQUARED { (v - m) * (v - m) } else { v };
+        if s == 1 {
+            // [N, C]: accumulate rows, vectorised over channels.
+            let mut acc = vec![0f64; c];
+            let mut rows = vec![0f32; c];
+            for block in x.chunks(c * ROWS_PER_F64_ADD) {
+                rows.fill(0.0);
+                for row in block.chunks_exact(c) {
+                    for ((r, &v), &m) in rows.iter_mut().zip(row).zip(center) {
+                        *r += term(v, m);
+                    }
+                }
+                acc.iter_mut().zip(&rows).for_each(|(a, &r)| *a += f64::from(r));
+            }
+            return acc.into_iter().map(|a| a as f32).collect();
+        }
+        let channel = |ch: usize| -> f32 {
+            let m = center[ch];
+            let sum: f64 = (0..n)
+                .map(|i| f64::from(lane_sum(&x[(i * c + ch) * s..][..s], |v| term(v, m))))
+                .sum();
+            sum as f32
+        };
+        if self.parallel() {
+            (0..c).into_par_iter().map(channel).collect()
+        } else {
+            (0..c).map(channel).collect()
+        }
+    }
+
+    /// Batch mean and biased variance per channel (two passes: the variance of centred values).
+    fn mean_var(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let m = self.per_channel() as f32;
+        let zeros = vec![0f32; self.c];
+        let mean: Vec<f32> = self.channel_sums::<false>(x, &zeros).iter().map(|s| s / m).collect();
+        let var = self.channel_sums::<true>(x, &mean).iter().map(|s| s / m).collect();
+        (mean, var)
+    }
+
+    /// `scale[c] x + shift[c]` value by value.
+    fn affine(&self, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        self.per_image(&mut y, |i, y_i| {
+            let x_i = &x[i * y_i.len()..][..y_i.len()];
+            if self.s == 1 {
+                for (((y, &x), &a), &b) in y_i.iter_mut().zip(x_i).zip(scale).zip(shift) {
+                    *y = a * x + b;
+                }
+                return;
+            }
+            for (ch, (y, x)) in y_i.chunks_mut(self.s).zip(x_i.chunks(self.s)).enumerate() {
+                let (a, b) = (scale[ch], shift[ch]);
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = a * x + b;
+                }
+            }
+        });
+        y
+    }
+
+    /// Per channel `Σ g` and `Σ g (x - mean)`.
+    fn grad_sums(&self, g: &[f32], x: &[f32], mean: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let Self { n, c, s } = *self;
+        if s == 1 {
+            let (mut sg, mut sgx) = (vec![0f32; c], vec![0f32; c]);
+            for (g_row, x_row) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
+                for (((sg, sgx), (&g, &x)), &m) in sg.iter_mut().zip(&mut sgx).zip(g_row.iter().zip(x_row)).zip(mean) {
+                    *sg += g;
+                    *sgx += g * (x - m);
+                }
+            }
+            return (sg, sgx);
+        }
+        let channel = |ch: usize| -> (f32, f32) {
+            let mut sums = (0f64, 0f64);
+            for i in 0..n {
+                let at = (i * c + ch) * s;
+                let (g, x) = (&g[at..][..s], &x[at..][..s]);
+                let (a, b) = lane_sum2(g, x, mean[ch]);
+                sums.0 += f64::from(a);
+                sums.1 += f64::from(b);
+            }
+            (sums.0 as f32, sums.1 as f32)
+        };
+        let pairs: Vec<(f32, f32)> = if self.parallel() {
+            (0..c).into_par_iter().map(channel).collect()
+        } else {
+            (0..c).map(channel).collect()
+        };
+        pairs.into_iter().unzip()
+    }
+
+    /// `a[c] g + b[c] x + k[c]` value by value.
+    fn grad_x(&self, g: &[f32], x: &[f32], a: &[f32], b: &[f32], k: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0f32; x.len()];
+        self.per_image(&mut dx, |i, dx_i| {
+            let len = dx_i.len();
+            let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
+            if self.s == 1 {
+                for (((d, &g), &x), ((&a, &b), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(a.iter().zip(b).zip(k)) {
+                    *d = a * g + b * x + k;
+                }
+                return;
+            }
+            let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
+            for (ch, ((dx, g), x)) in runs.enumerate() {
+                let (a, b, k) = (a[ch], b[ch], k[ch]);
+                for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                    *d = a * g + b * x + k;
+                }
+            }
+        });
+        dx
+    }
+
+    /// `f(i, out_i)` for each image's `C x S` block of `out`, over rayon when large.
+    fn per_image(&self, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+        let block = self.c * self.s;
+        if self.parallel() && self.s > 1 {
+            out.par_chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
+        } else {
+            out.chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
+        }
+    }
+}
+
+/// Rows of an `[N, C]` input summed in f32 before their sum joins the f64 total.
+const ROWS_PER_F64_ADD: usize = 64;
+
+/// `Σ f(v)` in 16 independent lanes, so the loop vectorises.
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `(Σ g, Σ g (x - mean))` in 16 independent lanes each.
+#[inline]
+fn lane_sum2(g: &[f32], x: &[f32], mean: f32) -> (f32, f32) {
+    let (mut sg, mut sgx) = ([0f32; 16], [0f32; 16]);
+    let (gc, xc) = (g.chunks_exact(16), x.chunks_exact(16));
+    let mut tail = (0f32, 0f32);
+    for (&g, &x) in gc.remainder().iter().zip(xc.remainder()) {
+        tail.0 += g;
+        tail.1 += g * (x - mean);
+    }
+    for (g, x) in gc.zip(xc) {
+        for i in 0..16 {
+            sg[i] += g[i];
+            sgx[i] += g[i] * (x[i] - mean);
+        }
+    }
+    (sg.iter().sum::<f32>() + tail.0, sgx.iter().sum::<f32>() + tail.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{Module, Param};
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    use super::*;
+
+    /// Two BatchNorms with the same gamma and beta and their own running statistics.
+    fn pair(c: usize, device: &Device) -> (BatchNorm, BatchNorm) {
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), device).into_data();
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), device).into_data();
+        let make = || {
+            let mut bn = BatchNormConfig::new(c).init(device);
+            bn.gamma = Param::from_tensor(Tensor::from_data(gamma.clone(), device));
+            bn.beta = Param::from_tensor(Tensor::from_data(beta.clone(), device));
+            bn
+        };
+        (make(), make())
+    }
+
+    /// Output, the gradients of x, gamma and beta, the running statistics
+    /// (after two steps) and evaluation equal Burn's `BatchNorm`.
+    fn compare<const D: usize>(dims: [usize; D]) {
+        let device = Device::flex().autodiff();
+        let (ours, theirs) = pair(dims[1], &device);
+        let tol = Tolerance::rel_abs(1e-4, 1e-5);
+        let close = |a: Tensor<D>, b: Tensor<D>| a.into_data().assert_approx_eq::<f32>(&b.into_data(), tol);
+        let close1 = |a: Tensor<1>, b: Tensor<1>| a.into_data().assert_approx_eq::<f32>(&b.into_data(), tol);
+        for step in 0..2 {
+            let x = Tensor::<D>::random(dims, Distribution::Normal(3.0 - step as f64, 2.0), &device);
+            let (a, b) = (x.clone().require_grad(), x.require_grad());
+            let (y_ours, y_theirs) = (forward(&ours, a.clone()), theirs.forward(b.clone()));
+            close(y_ours.clone(), y_theirs.clone());
+            let weights = Tensor::<D>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let mut g_ours = (y_ours * weights.clone()).sum().backward();
+            let mut g_theirs = (y_theirs * weights).sum().backward();
+            close(
+                a.grad_remove(&mut g_ours).unwrap(),
+                b.grad_remove(&mut g_theirs).unwrap(),
+            );
+            for (p, q) in [(&ours.gamma, &theirs.gamma), (&ours.beta, &theirs.beta)] {
+                close1(
+                    p.val().grad_remove(&mut g_ours).unwrap(),
+                    q.val().grad_remove(&mut g_theirs).unwrap(),
+                );
+            }
+            close1(ours.running_mean.value(), theirs.running_mean.value());
+            close1(ours.running_var.value(), theirs.running_var.value());
+        }
+        let x = Tensor::<D>::random(dims, Distribution::Normal(1.0, 2.0), &Device::flex());
+        close(forward(&ours.valid(), x.clone()), theirs.valid().forward(x));
+    }
+
+    #[test]
+    fn matches_burns_batch_norm_on_mlp_and_conv_inputs() {
+        Device::flex().autodiff().seed(5);
+        compare([7, 5]);
+        compare([128, 64]);
+        compare([3, 4, 5, 6]);
+        // Large enough to be split over threads; runs of 17 values (a lane tail).
+        compare([16, 8, 17, 17]);
+    }
+}
