@@ -14,6 +14,7 @@ mod models_cmd;
 mod parity_cmd;
 mod progress;
 mod tensorboard_cmd;
+mod threads;
 mod train_cmd;
 mod watch_cmd;
 
@@ -65,7 +66,7 @@ fn main() {
     // SAFETY: as above; SIG_DFL is a valid disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = threads::in_pool(move || match cli.command {
         Command::Lab(args) => lab_cmd::run(args),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Models(cmd) => models_cmd::run(cmd),
@@ -77,7 +78,7 @@ fn main() {
         Command::Bench(args) => bench_cmd::run(args),
         Command::Tensorboard(args) => tensorboard_cmd::run(args),
         Command::Watch(args) => watch_cmd::run(args),
-    };
+    });
     if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);

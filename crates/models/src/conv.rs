@@ -29,7 +29,7 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
-use crate::flex_host::{f32_tensor, to_f32};
+use crate::flex_host::{Mat, f32_tensor, matmul, to_f32};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
 /// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
@@ -363,86 +363,6 @@ fn direct_backward(
         sum
     });
     (want_x.then_some(gx), gw)
-}
-
-/// A matrix over a slice: `rows x cols`, element `(i, j)` at `i·rs + j·cs`.
-struct Mat<S> {
-    data: S,
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<S: AsRef<[f32]>> Mat<S> {
-    /// The first `rows·cols` values of `data`, row by row.
-    fn rows(data: S, rows: usize, cols: usize) -> Self {
-        assert!(
-            data.as_ref().len() >= rows * cols,
-            "a {rows}x{cols} matrix over {} values",
-            data.as_ref().len()
-        );
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The same values as the transpose (no copy).
-    fn transposed(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-}
-
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, on one thread
-/// (the callers split the work).
-fn matmul(dst: Mat<&mut [f32]>, lhs: Mat<&[f32]>, rhs: Mat<&[f32]>, accumulate: bool) {
-    assert!(
-        lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows,
-        "matmul of {}x{} by {}x{} into {}x{}",
-        lhs.rows,
-        lhs.cols,
-        rhs.rows,
-        rhs.cols,
-        dst.rows,
-        dst.cols
-    );
-    let stride = |s: usize| s as isize;
-    // SAFETY: `Mat::rows` checked that each slice holds its rows x cols values
-    // at the strides given (a transpose addresses the same values), and the
-    // shapes agree (above); `dst` is borrowed mutably, the others shared.
-    unsafe {
-        gemm::gemm(
-            dst.rows,
-            dst.cols,
-            lhs.cols,
-            dst.data.as_mut_ptr(),
-            stride(dst.cs),
-            stride(dst.rs),
-            accumulate,
-            lhs.data.as_ptr(),
-            stride(lhs.cs),
-            stride(lhs.rs),
-            rhs.data.as_ptr(),
-            stride(rhs.cs),
-            stride(rhs.rs),
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// Chunks of images whose weight-gradient sums [`direct_backward`] adds up

@@ -1,5 +1,6 @@
-//! Flex tensors as f32 slices, for the ops written directly on flex's memory
-//! ([`conv`](crate::conv), [`batchnorm`](crate::batchnorm)).
+//! Flex tensors as f32 slices, and matrix products over them on one thread,
+//! for the ops written directly on flex's memory ([`conv`](crate::conv),
+//! [`batchnorm`](crate::batchnorm), [`linear`](crate::linear)).
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
@@ -14,4 +15,101 @@ pub(crate) fn to_f32(t: &FlexTensor) -> FlexTensor {
 /// A flex tensor over `values` in row-major order.
 pub(crate) fn f32_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
+}
+
+/// A matrix over a slice: `rows x cols`, element `(i, j)` at `i·rs + j·cs`.
+pub(crate) struct Mat<S> {
+    data: S,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<S: AsRef<[f32]>> Mat<S> {
+    /// The first `rows·cols` values of `data`, row by row.
+    pub(crate) fn rows(data: S, rows: usize, cols: usize) -> Self {
+        assert!(
+            data.as_ref().len() >= rows * cols,
+            "a {rows}x{cols} matrix over {} values",
+            data.as_ref().len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// `rows x cols` values of `data` at row stride `rs` and column stride `cs`.
+    pub(crate) fn strided(data: S, rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        let last = (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+        assert!(
+            rows * cols == 0 || last < data.as_ref().len(),
+            "a {rows}x{cols} matrix at strides ({rs}, {cs}) over {} values",
+            data.as_ref().len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// The same values as the transpose (no copy).
+    pub(crate) fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, on one thread
+/// (the callers split the work).
+pub(crate) fn matmul(dst: Mat<&mut [f32]>, lhs: Mat<&[f32]>, rhs: Mat<&[f32]>, accumulate: bool) {
+    assert!(
+        lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows,
+        "matmul of {}x{} by {}x{} into {}x{}",
+        lhs.rows,
+        lhs.cols,
+        rhs.rows,
+        rhs.cols,
+        dst.rows,
+        dst.cols
+    );
+    let stride = |s: usize| s as isize;
+    // SAFETY: `Mat::rows` checked that each slice holds its rows x cols values
+    // at the strides given (a transpose addresses the same values), and the
+    // shapes agree (above); `dst` is borrowed mutably, the others shared.
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            lhs.cols,
+            dst.data.as_mut_ptr(),
+            stride(dst.cs),
+            stride(dst.rs),
+            accumulate,
+            lhs.data.as_ptr(),
+            stride(lhs.cs),
+            stride(lhs.rs),
+            rhs.data.as_ptr(),
+            stride(rhs.cs),
+            stride(rhs.rs),
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }

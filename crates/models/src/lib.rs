@@ -33,6 +33,7 @@ pub mod conv;
 mod flex_host;
 pub mod init;
 pub mod interop;
+pub mod linear;
 pub mod mlp;
 pub mod params;
 pub mod probe_point;

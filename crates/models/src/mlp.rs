@@ -76,7 +76,7 @@ impl DenseLayer {
     /// Returns `(activation input, layer output)`, the input only where the
     /// probe needs it ([`gradscope_models::Trace::pre`](crate::Trace::pre)).
     fn forward_parts(&self, x: Tensor<2>, rec: &mut Recorder) -> (Option<Tensor<2>>, Tensor<2>) {
-        let z = self.linear.forward(x);
+        let z = crate::linear::forward(&self.linear, x);
         match (&self.norm, self.placement) {
             (None, _) => (self.activation.input_to_keep(&z), self.activation.forward(z)),
             (Some(bn), NormPlacement::BeforeActivation) => {
@@ -292,7 +292,7 @@ impl Traced for Mlp {
                 h = rec.point(None, sum);
             }
         }
-        let logits = self.head.forward(h);
+        let logits = crate::linear::forward(&self.head, h);
         rec.point(None, logits)
     }
 

@@ -412,7 +412,7 @@ impl Traced for ResNet {
         }
         let [b, c, _, _] = x.dims();
         let pooled = x.mean_dim(3).mean_dim(2).reshape([b, c]);
-        let logits = self.head.forward(pooled);
+        let logits = crate::linear::forward(&self.head, pooled);
         rec.point(None, logits)
     }
 
