@@ -413,8 +413,12 @@ fn im2col(geo: &Geometry, x: &[f32], col: &mut [f32]) {
                     let out = &mut dst[oh * geo.wo..][..geo.wo];
                     // The first input column this row reads.
                     let first = cols.start * sw + s - geo.pad[1];
-                    for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                        *d = *v;
+                    if sw == 1 {
+                        out[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
+                    } else {
+                        for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                            *d = *v;
+                        }
                     }
                 }
             }
@@ -499,15 +503,18 @@ mod tests {
 
     /// Forward and all three gradients equal Burn's own op's, on shapes the
     /// ResNets use and a few others: strides 1 and 2, padding 0 and 1
-    /// (asymmetric too), 1x1 and 3x3 kernels, batch 1 and 64.
+    /// (asymmetric too), 1x1, 2x2 and 3x3 kernels, batch 1 and 64.
     #[test]
     fn direct_backward_matches_burns_conv2d() {
         let device = Device::flex().autodiff();
         device.seed(3);
         /// Input dims, weight dims, stride, padding, bias.
         type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
-        let cases: [Case; 7] = [
+        let cases: [Case; 9] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+            // Stride 1 keeping the size with asymmetric padding; stride 1 shrinking it.
+            ([2, 3, 5, 6], [4, 3, 2, 2], [1, 1], [(1, 0), (0, 1)], true),
+            ([2, 2, 7, 7], [3, 2, 3, 3], [1, 1], [(0, 0), (0, 0)], false),
             ([2, 3, 9, 7], [5, 3, 3, 3], [2, 2], [(1, 1), (1, 1)], true),
             ([1, 4, 8, 8], [6, 4, 1, 1], [2, 2], [(0, 0), (0, 0)], false),
             ([64, 8, 6, 6], [8, 8, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
