@@ -369,3 +369,46 @@ fn mlp_supports_depth_100() {
     assert_eq!(m.probe_points().len(), 101);
     assert_eq!(m.forward(images(2, &d)).dims(), [2, 10]);
 }
+
+/// The flex kernels (convolution, BatchNorm, Linear, sigmoid) against Burn's
+/// own ops on ndarray, from the same weights and batch: the loss, every
+/// parameter gradient and every captured dL/dh (outputs and BatchNorm inputs).
+#[test]
+fn flex_kernels_give_burns_loss_gradients_and_captures() {
+    for name in ["mlp-sigmoid-bn-4x32", "mlp-relu-4x512", "resnet8-residual"] {
+        let run = |device: Device| {
+            let m = preset(name).unwrap().init(&device).unwrap();
+            let x = images(8, &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 7, 3, 0, 9, 2, 5, 5], [8]), &device);
+            let taps = Taps::new(m.probe_points());
+            let logits = m.forward_probed(x, Some(&taps)).logits;
+            let loss = m.head().loss(logits, y);
+            let grads = loss.backward();
+            let mut values = vec![loss.into_data().try_to_vec::<f32>().unwrap()];
+            let slots = taps.out.iter().chain(taps.norm_in.iter().flatten());
+            values.extend(slots.map(|s| s.take().unwrap().into_data().try_to_vec::<f32>().unwrap()));
+            struct G<'a>(&'a burn::tensor::Gradients, &'a mut Vec<Vec<f32>>);
+            impl burn::module::ModuleVisitor for G<'_> {
+                fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                    if let Some(g) = p.val().grad(self.0) {
+                        self.1.push(g.to_data().try_to_vec().unwrap());
+                    }
+                }
+            }
+            m.visit(&mut G(&grads, &mut values));
+            values
+        };
+        #[allow(deprecated)] // ndarray: Burn's own ops, the reference here.
+        let reference = Device::ndarray().autodiff();
+        let (ours, theirs) = (run(Device::flex().autodiff()), run(reference));
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-4 * scale + 1e-7,
+                "{name}, value set {i}: differs by {worst} (largest {scale})"
+            );
+        }
+    }
+}
