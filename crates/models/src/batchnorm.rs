@@ -80,8 +80,7 @@ fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D
     let (mean, var) = shape.mean_var(xs);
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + bn.epsilon as f32).sqrt()).collect();
     let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
-    let shift: Vec<f32> = (0..shape.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    let y = f32_tensor(shape.affine(xs, &scale, &shift), x_p.layout().shape().to_vec());
+    let y = f32_tensor(shape.affine(xs, &scale, &mean, &beta), x_p.layout().shape().to_vec());
     let state = State {
         x: x_p,
         gamma,
@@ -118,8 +117,7 @@ fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tenso
     let scale: Vec<f32> = (0..shape.c)
         .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
         .collect();
-    let shift: Vec<f32> = (0..shape.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    let y = shape.affine(x_p.as_slice::<f32>().expect("contiguous f32"), &scale, &shift);
+    let y = shape.affine(x_p.as_slice::<f32>().expect("contiguous f32"), &scale, &mean, &beta);
     Some(Tensor::from_primitive::<Flex>(f32_tensor(
         y,
         x_p.layout().shape().to_vec(),
@@ -161,12 +159,12 @@ impl Backward<Flex, 3> for DirectBatchNorm {
         let sum_gxhat: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, i)| s * i).collect();
         let [x_parent, gamma_parent, beta_parent] = &ops.parents;
         if let Some(node) = x_parent {
-            // dL/dx = a g + b x + c per channel.
+            // dL/dx = a g + b (x - μ) + k per channel.
             let m = shape.per_channel() as f32;
             let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
             let b: Vec<f32> = (0..shape.c).map(|c| -a[c] * inv_std[c] * sum_gxhat[c] / m).collect();
-            let k: Vec<f32> = (0..shape.c).map(|c| -a[c] * sum_g[c] / m - b[c] * mean[c]).collect();
-            let dx = shape.grad_x(gs, xs, &a, &b, &k);
+            let k: Vec<f32> = (0..shape.c).map(|c| -a[c] * sum_g[c] / m).collect();
+            let dx = shape.grad_x(gs, xs, [&a, &b, &mean, &k]);
             grads.register::<Flex>(node.id, f32_tensor(dx, dims.clone()));
         }
         if let Some(node) = gamma_parent {
@@ -249,21 +247,24 @@ impl Layout {
         (mean, var)
     }
 
-    /// `scale[c] x + shift[c]` value by value.
-    fn affine(&self, x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    /// `scale[c] (x - center[c]) + shift[c]` value by value (centred first,
+    /// as Burn does: `scale x + (shift - scale center)` would lose digits to
+    /// cancellation when the mean is large against the spread).
+    fn affine(&self, x: &[f32], scale: &[f32], center: &[f32], shift: &[f32]) -> Vec<f32> {
         let mut y = vec![0f32; x.len()];
         self.per_image(&mut y, |i, y_i| {
             let x_i = &x[i * y_i.len()..][..y_i.len()];
             if self.s == 1 {
-                for (((y, &x), &a), &b) in y_i.iter_mut().zip(x_i).zip(scale).zip(shift) {
-                    *y = a * x + b;
+                let per_channel = scale.iter().zip(center).zip(shift);
+                for ((y, &x), ((&a, &m), &b)) in y_i.iter_mut().zip(x_i).zip(per_channel) {
+                    *y = a * (x - m) + b;
                 }
                 return;
             }
             for (ch, (y, x)) in y_i.chunks_mut(self.s).zip(x_i.chunks(self.s)).enumerate() {
-                let (a, b) = (scale[ch], shift[ch]);
+                let (a, m, b) = (scale[ch], center[ch], shift[ch]);
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = a * x + b;
+                    *y = a * (x - m) + b;
                 }
             }
         });
@@ -302,23 +303,24 @@ impl Layout {
         pairs.into_iter().unzip()
     }
 
-    /// `a[c] g + b[c] x + k[c]` value by value.
-    fn grad_x(&self, g: &[f32], x: &[f32], a: &[f32], b: &[f32], k: &[f32]) -> Vec<f32> {
+    /// `a[c] g + b[c] (x - center[c]) + k[c]` value by value.
+    fn grad_x(&self, g: &[f32], x: &[f32], [a, b, center, k]: [&[f32]; 4]) -> Vec<f32> {
         let mut dx = vec![0f32; x.len()];
         self.per_image(&mut dx, |i, dx_i| {
             let len = dx_i.len();
             let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
             if self.s == 1 {
-                for (((d, &g), &x), ((&a, &b), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(a.iter().zip(b).zip(k)) {
-                    *d = a * g + b * x + k;
+                let per_channel = a.iter().zip(b).zip(center).zip(k);
+                for (((d, &g), &x), (((&a, &b), &m), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel) {
+                    *d = a * g + b * (x - m) + k;
                 }
                 return;
             }
             let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
             for (ch, ((dx, g), x)) in runs.enumerate() {
-                let (a, b, k) = (a[ch], b[ch], k[ch]);
+                let (a, b, m, k) = (a[ch], b[ch], center[ch], k[ch]);
                 for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                    *d = a * g + b * x + k;
+                    *d = a * g + b * (x - m) + k;
                 }
             }
         });
@@ -434,5 +436,28 @@ mod tests {
         compare([3, 4, 5, 6]);
         // Large enough to be split over threads; runs of 17 values (a lane tail).
         compare([16, 8, 17, 17]);
+    }
+
+    /// A mean far from zero against the spread (activations offset by 1000,
+    /// where a one-pass variance `E[x²] - E[x]²` would be off by percents):
+    /// still Burn's output and gradient within 1e-3.
+    #[test]
+    fn a_large_mean_loses_no_digits() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        let (ours, theirs) = pair(6, &device);
+        let x = Tensor::<4>::random([8, 6, 5, 5], Distribution::Normal(1000.0, 1.0), &device);
+        let (a, b) = (x.clone().require_grad(), x.require_grad());
+        let (y_ours, y_theirs) = (forward(&ours, a.clone()), theirs.forward(b.clone()));
+        let tol = Tolerance::rel_abs(1e-3, 1e-3);
+        y_ours.to_data().assert_approx_eq::<f32>(&y_theirs.to_data(), tol);
+        let weights = Tensor::<4>::random([8, 6, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        let mut g_ours = (y_ours * weights.clone()).sum().backward();
+        let mut g_theirs = (y_theirs * weights).sum().backward();
+        let (ga, gb) = (
+            a.grad_remove(&mut g_ours).unwrap(),
+            b.grad_remove(&mut g_theirs).unwrap(),
+        );
+        ga.into_data().assert_approx_eq::<f32>(&gb.into_data(), tol);
     }
 }
