@@ -510,8 +510,10 @@ mod tests {
         device.seed(3);
         /// Input dims, weight dims, stride, padding, bias.
         type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
-        let cases: [Case; 9] = [
+        let cases: [Case; 10] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+            // A ResNet stem: one input channel, batch 64.
+            ([64, 1, 28, 28], [16, 1, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
             // Stride 1 keeping the size with asymmetric padding; stride 1 shrinking it.
             ([2, 3, 5, 6], [4, 3, 2, 2], [1, 1], [(1, 0), (0, 1)], true),
             ([2, 2, 7, 7], [3, 2, 3, 3], [1, 1], [(0, 0), (0, 0)], false),
