@@ -553,28 +553,19 @@ mod tests {
             vec![run(0, 0.85, 0.0, 0.0), run(1, 0.75, 0.0, 0.0)],
         );
         assert_eq!(r.outcome, Outcome::Confirmed, "{:?}", r.evidence);
-        // Units kept alive, but no better training: not confirmed, and said why.
-        let r = judge(
-            vec![run(0, 0.11, 0.5, 0.5), run(1, 0.11, 0.5, 0.5)],
+        // Not confirmed, with the evidence saying why.
+        let not_confirmed_because = |leaky: Vec<RunData>, why: &str| {
+            let r = judge(vec![run(0, 0.11, 0.5, 0.5), run(1, 0.11, 0.5, 0.5)], leaky);
+            assert_eq!(r.outcome, Outcome::NotConfirmed);
+            assert!(r.evidence.iter().any(|e| e.contains(why)), "{why}: {:?}", r.evidence);
+        };
+        // Units kept alive, but no better training.
+        not_confirmed_because(
             vec![run(0, 0.11, 0.0, 0.0), run(1, 0.12, 0.0, 0.0)],
+            "does not train better",
         );
-        assert_eq!(r.outcome, Outcome::NotConfirmed);
-        assert!(
-            r.evidence.iter().any(|e| e.contains("does not train better")),
-            "{:?}",
-            r.evidence
-        );
-        // Better on average only (one seed +70, the other +5): not confirmed.
-        let r = judge(
-            vec![run(0, 0.11, 0.5, 0.5), run(1, 0.11, 0.5, 0.5)],
-            vec![run(0, 0.81, 0.0, 0.0), run(1, 0.16, 0.0, 0.0)],
-        );
-        assert_eq!(r.outcome, Outcome::NotConfirmed);
-        assert!(
-            r.evidence.iter().any(|e| e.contains("on average only")),
-            "{:?}",
-            r.evidence
-        );
+        // Better on average only (one seed +70, the other +5).
+        not_confirmed_because(vec![run(0, 0.81, 0.0, 0.0), run(1, 0.16, 0.0, 0.0)], "on average only");
         // The boundary: exactly 10 points in each seed is enough; dead units are still required.
         let r = judge(vec![run(0, 0.25, 0.5, 0.5)], vec![run(0, 0.35, 0.0, 0.0)]);
         assert_eq!(r.outcome, Outcome::Confirmed, "{:?}", r.evidence);

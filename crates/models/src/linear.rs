@@ -3,7 +3,7 @@
 //!
 //! flex hands a product of at least 192³ multiply-adds to gemm's own rayon
 //! split, which at an MLP's shapes (a batch of 128 by 256 by 256) costs about
-//! what it saves: two threads trained no faster than one. Here, on
+//! what it saves: with it two threads train no faster than one. Here, on
 //! `Autodiff<Flex>`, with `x: [B, in]`, `W: [in, out]` and `g = dL/dy`,
 //!
 //! `y = x W + b`, `dL/dx = g Wᵀ`, `dL/dW = xᵀ g`, `dL/db = Σ_rows g`,
