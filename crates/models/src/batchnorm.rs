@@ -378,14 +378,15 @@ fn lane_sum2(g: &[f32], x: &[f32], mean: f32) -> (f32, f32) {
 mod tests {
     use burn::module::{Module, Param};
     use burn::nn::BatchNormConfig;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::Device;
 
     use super::*;
+    use crate::test_support::{assert_close, normal};
 
     /// Two BatchNorms with the same gamma and beta and their own running statistics.
-    fn pair(c: usize, device: &Device) -> (BatchNorm, BatchNorm) {
-        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), device).into_data();
-        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), device).into_data();
+    fn pair(c: usize, seed: u64, device: &Device) -> (BatchNorm, BatchNorm) {
+        let gamma = normal([c], 1.0, 0.5, seed, device).into_data();
+        let beta = normal([c], 0.0, 0.5, seed + 1, device).into_data();
         let make = || {
             let mut bn = BatchNormConfig::new(c).init(device);
             bn.gamma = Param::from_tensor(Tensor::from_data(gamma.clone(), device));
@@ -396,68 +397,89 @@ mod tests {
     }
 
     /// Output, the gradients of x, gamma and beta, the running statistics
-    /// (after two steps) and evaluation equal Burn's `BatchNorm`.
-    fn compare<const D: usize>(dims: [usize; D]) {
+    /// (after two steps) and evaluation equal Burn's `BatchNorm`, within `rel`
+    /// of each set's largest value.
+    fn compare<const D: usize>(dims: [usize; D], seed: u64, rel: f32) {
         let device = Device::flex().autodiff();
-        let (ours, theirs) = pair(dims[1], &device);
-        let tol = Tolerance::rel_abs(1e-4, 1e-5);
-        let close = |a: Tensor<D>, b: Tensor<D>| a.into_data().assert_approx_eq::<f32>(&b.into_data(), tol);
-        let close1 = |a: Tensor<1>, b: Tensor<1>| a.into_data().assert_approx_eq::<f32>(&b.into_data(), tol);
-        for step in 0..2 {
-            let x = Tensor::<D>::random(dims, Distribution::Normal(3.0 - step as f64, 2.0), &device);
+        let (ours, theirs) = pair(dims[1], seed, &device);
+        let what = |s: &str| format!("{s} of {dims:?}, seed {seed}");
+        for step in 0..2u64 {
+            let x = normal(dims, 3.0 - step as f32, 2.0, seed + 10 + step, &device);
             let (a, b) = (x.clone().require_grad(), x.require_grad());
             let (y_ours, y_theirs) = (forward(&ours, a.clone()), theirs.forward(b.clone()));
-            close(y_ours.clone(), y_theirs.clone());
-            let weights = Tensor::<D>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            assert_close(y_ours.clone(), y_theirs.clone(), rel, &what("output"));
+            let weights = normal(dims, 0.0, 1.0, seed + 20 + step, &device);
             let mut g_ours = (y_ours * weights.clone()).sum().backward();
             let mut g_theirs = (y_theirs * weights).sum().backward();
-            close(
+            assert_close(
                 a.grad_remove(&mut g_ours).unwrap(),
                 b.grad_remove(&mut g_theirs).unwrap(),
+                rel,
+                &what("dL/dx"),
             );
-            for (p, q) in [(&ours.gamma, &theirs.gamma), (&ours.beta, &theirs.beta)] {
-                close1(
+            for (p, q, name) in [
+                (&ours.gamma, &theirs.gamma, "dL/dgamma"),
+                (&ours.beta, &theirs.beta, "dL/dbeta"),
+            ] {
+                assert_close(
                     p.val().grad_remove(&mut g_ours).unwrap(),
                     q.val().grad_remove(&mut g_theirs).unwrap(),
+                    rel,
+                    &what(name),
                 );
             }
-            close1(ours.running_mean.value(), theirs.running_mean.value());
-            close1(ours.running_var.value(), theirs.running_var.value());
+            assert_close(
+                ours.running_mean.value(),
+                theirs.running_mean.value(),
+                rel,
+                &what("running mean"),
+            );
+            assert_close(
+                ours.running_var.value(),
+                theirs.running_var.value(),
+                rel,
+                &what("running var"),
+            );
         }
-        let x = Tensor::<D>::random(dims, Distribution::Normal(1.0, 2.0), &Device::flex());
-        close(forward(&ours.valid(), x.clone()), theirs.valid().forward(x));
+        let x = normal(dims, 1.0, 2.0, seed + 30, &Device::flex());
+        assert_close(
+            forward(&ours.valid(), x.clone()),
+            theirs.valid().forward(x),
+            rel,
+            &what("evaluation"),
+        );
     }
 
     #[test]
     fn matches_burns_batch_norm_on_mlp_and_conv_inputs() {
-        Device::flex().autodiff().seed(5);
-        compare([7, 5]);
-        compare([128, 64]);
-        compare([3, 4, 5, 6]);
-        // Large enough to be split over threads; runs of 17 values (a lane tail).
-        compare([16, 8, 17, 17]);
+        for seed in [5, 105, 205] {
+            compare([7, 5], seed, 1e-5);
+            compare([128, 64], seed, 1e-5);
+            compare([3, 4, 5, 6], seed, 1e-5);
+            // Large enough to be split over threads; runs of 17 values (a lane tail).
+            compare([16, 8, 17, 17], seed, 1e-5);
+        }
     }
 
     /// A mean far from zero against the spread (activations offset by 1000,
     /// where a one-pass variance `E[x²] - E[x]²` would be off by percents):
-    /// still Burn's output and gradient within 1e-3.
+    /// still Burn's output and gradient.
     #[test]
     fn a_large_mean_loses_no_digits() {
         let device = Device::flex().autodiff();
-        device.seed(9);
-        let (ours, theirs) = pair(6, &device);
-        let x = Tensor::<4>::random([8, 6, 5, 5], Distribution::Normal(1000.0, 1.0), &device);
+        let (ours, theirs) = pair(6, 9, &device);
+        let x = normal([8, 6, 5, 5], 1000.0, 1.0, 10, &device);
         let (a, b) = (x.clone().require_grad(), x.require_grad());
         let (y_ours, y_theirs) = (forward(&ours, a.clone()), theirs.forward(b.clone()));
-        let tol = Tolerance::rel_abs(1e-3, 1e-3);
-        y_ours.to_data().assert_approx_eq::<f32>(&y_theirs.to_data(), tol);
-        let weights = Tensor::<4>::random([8, 6, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        assert_close(y_ours.clone(), y_theirs.clone(), 1e-3, "output");
+        let weights = normal([8, 6, 5, 5], 0.0, 1.0, 11, &device);
         let mut g_ours = (y_ours * weights.clone()).sum().backward();
         let mut g_theirs = (y_theirs * weights).sum().backward();
-        let (ga, gb) = (
+        assert_close(
             a.grad_remove(&mut g_ours).unwrap(),
             b.grad_remove(&mut g_theirs).unwrap(),
+            1e-3,
+            "dL/dx",
         );
-        ga.into_data().assert_approx_eq::<f32>(&gb.into_data(), tol);
     }
 }

@@ -53,4 +53,6 @@ pub use resnet::{ResNet, ResNetConfig, Shortcut};
 pub use zoo::{Model, ModelConfig, PRESETS, preset};
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

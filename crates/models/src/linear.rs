@@ -225,9 +225,10 @@ impl<const N: usize> Backward<Flex, N> for DirectLinear<N> {
 #[cfg(test)]
 mod tests {
     use burn::nn::LinearConfig;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::Device;
 
     use super::*;
+    use crate::test_support::{assert_close_slices, normal};
 
     /// Output and the gradients of x, weight and bias equal Burn's `Linear`,
     /// with and without bias, on shapes split over threads and not, on one
@@ -235,16 +236,15 @@ mod tests {
     #[test]
     fn matches_burns_linear_on_any_thread_count() {
         let device = Device::flex().autodiff();
-        device.seed(7);
-        for (rows, d_in, d_out, bias) in [
+        for (seed, (rows, d_in, d_out, bias)) in (7..).step_by(10).zip([
             (128, 256, 256, true),
             (5, 3, 4, true),
             (64, 100, 10, false),
             (3, 512, 700, true),
-        ] {
+        ]) {
             let layer = LinearConfig::new(d_in, d_out).with_bias(bias).init(&device);
-            let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
-            let weights = Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &device);
+            let x = normal([rows, d_in], 0.0, 1.0, seed, &device);
+            let weights = normal([rows, d_out], 0.0, 1.0, seed + 1, &device);
             let run = |ours: bool| {
                 let x = x.clone().require_grad();
                 let y = if ours {
@@ -253,17 +253,19 @@ mod tests {
                     layer.forward(x.clone())
                 };
                 let mut g = (y.clone() * weights.clone()).sum().backward();
-                let mut out = vec![y.into_data(), x.grad_remove(&mut g).unwrap().into_data()];
-                out.push(layer.weight.val().grad_remove(&mut g).unwrap().into_data());
+                let host = |d: burn::tensor::TensorData| d.try_into_vec::<f32>().unwrap();
+                let mut out = vec![host(y.into_data()), host(x.grad_remove(&mut g).unwrap().into_data())];
+                out.push(host(layer.weight.val().grad_remove(&mut g).unwrap().into_data()));
                 if let Some(b) = &layer.bias {
-                    out.push(b.val().grad_remove(&mut g).unwrap().into_data());
+                    out.push(host(b.val().grad_remove(&mut g).unwrap().into_data()));
                 }
                 out
             };
             let theirs = run(false);
             let ours = run(true);
-            for (a, b) in ours.iter().zip(&theirs) {
-                a.assert_approx_eq::<f32>(b, Tolerance::rel_abs(1e-5, 1e-5));
+            let what = |s: &str, i: usize| format!("{s}, value set {i} of {rows}x{d_in} -> {d_out}");
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert_close_slices(a, b, 1e-5, 0.0, &what("against Burn", i));
             }
             let one_thread = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
@@ -280,10 +282,10 @@ mod tests {
                 .build()
                 .unwrap()
                 .install(|| run(true));
-            for (((a, b), c), d) in ours.iter().zip(&one_thread).zip(&three).zip(&again) {
-                a.assert_approx_eq::<f32>(b, Tolerance::rel_abs(1e-5, 1e-5));
-                a.assert_approx_eq::<f32>(c, Tolerance::rel_abs(1e-5, 1e-5));
-                c.assert_eq(d, true);
+            for (i, (((a, b), c), d)) in ours.iter().zip(&one_thread).zip(&three).zip(&again).enumerate() {
+                assert_close_slices(a, b, 1e-5, 0.0, &what("one thread", i));
+                assert_close_slices(a, c, 1e-5, 0.0, &what("three threads", i));
+                assert_eq!(c, d, "{}", what("three threads twice", i));
             }
         }
     }

@@ -403,12 +403,9 @@ fn flex_kernels_give_burns_loss_gradients_and_captures() {
         let (ours, theirs) = (run(Device::flex().autodiff()), run(reference));
         assert_eq!(ours.len(), theirs.len(), "{name}");
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                worst <= 1e-4 * scale + 1e-7,
-                "{name}, value set {i}: differs by {worst} (largest {scale})"
-            );
+            // The floor is for the biases followed by BatchNorm, whose exact
+            // gradient is zero: each build gets its own rounding noise there.
+            crate::test_support::assert_close_slices(a, b, 1e-4, 1e-6, &format!("{name}, value set {i}"));
         }
     }
 }
