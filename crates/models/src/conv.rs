@@ -11,8 +11,11 @@
 //! `y = W · col + b`, `dL/dW += g · colᵀ`, `dL/dx = col2im(Wᵀ · g)`, `dL/db = Σ g`,
 //!
 //! images split over the rayon pool (the forward pass too: flex's own im2col
-//! copies value by value). Every other backend, and groups or
-//! dilation other than 1, take Burn's own `conv2d`.
+//! copies value by value). A stride-1 convolution that keeps the size, on a
+//! CPU with AVX-512, computes `y` and `dL/dx` by
+//! the `conv_direct` module's kernel instead (no im2col matrix, no
+//! col2im). Every other backend, and groups or dilation other than 1, take
+//! Burn's own `conv2d`.
 
 use std::marker::PhantomData;
 
@@ -29,6 +32,7 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
+use crate::conv_direct::Plan;
 use crate::flex_host::{Mat, f32_tensor, matmul, to_f32};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
@@ -204,6 +208,14 @@ impl Geometry {
     fn keeps_size(&self) -> bool {
         self.stride == [1, 1] && self.ho == self.h && self.wo == self.w
     }
+
+    /// The direct kernel's plan for this convolution where it applies: a
+    /// convolution that keeps the size, on a CPU with AVX-512.
+    fn direct_plan(&self) -> Option<Plan> {
+        self.keeps_size()
+            .then(|| Plan::new([self.c, self.h, self.w], [self.k, self.r, self.s], self.pad))
+            .flatten()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,7 +238,7 @@ fn backward(
         weight.as_slice::<f32>().expect("contiguous f32"),
         grad.as_slice::<f32>().expect("contiguous f32"),
     );
-    let (gx, gw) = direct_backward(&geo, xs, ws, gs, want_x, want_w);
+    let (gx, gw) = direct_backward(&geo, geo.direct_plan(), xs, ws, gs, want_x, want_w);
     let bias = want_b.then(|| {
         let mut gb = vec![0f32; geo.k];
         for g_n in gs.chunks(geo.k * geo.l()) {
@@ -250,6 +262,7 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options:
     let geo = Geometry::of(&x.layout().shape().to_vec(), &w.layout().shape().to_vec(), options);
     let y = direct_forward(
         &geo,
+        geo.direct_plan(),
         x.as_slice::<f32>().expect("contiguous f32"),
         w.as_slice::<f32>().expect("contiguous f32"),
         b.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32")),
@@ -257,10 +270,20 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options:
     f32_tensor(y, vec![geo.n, geo.k, geo.ho, geo.wo])
 }
 
-/// `y[n] (K x L) = W (K x CRS) · im2col(x[n]) (CRS x L) + b`, images split over rayon.
-fn direct_forward(geo: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+/// `y[n] (K x L) = W (K x CRS) · im2col(x[n]) (CRS x L) + b`, or by the
+/// direct kernel given its `plan`; images split over rayon.
+fn direct_forward(geo: &Geometry, plan: Option<Plan>, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
     let mut y = vec![0f32; geo.n * geo.k * l];
+    if let Some(plan) = plan {
+        let packed = plan.pack(w);
+        y.par_chunks_mut(geo.k * l)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (n, y_n)| {
+                plan.run(&x[n * chw..(n + 1) * chw], &packed, b, scratch, y_n);
+            });
+        return y;
+    }
     y.par_chunks_mut(geo.k * l).enumerate().for_each_init(
         || vec![0f32; crs * l],
         |col, (n, y_n)| {
@@ -282,9 +305,12 @@ fn direct_forward(geo: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Ve
     y
 }
 
-/// `dL/dx` and `dL/dW` on slices in NCHW / KCRS order, images split over rayon.
+/// `dL/dx` and `dL/dW` on slices in NCHW / KCRS order, images split over
+/// rayon; `dL/dx` by the direct kernel where `plan` is given.
+#[allow(clippy::too_many_arguments)]
 fn direct_backward(
     geo: &Geometry,
+    plan: Option<Plan>,
     x: &[f32],
     w: &[f32],
     g: &[f32],
@@ -293,9 +319,15 @@ fn direct_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
     let mut gx = vec![0f32; if want_x { geo.n * chw } else { 0 }];
+    // dL/dx is the transposed convolution of g: directly where it can be.
+    let transposed = plan.map(|p| p.transposed());
+    let packed_t = transposed.map(|t| t.pack_transposed(w));
+    let weight_plan = plan.filter(Plan::weight_grad_pays);
     let per_image = |gx_n: &mut [f32], n: usize, acc: &mut Scratch| {
         let g_n = &g[n * geo.k * l..(n + 1) * geo.k * l];
-        if want_w {
+        if let (true, Some(p)) = (want_w, &weight_plan) {
+            p.weight_grad(&x[n * chw..(n + 1) * chw], g_n, &mut acc.direct, &mut acc.lanes);
+        } else if want_w {
             im2col(geo, &x[n * chw..(n + 1) * chw], &mut acc.col);
             // dWᵀ (CRS x K) += col (CRS x L) · g_nᵀ (L x K): the same
             // product as dW += g_n · colᵀ, in the operand order gemm runs faster.
@@ -306,7 +338,9 @@ fn direct_backward(
                 true,
             );
         }
-        if want_x {
+        if let (true, Some(t), Some(packed)) = (want_x, &transposed, &packed_t) {
+            t.run(g_n, packed, None, &mut acc.direct, gx_n);
+        } else if want_x {
             // colgrad (CRS x L) = Wᵀ (CRS x K) · g_n (K x L)
             matmul(
                 Mat::rows(&mut acc.colgrad[..], crs, l),
@@ -318,8 +352,10 @@ fn direct_backward(
         }
     };
     let scratch = || Scratch {
-        col: vec![0f32; if want_w { crs * l } else { 0 }],
-        colgrad: vec![0f32; if want_x { crs * l } else { 0 }],
+        col: vec![0f32; if want_w && weight_plan.is_none() { crs * l } else { 0 }],
+        colgrad: vec![0f32; if want_x && transposed.is_none() { crs * l } else { 0 }],
+        direct: Vec::new(),
+        lanes: vec![0f32; weight_plan.filter(|_| want_w).map_or(0, |p| p.weight_grad_len())],
         gw_t: vec![0f32; if want_w { geo.k * crs } else { 0 }],
     };
     // The weight gradient sums over images in fixed chunks, each in image
@@ -335,6 +371,9 @@ fn direct_backward(
                 &mut []
             };
             per_image(gx_n, n, &mut acc);
+        }
+        if let (true, Some(p)) = (want_w, &weight_plan) {
+            p.add_weight_grad(&acc.lanes, &mut acc.gw_t);
         }
         acc.gw_t
     };
@@ -375,6 +414,10 @@ struct Scratch {
     colgrad: Vec<f32>,
     /// The chunk's weight gradient, transposed (`CRS x K`).
     gw_t: Vec<f32>,
+    /// The direct kernels' padded planes and output grid.
+    direct: Vec<f32>,
+    /// The direct weight-gradient kernel's per-lane sums.
+    lanes: Vec<f32>,
 }
 
 /// The output positions `o` whose input position `o·stride + offset - pad`
@@ -499,7 +542,7 @@ fn col2im(geo: &Geometry, col: &mut [f32], x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{assert_close, normal};
+    use crate::test_support::{assert_close, assert_close_slices, normal};
     use burn::tensor::{Device, Distribution};
 
     /// Forward and all three gradients equal Burn's own op's, on shapes the
@@ -583,13 +626,61 @@ mod tests {
         let x = values(geo.n * geo.c * geo.h * geo.w, 1);
         let w = values(geo.k * geo.crs(), 2);
         let g = values(geo.n * geo.k * geo.l(), 3);
-        let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| direct_backward(&geo, &x, &w, &g, true, true))
-        };
-        let one = on(1);
-        for threads in [2, 3, 5] {
-            assert_eq!(on(threads), one, "{threads} threads");
+        // im2col + gemm, and the direct kernel where this CPU has it.
+        for plan in [None, geo.direct_plan()] {
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| direct_backward(&geo, plan, &x, &w, &g, true, true))
+            };
+            let one = on(1);
+            for threads in [2, 3, 5] {
+                assert_eq!(on(threads), one, "{threads} threads, direct kernel: {}", plan.is_some());
+            }
+        }
+    }
+
+    /// Where this CPU has the direct kernel, it and im2col + gemm give the
+    /// same output and gradients (the tests against Burn's op above take
+    /// whichever this CPU runs).
+    #[test]
+    fn direct_kernels_match_im2col_and_gemm() {
+        type Case = ([usize; 4], [usize; 4], [(usize, usize); 2]);
+        let cases: [Case; 4] = [
+            ([4, 16, 28, 28], [16, 16, 3, 3], [(1, 1), (1, 1)]),
+            ([3, 64, 7, 7], [64, 64, 3, 3], [(1, 1), (1, 1)]),
+            ([2, 5, 9, 6], [17, 5, 3, 3], [(2, 0), (1, 1)]),
+            ([2, 3, 5, 6], [4, 3, 2, 2], [(1, 0), (0, 1)]),
+        ];
+        for (seed, (xs, ws, padding)) in (1..).zip(cases) {
+            let options = ConvOptions {
+                stride: [1, 1],
+                padding,
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let geo = Geometry::of(&xs, &ws, &options);
+            let Some(plan) = geo.direct_plan() else {
+                eprintln!("no direct kernel on this CPU");
+                return;
+            };
+            let host = |t: Tensor<4>| t.into_data().try_into_vec::<f32>().unwrap();
+            let device = Device::flex();
+            let x = host(normal(xs, 0.0, 1.0, seed, &device));
+            let w = host(normal(ws, 0.0, 0.5, seed + 1, &device));
+            let g = host(normal([xs[0], ws[0], geo.ho, geo.wo], 0.0, 1.0, seed + 2, &device));
+            let b = host(normal([1, 1, 1, ws[0]], 0.0, 1.0, seed + 3, &device));
+            let what = |s: &str| format!("{s} of x {xs:?} * w {ws:?}, padding {padding:?}");
+            let (direct, gemm) = (
+                direct_forward(&geo, Some(plan), &x, &w, Some(&b)),
+                direct_forward(&geo, None, &x, &w, Some(&b)),
+            );
+            assert_close_slices(&direct, &gemm, 1e-5, 0.0, &what("output"));
+            let (direct, gemm) = (
+                direct_backward(&geo, Some(plan), &x, &w, &g, true, true),
+                direct_backward(&geo, None, &x, &w, &g, true, true),
+            );
+            assert_close_slices(&direct.0.unwrap(), &gemm.0.unwrap(), 1e-5, 0.0, &what("dL/dx"));
+            assert_close_slices(&direct.1.unwrap(), &gemm.1.unwrap(), 1e-5, 0.0, &what("dL/dW"));
         }
     }
 

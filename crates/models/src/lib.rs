@@ -30,6 +30,7 @@ pub mod batchnorm;
 pub mod capture;
 pub mod common;
 pub mod conv;
+mod conv_direct;
 mod flex_host;
 pub mod init;
 pub mod interop;
