@@ -40,6 +40,14 @@ pub(crate) fn available() -> bool {
     false
 }
 
+/// Where one vector of grid positions goes in the output (see [`Plan::stores`]).
+#[derive(Debug, Clone, Copy)]
+struct Store {
+    lanes: u16,
+    at: usize,
+    first: u16,
+}
+
 /// One convolution's sizes on the padded grid.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Plan {
@@ -151,13 +159,11 @@ impl Plan {
     /// One image: `y` (`[K, H, W]`) = the convolution of `x` (`[C, H, W]`)
     /// with the packed weights, plus `bias` (`[K]`) when given.
     pub(crate) fn run(&self, x: &[f32], packed: &[f32], bias: Option<&[f32]>, scratch: &mut Vec<f32>, y: &mut [f32]) {
-        let hw = self.h * self.w;
-        assert_eq!(y.len(), self.k * hw);
+        assert_eq!(y.len(), self.k * self.h * self.w);
         assert_eq!(packed.len(), self.blocks() * self.taps() * BLOCK);
         assert!(bias.is_none_or(|b| b.len() == self.k));
-        scratch.resize(self.c * self.plane + self.blocks() * BLOCK * self.grid, 0.0);
-        let (xpad, grid) = scratch.split_at_mut(self.c * self.plane);
-        self.pad_input(x, xpad);
+        scratch.resize(self.c * self.plane, 0.0);
+        self.pad_input(x, scratch);
         let mut init = vec![0f32; self.blocks() * BLOCK];
         if let Some(b) = bias {
             init[..self.k].copy_from_slice(b);
@@ -166,13 +172,28 @@ impl Plan {
         // sized as `x86::convolve` requires (asserted there).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::convolve(self, xpad, packed, &init, grid)
+            x86::convolve(self, scratch, packed, &init, y)
         };
-        for (y_k, g_k) in y.chunks_mut(hw).zip(grid.chunks(self.grid)) {
-            for (row, from) in y_k.chunks_mut(self.w).zip(g_k.chunks(self.wp)) {
-                row.copy_from_slice(&from[..self.w]);
-            }
-        }
+    }
+
+    /// Per vector of grid positions (`q = 16·v`): the lanes that are output
+    /// positions (`j < W`, `i < H`), where the first of them goes in the
+    /// `H x W` output (the rows' output lanes are consecutive there), and the
+    /// mask of as many lanes from the first.
+    fn stores(&self) -> Vec<Store> {
+        (0..self.grid / LANES)
+            .map(|v| {
+                let q = v * LANES;
+                let lanes = (0..LANES).filter(|&lane| (q + lane) % self.wp < self.w && q + lane < self.h * self.wp);
+                let lanes = lanes.fold(0u16, |m, lane| m | 1 << lane);
+                let before = (q / self.wp) * self.w + (q % self.wp).min(self.w);
+                Store {
+                    lanes,
+                    at: before.min(self.h * self.w),
+                    first: ((1u32 << lanes.count_ones()) - 1) as u16,
+                }
+            })
+            .collect()
     }
 
     /// Whether [`Plan::weight_grad`] computes this convolution's weight
@@ -230,7 +251,7 @@ impl Plan {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GRAD_BLOCK, LANES, Plan, VECTORS};
+    use super::{BLOCK, GRAD_BLOCK, LANES, Plan, Store, VECTORS};
 
     /// Per block of `BLOCK` output channels and per `VECTORS` vectors of grid
     /// positions `q`: `BLOCK x VECTORS` accumulators; per tap `(c, r, s)`,
@@ -242,10 +263,11 @@ mod x86 {
     /// `grid - 1 + (R-1)·Wp + S-1 < plane` floats into it, inside `xpad`
     /// (`[C, plane]`); writes stay in the block's rows of `grid`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &[f32], init: &[f32], grid: &mut [f32]) {
+    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &[f32], init: &[f32], y: &mut [f32]) {
         assert!(p.grid.is_multiple_of(LANES * VECTORS) && p.grid + (p.r - 1) * p.wp + p.s - 1 <= p.plane);
-        assert!(xpad.len() >= p.c * p.plane && grid.len() >= p.blocks() * BLOCK * p.grid);
-        let taps = p.taps();
+        assert!(xpad.len() >= p.c * p.plane && y.len() == p.k * p.h * p.w);
+        let (taps, hw) = (p.taps(), p.h * p.w);
+        let stores = p.stores();
         // Where each tap (c, r, s) reads, for the grid's first position.
         // (Plain loops: closures are not inlined into this function.)
         let mut reads = Vec::with_capacity(taps);
@@ -262,8 +284,11 @@ mod x86 {
             for (v, &b0) in start.iter_mut().zip(&init[b * BLOCK..][..BLOCK]) {
                 *v = [_mm512_set1_ps(b0); VECTORS];
             }
-            let out = grid[b * BLOCK * p.grid..][..BLOCK * p.grid].as_mut_ptr();
-            for q in (0..p.grid).step_by(LANES * VECTORS) {
+            // This block's output channels (fewer than BLOCK in the last one).
+            let channels = BLOCK.min(p.k - b * BLOCK);
+            let out = y[b * BLOCK * hw..][..channels * hw].as_mut_ptr();
+            for (step, stores) in stores.chunks_exact(VECTORS).enumerate() {
+                let q = step * LANES * VECTORS;
                 let mut acc = start;
                 for (&from, tap) in reads.iter().zip(weights) {
                     // `wrapping_add` and a masked load: with debug
@@ -282,9 +307,13 @@ mod x86 {
                         }
                     }
                 }
-                for (kk, a) in acc.iter().enumerate() {
-                    for (j, a) in a.iter().enumerate() {
-                        unsafe { _mm512_storeu_ps(out.add(kk * p.grid + q + j * LANES), *a) };
+                // The output lanes of each vector, packed together and
+                // stored where they go in the H x W output (in bounds:
+                // `stores` places at most `H·W` values per channel).
+                for (kk, a) in acc.iter().enumerate().take(channels) {
+                    for (&v, &Store { lanes, at, first }) in a.iter().zip(stores) {
+                        let to = out.wrapping_add(kk * hw + at);
+                        unsafe { _mm512_mask_storeu_ps(to, first, _mm512_maskz_compress_ps(lanes, v)) };
                     }
                 }
             }
