@@ -40,6 +40,13 @@ pub(crate) fn available() -> bool {
     false
 }
 
+/// A convolution's weights in the kernel's order, and where each vector of
+/// grid positions goes in the output: computed once per layer call.
+pub(crate) struct Packed {
+    weights: Vec<f32>,
+    stores: Vec<Store>,
+}
+
 /// Where one vector of grid positions goes in the output (see [`Plan::stores`]).
 #[derive(Debug, Clone, Copy)]
 struct Store {
@@ -114,13 +121,13 @@ impl Plan {
 
     /// The weights `[K, C, R, S]` in the kernel's order: per block of output
     /// channels, per tap `(c, r, s)`, the block's values (zero past `K`).
-    pub(crate) fn pack(&self, w: &[f32]) -> Vec<f32> {
+    pub(crate) fn pack(&self, w: &[f32]) -> Packed {
         self.pack_with(|k, t| w[k * self.taps() + t])
     }
 
     /// The weights of [`Plan::transposed`]'s convolution, packed, from the
     /// forward convolution's `[K, C, R, S]` weights (`self` is the transposed plan).
-    pub(crate) fn pack_transposed(&self, w: &[f32]) -> Vec<f32> {
+    pub(crate) fn pack_transposed(&self, w: &[f32]) -> Packed {
         let (rs, taps_fwd) = (self.r * self.s, self.k * self.r * self.s);
         // Output channel `c` of the transposed convolution, tap `(k, r, s)`.
         self.pack_with(|c, t| {
@@ -129,7 +136,7 @@ impl Plan {
         })
     }
 
-    fn pack_with(&self, value: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    fn pack_with(&self, value: impl Fn(usize, usize) -> f32) -> Packed {
         let mut packed = vec![0f32; self.blocks() * self.taps() * BLOCK];
         for (b, block) in packed.chunks_mut(self.taps() * BLOCK).enumerate() {
             for (t, lanes) in block.chunks_mut(BLOCK).enumerate() {
@@ -141,7 +148,10 @@ impl Plan {
                 }
             }
         }
-        packed
+        Packed {
+            weights: packed,
+            stores: self.stores(),
+        }
     }
 
     /// `x` (`[C, H, W]`) into zero-padded planes (`[C, plane]`).
@@ -158,9 +168,10 @@ impl Plan {
 
     /// One image: `y` (`[K, H, W]`) = the convolution of `x` (`[C, H, W]`)
     /// with the packed weights, plus `bias` (`[K]`) when given.
-    pub(crate) fn run(&self, x: &[f32], packed: &[f32], bias: Option<&[f32]>, scratch: &mut Vec<f32>, y: &mut [f32]) {
+    pub(crate) fn run(&self, x: &[f32], packed: &Packed, bias: Option<&[f32]>, scratch: &mut Vec<f32>, y: &mut [f32]) {
         assert_eq!(y.len(), self.k * self.h * self.w);
-        assert_eq!(packed.len(), self.blocks() * self.taps() * BLOCK);
+        assert_eq!(packed.weights.len(), self.blocks() * self.taps() * BLOCK);
+        assert_eq!(packed.stores.len(), self.grid / LANES);
         assert!(bias.is_none_or(|b| b.len() == self.k));
         scratch.resize(self.c * self.plane, 0.0);
         self.pad_input(x, scratch);
@@ -251,7 +262,7 @@ impl Plan {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GRAD_BLOCK, LANES, Plan, Store, VECTORS};
+    use super::{BLOCK, GRAD_BLOCK, LANES, Packed, Plan, Store, VECTORS};
 
     /// Per block of `BLOCK` output channels and per `VECTORS` vectors of grid
     /// positions `q`: `BLOCK x VECTORS` accumulators; per tap `(c, r, s)`,
@@ -263,11 +274,14 @@ mod x86 {
     /// `grid - 1 + (R-1)·Wp + S-1 < plane` floats into it, inside `xpad`
     /// (`[C, plane]`); writes stay in the block's rows of `grid`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &[f32], init: &[f32], y: &mut [f32]) {
+    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &Packed, init: &[f32], y: &mut [f32]) {
         assert!(p.grid.is_multiple_of(LANES * VECTORS) && p.grid + (p.r - 1) * p.wp + p.s - 1 <= p.plane);
         assert!(xpad.len() >= p.c * p.plane && y.len() == p.k * p.h * p.w);
         let (taps, hw) = (p.taps(), p.h * p.w);
-        let stores = p.stores();
+        let Packed {
+            weights: packed,
+            stores,
+        } = packed;
         // Where each tap (c, r, s) reads, for the grid's first position.
         // (Plain loops: closures are not inlined into this function.)
         let mut reads = Vec::with_capacity(taps);
