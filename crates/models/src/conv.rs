@@ -18,6 +18,7 @@
 //! Burn's own `conv2d`.
 
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -33,7 +34,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
 use crate::conv_direct::Plan;
-use crate::flex_host::{Mat, f32_tensor, matmul, to_f32};
+use crate::flex_host::{Mat, f32_tensor, matmul, to_f32, written, zeroed};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
 /// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
@@ -274,16 +275,19 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options:
 /// direct kernel given its `plan`; images split over rayon.
 fn direct_forward(geo: &Geometry, plan: Option<Plan>, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
-    let mut y = vec![0f32; geo.n * geo.k * l];
     if let Some(plan) = plan {
         let packed = plan.pack(w);
-        y.par_chunks_mut(geo.k * l)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (n, y_n)| {
-                plan.run(&x[n * chw..(n + 1) * chw], &packed, b, scratch, y_n);
-            });
-        return y;
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(geo.k * l)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (n, y_n)| {
+                    plan.run_uninit(&x[n * chw..(n + 1) * chw], &packed, b, scratch, y_n);
+                });
+        };
+        // SAFETY: `run_uninit` writes every value of its image's output.
+        return unsafe { written(geo.n * geo.k * l, fill) };
     }
+    let mut y = vec![0f32; geo.n * geo.k * l];
     y.par_chunks_mut(geo.k * l).enumerate().for_each_init(
         || vec![0f32; crs * l],
         |col, (n, y_n)| {
@@ -318,12 +322,12 @@ fn direct_backward(
     want_w: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
-    let mut gx = vec![0f32; if want_x { geo.n * chw } else { 0 }];
     // dL/dx is the transposed convolution of g: directly where it can be.
     let transposed = plan.map(|p| p.transposed());
     let packed_t = transposed.map(|t| t.pack_transposed(w));
     let weight_plan = plan.filter(Plan::weight_grad_pays);
-    let per_image = |gx_n: &mut [f32], n: usize, acc: &mut Scratch| {
+    // Writes every value of `gx_n` when `want_x`.
+    let per_image = |gx_n: &mut [MaybeUninit<f32>], n: usize, acc: &mut Scratch| {
         let g_n = &g[n * geo.k * l..(n + 1) * geo.k * l];
         if let (true, Some(p)) = (want_w, &weight_plan) {
             p.weight_grad(&x[n * chw..(n + 1) * chw], g_n, &mut acc.direct, &mut acc.lanes);
@@ -339,7 +343,7 @@ fn direct_backward(
             );
         }
         if let (true, Some(t), Some(packed)) = (want_x, &transposed, &packed_t) {
-            t.run(g_n, packed, None, &mut acc.direct, gx_n);
+            t.run_uninit(g_n, packed, None, &mut acc.direct, gx_n);
         } else if want_x {
             // colgrad (CRS x L) = Wᵀ (CRS x K) · g_n (K x L)
             matmul(
@@ -348,7 +352,7 @@ fn direct_backward(
                 Mat::rows(g_n, geo.k, l),
                 false,
             );
-            col2im(geo, &mut acc.colgrad, gx_n);
+            col2im(geo, &mut acc.colgrad, zeroed(gx_n));
         }
     };
     let scratch = || Scratch {
@@ -362,7 +366,7 @@ fn direct_backward(
     // order, and the chunks' sums in chunk order: the same result whatever
     // the number of threads and however rayon splits the work.
     let chunk = geo.n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);
-    let run_chunk = |first: usize, gx_chunk: &mut [f32]| {
+    let run_chunk = |first: usize, gx_chunk: &mut [MaybeUninit<f32>]| {
         let mut acc = scratch();
         for n in first..(first + chunk).min(geo.n) {
             let gx_n = if want_x {
@@ -377,17 +381,23 @@ fn direct_backward(
         }
         acc.gw_t
     };
-    let partials: Vec<Vec<f32>> = if want_x {
-        gx.par_chunks_mut(chunk * chw)
-            .enumerate()
-            .map(|(i, gx_chunk)| run_chunk(i * chunk, gx_chunk))
-            .collect()
-    } else {
-        (0..geo.n.div_ceil(chunk))
-            .into_par_iter()
-            .map(|i| run_chunk(i * chunk, &mut []))
-            .collect()
+    let mut partials: Vec<Vec<f32>> = Vec::new();
+    let fill = |gx: &mut [MaybeUninit<f32>]| {
+        partials = if want_x {
+            gx.par_chunks_mut(chunk * chw)
+                .enumerate()
+                .map(|(i, gx_chunk)| run_chunk(i * chunk, gx_chunk))
+                .collect()
+        } else {
+            (0..geo.n.div_ceil(chunk))
+                .into_par_iter()
+                .map(|i| run_chunk(i * chunk, &mut []))
+                .collect()
+        };
     };
+    // SAFETY: every image of every chunk goes through `per_image`, which
+    // writes all of its `dL/dx` (none when `!want_x`: an empty buffer).
+    let gx = unsafe { written(if want_x { geo.n * chw } else { 0 }, fill) };
     let gw = want_w.then(|| {
         let mut sum_t = vec![0f32; geo.k * crs];
         for p in &partials {

@@ -168,7 +168,22 @@ impl Plan {
 
     /// One image: `y` (`[K, H, W]`) = the convolution of `x` (`[C, H, W]`)
     /// with the packed weights, plus `bias` (`[K]`) when given.
+    #[cfg(test)]
     pub(crate) fn run(&self, x: &[f32], packed: &Packed, bias: Option<&[f32]>, scratch: &mut Vec<f32>, y: &mut [f32]) {
+        // SAFETY: `run_uninit` writes only initialised floats.
+        let y = unsafe { &mut *(y as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+        self.run_uninit(x, packed, bias, scratch, y);
+    }
+
+    /// [`Plan::run`] into memory not yet initialised: every value of `y` is written.
+    pub(crate) fn run_uninit(
+        &self,
+        x: &[f32],
+        packed: &Packed,
+        bias: Option<&[f32]>,
+        scratch: &mut Vec<f32>,
+        y: &mut [std::mem::MaybeUninit<f32>],
+    ) {
         assert_eq!(y.len(), self.k * self.h * self.w);
         assert_eq!(packed.weights.len(), self.blocks() * self.taps() * BLOCK);
         assert_eq!(packed.stores.len(), self.grid / LANES);
@@ -261,6 +276,7 @@ impl Plan {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{BLOCK, GRAD_BLOCK, LANES, Packed, Plan, Store, VECTORS};
 
@@ -274,7 +290,7 @@ mod x86 {
     /// `grid - 1 + (R-1)·Wp + S-1 < plane` floats into it, inside `xpad`
     /// (`[C, plane]`); writes stay in the block's rows of `grid`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &Packed, init: &[f32], y: &mut [f32]) {
+    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &Packed, init: &[f32], y: &mut [MaybeUninit<f32>]) {
         assert!(p.grid.is_multiple_of(LANES * VECTORS) && p.grid + (p.r - 1) * p.wp + p.s - 1 <= p.plane);
         assert!(xpad.len() >= p.c * p.plane && y.len() == p.k * p.h * p.w);
         let (taps, hw) = (p.taps(), p.h * p.w);
@@ -300,7 +316,7 @@ mod x86 {
             }
             // This block's output channels (fewer than BLOCK in the last one).
             let channels = BLOCK.min(p.k - b * BLOCK);
-            let out = y[b * BLOCK * hw..][..channels * hw].as_mut_ptr();
+            let out = y[b * BLOCK * hw..][..channels * hw].as_mut_ptr().cast::<f32>();
             for (step, stores) in stores.chunks_exact(VECTORS).enumerate() {
                 let q = step * LANES * VECTORS;
                 let mut acc = start;

@@ -2,6 +2,8 @@
 //! for the ops written directly on flex's memory ([`conv`](crate::conv),
 //! [`batchnorm`](crate::batchnorm), [`linear`](crate::linear)).
 
+use std::mem::MaybeUninit;
+
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
@@ -15,6 +17,26 @@ pub(crate) fn to_f32(t: &FlexTensor) -> FlexTensor {
 /// A flex tensor over `values` in row-major order.
 pub(crate) fn f32_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
+}
+
+/// `len` floats written by `write`, without zeroing them first (zeroing a
+/// layer's output is a pass over memory the kernel then overwrites).
+///
+/// # Safety
+/// `write` initialises every element of the buffer it is given.
+pub(crate) unsafe fn written(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    write(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's promise; the capacity is `len`.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `values` zeroed, as initialised floats.
+pub(crate) fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A matrix over a slice: `rows x cols`, element `(i, j)` at `i·rs + j·cs`.
