@@ -14,6 +14,8 @@
 //! The running statistics are updated exactly as `burn::nn::BatchNorm` does.
 //! Other backends, and tensors that are not f32, take Burn's own `BatchNorm`.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -24,7 +26,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::flex_host::{f32_tensor, to_f32};
+use crate::flex_host::{f32_tensor, to_f32, written};
 
 /// `bn.forward(x)` for `x: [N, C, ...]`, with the passes above on flex.
 pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
@@ -251,24 +253,28 @@ impl Layout {
     /// as Burn does: `scale x + (shift - scale center)` would lose digits to
     /// cancellation when the mean is large against the spread).
     fn affine(&self, x: &[f32], scale: &[f32], center: &[f32], shift: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        self.per_image(&mut y, |i, y_i| {
-            let x_i = &x[i * y_i.len()..][..y_i.len()];
-            if self.s == 1 {
-                let per_channel = scale.iter().zip(center).zip(shift);
-                for ((y, &x), ((&a, &m), &b)) in y_i.iter_mut().zip(x_i).zip(per_channel) {
-                    *y = a * (x - m) + b;
+        assert!(x.len() == self.n * self.c * self.s && [scale, center, shift].iter().all(|p| p.len() == self.c));
+        // SAFETY: each image's block has `C·S` values, one per value of `x_i`,
+        // and the loops below zip the whole block with `x_i` (and, at `S = 1`,
+        // with the `C` channels' parameters), writing each once.
+        unsafe {
+            self.per_image(|i, y_i| {
+                let x_i = &x[i * y_i.len()..][..y_i.len()];
+                if self.s == 1 {
+                    let per_channel = scale.iter().zip(center).zip(shift);
+                    for ((y, &x), ((&a, &m), &b)) in y_i.iter_mut().zip(x_i).zip(per_channel) {
+                        y.write(a * (x - m) + b);
+                    }
+                    return;
                 }
-                return;
-            }
-            for (ch, (y, x)) in y_i.chunks_mut(self.s).zip(x_i.chunks(self.s)).enumerate() {
-                let (a, m, b) = (scale[ch], center[ch], shift[ch]);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = a * (x - m) + b;
+                for (ch, (y, x)) in y_i.chunks_mut(self.s).zip(x_i.chunks(self.s)).enumerate() {
+                    let (a, m, b) = (scale[ch], center[ch], shift[ch]);
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        y.write(a * (x - m) + b);
+                    }
                 }
-            }
-        });
-        y
+            })
+        }
     }
 
     /// Per channel `Σ g` and `Σ g (x - mean)`.
@@ -305,36 +311,49 @@ impl Layout {
 
     /// `a[c] g + b[c] (x - center[c]) + k[c]` value by value.
     fn grad_x(&self, g: &[f32], x: &[f32], [a, b, center, k]: [&[f32]; 4]) -> Vec<f32> {
-        let mut dx = vec![0f32; x.len()];
-        self.per_image(&mut dx, |i, dx_i| {
-            let len = dx_i.len();
-            let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
-            if self.s == 1 {
-                let per_channel = a.iter().zip(b).zip(center).zip(k);
-                for (((d, &g), &x), (((&a, &b), &m), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel) {
-                    *d = a * g + b * (x - m) + k;
+        assert!(x.len() == self.n * self.c * self.s && g.len() == x.len());
+        assert!([a, b, center, k].iter().all(|p| p.len() == self.c));
+        // SAFETY: as in `affine`: the loops zip each whole block with `g_i`
+        // and `x_i` of the same length, writing each value once.
+        unsafe {
+            self.per_image(|i, dx_i| {
+                let len = dx_i.len();
+                let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
+                if self.s == 1 {
+                    let per_channel = a.iter().zip(b).zip(center).zip(k);
+                    for (((d, &g), &x), (((&a, &b), &m), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel) {
+                        d.write(a * g + b * (x - m) + k);
+                    }
+                    return;
                 }
-                return;
-            }
-            let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
-            for (ch, ((dx, g), x)) in runs.enumerate() {
-                let (a, b, m, k) = (a[ch], b[ch], center[ch], k[ch]);
-                for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                    *d = a * g + b * (x - m) + k;
+                let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
+                for (ch, ((dx, g), x)) in runs.enumerate() {
+                    let (a, b, m, k) = (a[ch], b[ch], center[ch], k[ch]);
+                    for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
+                        d.write(a * g + b * (x - m) + k);
+                    }
                 }
-            }
-        });
-        dx
+            })
+        }
     }
 
-    /// `f(i, out_i)` for each image's `C x S` block of `out`, over rayon when large.
-    fn per_image(&self, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    /// `N·C·S` values, written by `f(i, out_i)` for each image's `C x S`
+    /// block `out_i`, over rayon when large (not zeroed first: that would be
+    /// one more pass over the layer's output).
+    ///
+    /// # Safety
+    /// `f` writes every value of the block it is given.
+    unsafe fn per_image(&self, f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
         let block = self.c * self.s;
-        if self.parallel() && self.s > 1 {
-            out.par_chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
-        } else {
-            out.chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
-        }
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            if self.parallel() && self.s > 1 {
+                out.par_chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
+            } else {
+                out.chunks_mut(block).enumerate().for_each(|(i, o)| f(i, o));
+            }
+        };
+        // SAFETY: the blocks cover the buffer; the caller's `f` writes each.
+        unsafe { written(self.n * block, fill) }
     }
 }
 
