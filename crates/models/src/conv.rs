@@ -12,10 +12,10 @@
 //!
 //! images split over the rayon pool (the forward pass too: flex's own im2col
 //! copies value by value). A stride-1 convolution that keeps the size, on a
-//! CPU with AVX-512, computes `y` and `dL/dx` by
-//! the `conv_direct` module's kernel instead (no im2col matrix, no
-//! col2im). Every other backend, and groups or dilation other than 1, take
-//! Burn's own `conv2d`.
+//! CPU with AVX-512, computes `y` and `dL/dx` (and, for a 3x3 kernel on a
+//! large enough map, `dL/dW`) by the `conv_direct` module's kernels instead
+//! (no im2col matrix, no col2im). Every other backend, and groups or
+//! dilation other than 1, take Burn's own `conv2d`.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
