@@ -556,15 +556,15 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     /// Forward and all three gradients equal Burn's own op's, on shapes the
-    /// ResNets use and a few others: strides 1 and 2, padding 0 and 1
-    /// (asymmetric too), 1x1, 2x2 and 3x3 kernels, batch 1 and 64; within
-    /// 1e-5 of each set's largest value, on three seeds.
+    /// ResNets use and a few others: strides 1 and 2, padding 0 to 2
+    /// (asymmetric too), 1x1 to 5x5 kernels, maps of one row or one column,
+    /// batch 1 and 64; within 1e-5 of each set's largest value, on three seeds.
     #[test]
     fn direct_backward_matches_burns_conv2d() {
         let device = Device::flex().autodiff();
         /// Input dims, weight dims, stride, padding, bias.
         type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
-        let cases: [Case; 10] = [
+        let cases: [Case; 13] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
             // A ResNet stem: one input channel, batch 64.
             ([64, 1, 28, 28], [16, 1, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
@@ -577,6 +577,10 @@ mod tests {
             ([3, 2, 7, 6], [3, 2, 3, 2], [1, 2], [(0, 0), (0, 0)], true),
             ([2, 2, 6, 6], [3, 2, 3, 3], [2, 1], [(1, 0), (0, 1)], true),
             ([1, 16, 28, 28], [16, 16, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
+            // Size-keeping odd shapes: one row, one column, a 5x5 kernel.
+            ([2, 3, 1, 5], [4, 3, 1, 3], [1, 1], [(0, 0), (1, 1)], true),
+            ([2, 2, 5, 1], [3, 2, 3, 1], [1, 1], [(1, 1), (0, 0)], false),
+            ([1, 2, 6, 7], [9, 2, 5, 5], [1, 1], [(2, 2), (2, 2)], true),
         ];
         for ((xs, wsh, stride, padding, with_bias), seed) in
             cases.into_iter().flat_map(|c| [(c, 3), (c, 103), (c, 203)])
