@@ -77,7 +77,7 @@ impl Activation {
         match *self {
             Activation::Sigmoid => crate::sigmoid::sigmoid(a),
             Activation::Tanh => act::tanh(a),
-            Activation::Relu => act::relu(a),
+            Activation::Relu => crate::relu::relu(a),
             Activation::LeakyRelu { slope } => act::leaky_relu(a, slope),
             Activation::Elu { alpha } => act::elu(a, alpha),
             Activation::Selu => act::selu(a),

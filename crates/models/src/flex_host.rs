@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
+use rayon::prelude::*;
 
 /// `t` laid out contiguously (a no-op when it already is), checked to hold f32.
 pub(crate) fn to_f32(t: &FlexTensor) -> FlexTensor {
@@ -37,6 +38,62 @@ pub(crate) fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     values.fill(MaybeUninit::new(0.0));
     // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
     unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Values per rayon task of an element-wise pass: below this a tensor is one task.
+pub(crate) const CHUNK: usize = 1 << 15;
+
+/// `f` of each value of `x` (f32), split over the rayon pool for large tensors.
+pub(crate) fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
+    let x = to_f32(x);
+    let xs = x.as_slice::<f32>().expect("contiguous f32");
+    let pass = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            y.write(f(x));
+        }
+    };
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        if xs.len() > CHUNK {
+            y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(pass);
+        } else {
+            pass((y, xs));
+        }
+    };
+    // SAFETY: the chunks of `y` and `xs` pair up one to one, equal in length.
+    let values = unsafe { written(xs.len(), fill) };
+    f32_tensor(values, x.layout().shape().to_vec())
+}
+
+/// `f(a, b)` of each pair of values of `a` and `b` (f32, the same shape),
+/// split over the rayon pool for large tensors.
+pub(crate) fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
+    let (a, b) = (to_f32(a), to_f32(b));
+    assert_eq!(
+        a.layout().shape().to_vec(),
+        b.layout().shape().to_vec(),
+        "element-wise pass over two shapes"
+    );
+    let (xs, ys) = (
+        a.as_slice::<f32>().expect("contiguous f32"),
+        b.as_slice::<f32>().expect("contiguous f32"),
+    );
+    let pass = |out: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32]| {
+        for (o, (&x, &y)) in out.iter_mut().zip(x.iter().zip(y)) {
+            o.write(f(x, y));
+        }
+    };
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        if xs.len() > CHUNK {
+            out.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+                .for_each(|(out, (x, y))| pass(out, x, y));
+        } else {
+            pass(out, xs, ys);
+        }
+    };
+    // SAFETY: the chunks of `out`, `xs` and `ys` pair up one to one, equal in length.
+    let values = unsafe { written(xs.len(), fill) };
+    f32_tensor(values, a.layout().shape().to_vec())
 }
 
 /// A matrix over a slice: `rows x cols`, element `(i, j)` at `i·rs + j·cs`.

@@ -39,6 +39,7 @@ pub mod linear;
 pub mod mlp;
 pub mod params;
 pub mod probe_point;
+pub mod relu;
 pub mod resnet;
 pub mod sigmoid;
 pub mod zoo;

@@ -14,8 +14,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ActivationOps;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Shape, Tensor, TensorData, activation as act};
-use rayon::prelude::*;
+use burn::tensor::{DType, Tensor, activation as act};
+
+use crate::flex_host::map_f32;
 
 /// `e^x` for f32 in plain arithmetic (so it vectorises, unlike libm's `expf`):
 /// `x = n ln2 + r` with |r| <= ln2/2, a degree-6 polynomial for `e^r`, and `2^n`
@@ -36,9 +37,6 @@ pub fn exp_fast(x: f32) -> f32 {
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     p * f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23))
 }
-
-/// Values per rayon task: below this a tensor is one task.
-const CHUNK: usize = 1 << 15;
 
 /// `1 / (1 + e^-a)` element-wise.
 pub fn sigmoid<const D: usize>(a: Tensor<D>) -> Tensor<D> {
@@ -66,20 +64,7 @@ pub fn sigmoid<const D: usize>(a: Tensor<D>) -> Tensor<D> {
 }
 
 fn forward_flex(x: &FlexTensor) -> FlexTensor {
-    let x = x.to_contiguous();
-    let xs = x.as_slice::<f32>().expect("contiguous f32");
-    let mut y = vec![0f32; xs.len()];
-    let pass = |(y, x): (&mut [f32], &[f32])| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = 1.0 / (1.0 + exp_fast(-x));
-        }
-    };
-    if xs.len() > CHUNK {
-        y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(pass);
-    } else {
-        pass((&mut y, xs));
-    }
-    FlexTensor::from_data(TensorData::new(y, Shape::from(x.layout().shape().to_vec())))
+    map_f32(x, |x| 1.0 / (1.0 + exp_fast(-x)))
 }
 
 /// The sigmoid's autodiff node; its state is the output.
@@ -99,9 +84,10 @@ impl Backward<Flex, 1> for FastSigmoid {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::{Device, Distribution, TensorData};
 
     use super::*;
+    use crate::flex_host::CHUNK;
 
     #[test]
     fn exp_fast_is_accurate_over_the_f32_range() {
