@@ -1,11 +1,16 @@
-//! Flex tensors as f32 slices, and matrix products over them on one thread,
-//! for the ops written directly on flex's memory ([`conv`](crate::conv),
-//! [`batchnorm`](crate::batchnorm), [`linear`](crate::linear)).
+//! Flex tensors as f32 slices, buffers filled without zeroing, element-wise
+//! passes split over the rayon pool and matrix products on one thread, for
+//! the ops written directly on flex's memory ([`conv`](crate::conv),
+//! [`batchnorm`](crate::batchnorm), [`linear`](crate::linear),
+//! [`relu`](crate::relu), [`sigmoid`](crate::sigmoid)).
 
 use std::mem::MaybeUninit;
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Shape, TensorData};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// `t` laid out contiguously (a no-op when it already is), checked to hold f32.
@@ -38,6 +43,37 @@ pub(crate) fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     values.fill(MaybeUninit::new(0.0));
     // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
     unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `forward(a)` for an element-wise op computed on flex's f32 values, whose
+/// backward step (`node`) needs only the output; an autodiff node when `a`
+/// is tracked, and `fallback(a)` on other backends or element types.
+pub(crate) fn elementwise<const D: usize, N>(
+    a: Tensor<D>,
+    node: N,
+    forward: impl Fn(&FlexTensor) -> FlexTensor,
+    fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D>
+where
+    N: Backward<Flex, 1, State = FlexTensor>,
+{
+    type Ad = Autodiff<Flex>;
+    if let Ok(prim) = a.clone().try_into_primitive::<Ad>() {
+        let (x, parent) = prim.into_parts();
+        if x.dtype() != DType::F32 {
+            return fallback(a);
+        }
+        let y = forward(&x);
+        let out = match node.prepare::<NoCheckpointing>([parent]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return Tensor::from_primitive::<Ad>(out);
+    }
+    match a.clone().try_into_primitive::<Flex>() {
+        Ok(x) if x.dtype() == DType::F32 => Tensor::from_primitive::<Flex>(forward(&x)),
+        _ => fallback(a),
+    }
 }
 
 /// Values per rayon task of an element-wise pass: below this a tensor is one task.

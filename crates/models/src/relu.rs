@@ -3,43 +3,22 @@
 //! burn-flex computes `relu` and its backward pass on the calling thread: at
 //! two threads a ResNet step spends a few percent of its time there with the
 //! other thread idle. Here `y = max(a, 0)` and, from the output,
-//! `dL/da = g` where `y > 0` and 0 elsewhere (Burn's rule: NaN passes through
-//! forward and backward, so a diverging run still shows it), in chunks over
-//! the pool. Other backends, and tensors that are not f32, take Burn's `relu`.
+//! `dL/da = g` where `y > 0` and 0 elsewhere, in chunks over the pool, with
+//! Burn's rules at the edges: `relu(0) = 0` with gradient 0, a NaN input
+//! stays NaN (a diverging run still shows it) and passes `g` back. Other backends, and tensors that are not f32, take Burn's `relu`.
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, activation as act};
+use burn::tensor::{Tensor, activation as act};
 
-use crate::flex_host::{map_f32, zip_map_f32};
+use crate::flex_host::{elementwise, map_f32, zip_map_f32};
 
 /// `max(a, 0)` element-wise.
 pub fn relu<const D: usize>(a: Tensor<D>) -> Tensor<D> {
-    type Ad = Autodiff<Flex>;
-    if let Ok(prim) = a.clone().try_into_primitive::<Ad>() {
-        let (x, node) = prim.into_parts();
-        if x.dtype() != DType::F32 {
-            return act::relu(a);
-        }
-        let y = map_f32(&x, forward_value);
-        let out = match ParallelRelu
-            .prepare::<NoCheckpointing>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        return Tensor::from_primitive::<Ad>(out);
-    }
-    match a.clone().try_into_primitive::<Flex>() {
-        Ok(x) if x.dtype() == DType::F32 => Tensor::from_primitive::<Flex>(map_f32(&x, forward_value)),
-        _ => act::relu(a),
-    }
+    elementwise(a, ParallelRelu, |x| map_f32(x, forward_value), act::relu)
 }
 
 /// `a` where positive (or NaN), 0 elsewhere.

@@ -7,16 +7,15 @@
 //! tensors; the backward pass is Burn's own, `dL/da = g · y (1 - y)` from the
 //! output. Other backends, and tensors that are not f32, take Burn's `sigmoid`.
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ActivationOps;
-use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, activation as act};
+use burn::tensor::{Tensor, activation as act};
 
-use crate::flex_host::map_f32;
+use crate::flex_host::{elementwise, map_f32};
 
 /// `e^x` for f32 in plain arithmetic (so it vectorises, unlike libm's `expf`):
 /// `x = n ln2 + r` with |r| <= ln2/2, a degree-6 polynomial for `e^r`, and `2^n`
@@ -40,27 +39,7 @@ pub fn exp_fast(x: f32) -> f32 {
 
 /// `1 / (1 + e^-a)` element-wise.
 pub fn sigmoid<const D: usize>(a: Tensor<D>) -> Tensor<D> {
-    type Ad = Autodiff<Flex>;
-    if let Ok(prim) = a.clone().try_into_primitive::<Ad>() {
-        let (x, node) = prim.into_parts();
-        if x.dtype() != DType::F32 {
-            return act::sigmoid(a);
-        }
-        let y = forward_flex(&x);
-        let out = match FastSigmoid
-            .prepare::<NoCheckpointing>([node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        return Tensor::from_primitive::<Ad>(out);
-    }
-    match a.clone().try_into_primitive::<Flex>() {
-        Ok(x) if x.dtype() == DType::F32 => Tensor::from_primitive::<Flex>(forward_flex(&x)),
-        _ => act::sigmoid(a),
-    }
+    elementwise(a, FastSigmoid, forward_flex, act::sigmoid)
 }
 
 fn forward_flex(x: &FlexTensor) -> FlexTensor {
