@@ -26,7 +26,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::flex_host::{f32_tensor, to_f32, written};
+use crate::flex_host::{f32_tensor, f32s, to_f32, written};
 
 /// `bn.forward(x)` for `x: [N, C, ...]`, with the passes above on flex.
 pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
@@ -75,10 +75,10 @@ fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D
         return None;
     }
     let x_p = to_f32(&x_p);
-    let gamma = to_f32(&g_p).as_slice::<f32>().expect("contiguous f32").to_vec();
-    let beta = to_f32(&b_p).as_slice::<f32>().expect("contiguous f32").to_vec();
+    let gamma = f32s(&to_f32(&g_p)).to_vec();
+    let beta = f32s(&to_f32(&b_p)).to_vec();
     let shape = Layout::of(x_p.layout().shape());
-    let xs = x_p.as_slice::<f32>().expect("contiguous f32");
+    let xs = f32s(&x_p);
     let (mean, var) = shape.mean_var(xs);
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + bn.epsilon as f32).sqrt()).collect();
     let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
@@ -104,7 +104,7 @@ fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D
 fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tensor<D>> {
     let host = |t: Tensor<1>| -> Option<Vec<f32>> {
         let t = t.try_into_primitive::<Flex>().ok()?;
-        (t.dtype() == DType::F32).then(|| to_f32(&t).as_slice::<f32>().expect("contiguous f32").to_vec())
+        (t.dtype() == DType::F32).then(|| f32s(&to_f32(&t)).to_vec())
     };
     let x_p = x.clone().try_into_primitive::<Flex>().ok()?;
     if x_p.dtype() != DType::F32 {
@@ -119,7 +119,7 @@ fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tenso
     let scale: Vec<f32> = (0..shape.c)
         .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
         .collect();
-    let y = shape.affine(x_p.as_slice::<f32>().expect("contiguous f32"), &scale, &mean, &beta);
+    let y = shape.affine(f32s(&x_p), &scale, &mean, &beta);
     Some(Tensor::from_primitive::<Flex>(f32_tensor(
         y,
         x_p.layout().shape().to_vec(),
@@ -152,10 +152,7 @@ impl Backward<Flex, 3> for DirectBatchNorm {
         } = ops.state;
         let dims = x.layout().shape().to_vec();
         let shape = Layout::of(&dims);
-        let (xs, gs) = (
-            x.as_slice::<f32>().expect("contiguous f32"),
-            grad.as_slice::<f32>().expect("contiguous f32"),
-        );
+        let (xs, gs) = (f32s(&x), f32s(&grad));
         // Σ g and Σ g (x - μ) per channel; Σ g x̂ = σ⁻¹ Σ g (x - μ).
         let (sum_g, sum_gx) = shape.grad_sums(gs, xs, &mean);
         let sum_gxhat: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, i)| s * i).collect();

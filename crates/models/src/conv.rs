@@ -34,7 +34,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
 use crate::conv_direct::Plan;
-use crate::flex_host::{Mat, f32_tensor, matmul, to_f32, written, zeroed};
+use crate::flex_host::{Mat, f32_tensor, f32s, matmul, to_f32, written, zeroed};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
 /// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
@@ -234,11 +234,7 @@ fn backward(
     let wd = weight.layout().shape().to_vec();
     let geo = Geometry::of(&xd, &wd, options);
     debug_assert_eq!(grad.layout().shape().to_vec(), [geo.n, geo.k, geo.ho, geo.wo]);
-    let (xs, ws, gs) = (
-        x.as_slice::<f32>().expect("contiguous f32"),
-        weight.as_slice::<f32>().expect("contiguous f32"),
-        grad.as_slice::<f32>().expect("contiguous f32"),
-    );
+    let (xs, ws, gs) = (f32s(&x), f32s(&weight), f32s(&grad));
     let (gx, gw) = direct_backward(&geo, geo.direct_plan(), xs, ws, gs, want_x, want_w);
     let bias = want_b.then(|| {
         let mut gb = vec![0f32; geo.k];
@@ -261,13 +257,7 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, options:
     let (x, w) = (to_f32(x), to_f32(w));
     let b = b.map(to_f32);
     let geo = Geometry::of(&x.layout().shape().to_vec(), &w.layout().shape().to_vec(), options);
-    let y = direct_forward(
-        &geo,
-        geo.direct_plan(),
-        x.as_slice::<f32>().expect("contiguous f32"),
-        w.as_slice::<f32>().expect("contiguous f32"),
-        b.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32")),
-    );
+    let y = direct_forward(&geo, geo.direct_plan(), f32s(&x), f32s(&w), b.as_ref().map(f32s));
     f32_tensor(y, vec![geo.n, geo.k, geo.ho, geo.wo])
 }
 
@@ -323,7 +313,7 @@ fn direct_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
     // dL/dx is the transposed convolution of g: directly where it can be.
-    let transposed = plan.map(|p| p.transposed());
+    let transposed = plan.filter(|_| want_x).map(|p| p.transposed());
     let packed_t = transposed.map(|t| t.pack_transposed(w));
     let weight_plan = plan.filter(Plan::weight_grad_pays);
     // Writes every value of `gx_n` when `want_x`.

@@ -20,6 +20,11 @@ pub(crate) fn to_f32(t: &FlexTensor) -> FlexTensor {
     t
 }
 
+/// The values of a contiguous f32 tensor (see [`to_f32`]).
+pub(crate) fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
 /// A flex tensor over `values` in row-major order.
 pub(crate) fn f32_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
@@ -82,7 +87,7 @@ pub(crate) const CHUNK: usize = 1 << 15;
 /// `f` of each value of `x` (f32), split over the rayon pool for large tensors.
 pub(crate) fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let x = to_f32(x);
-    let xs = x.as_slice::<f32>().expect("contiguous f32");
+    let xs = f32s(&x);
     let pass = |(y, x): (&mut [MaybeUninit<f32>], &[f32])| {
         for (y, &x) in y.iter_mut().zip(x) {
             y.write(f(x));
@@ -109,10 +114,7 @@ pub(crate) fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -
         b.layout().shape().to_vec(),
         "element-wise pass over two shapes"
     );
-    let (xs, ys) = (
-        a.as_slice::<f32>().expect("contiguous f32"),
-        b.as_slice::<f32>().expect("contiguous f32"),
-    );
+    let (xs, ys) = (f32s(&a), f32s(&b));
     let pass = |out: &mut [MaybeUninit<f32>], x: &[f32], y: &[f32]| {
         for (o, (&x, &y)) in out.iter_mut().zip(x.iter().zip(y)) {
             o.write(f(x, y));

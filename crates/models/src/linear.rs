@@ -25,7 +25,7 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use crate::flex_host::{Mat, f32_tensor, matmul, to_f32};
+use crate::flex_host::{Mat, f32_tensor, f32s, matmul, to_f32};
 
 /// `linear.forward(x)` for `x: [B, in]`, split over the threads on flex.
 pub fn forward(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
@@ -99,8 +99,8 @@ fn forward_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexT
     let (rows, d_in) = dims2(x);
     let (_, d_out) = dims2(w);
     let b = b.map(to_f32);
-    let (xs, ws) = (slice(x), slice(w));
-    let bs = b.as_ref().map(slice);
+    let (xs, ws) = (f32s(x), f32s(w));
+    let bs = b.as_ref().map(f32s);
     let mut y = vec![0f32; rows * d_out];
     split_rows(&mut y, d_out, rows * d_in * d_out, |first, y_rows| {
         let count = y_rows.len() / d_out;
@@ -142,10 +142,6 @@ fn dims2(t: &FlexTensor) -> (usize, usize) {
     (d[0], d[1])
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 /// What the backward pass needs: the input and the weight.
 #[derive(Debug, Clone)]
 struct State {
@@ -167,7 +163,7 @@ impl<const N: usize> Backward<Flex, N> for DirectLinear<N> {
         let wants = |i: usize| parents.get(i).is_some_and(Option::is_some);
         let (rows, d_in) = dims2(&x);
         let d_out = dims2(&weight).1;
-        let (xs, ws, gs) = (slice(&x), slice(&weight), slice(&grad));
+        let (xs, ws, gs) = (f32s(&x), f32s(&weight), f32s(&grad));
         let work = rows * d_in * d_out;
         let grad_x = || {
             wants(0).then(|| {
