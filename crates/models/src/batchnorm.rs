@@ -13,6 +13,12 @@
 //! writing pass backward; evaluation is one pass with the running statistics.
 //! The running statistics are updated exactly as `burn::nn::BatchNorm` does.
 //! Other backends, and tensors that are not f32, take Burn's own `BatchNorm`.
+//!
+//! [`forward_relu`] folds a ReLU that follows into the same node: the
+//! output pass writes `max(y, 0)`, and the backward passes let `g` through
+//! where `y > 0` (recomputed from `x`), so the ReLU's own passes over the
+//! activations (one writing forward, one backward) are not made. Values and
+//! gradients equal BatchNorm followed by [`relu`](crate::relu::relu), bit for bit.
 
 use std::mem::MaybeUninit;
 
@@ -27,9 +33,24 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::flex_host::{f32_tensor, f32s, to_f32, written};
+use crate::relu::forward_value as relu_value;
 
 /// `bn.forward(x)` for `x: [N, C, ...]`, with the passes above on flex.
 pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    forward_with(bn, x, false)
+}
+
+/// `relu(bn.forward(x))`, one node on flex (see the module doc).
+pub fn forward_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    forward_with(bn, x, true)
+}
+
+/// [`forward`], followed by the ReLU when `relu`.
+fn forward_with<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
+    let burns = |x: Tensor<D>| {
+        let y = bn.forward(x);
+        if relu { crate::relu::relu(y) } else { y }
+    };
     let [features] = bn.gamma.shape().dims();
     let dims = x.dims();
     assert!(
@@ -37,15 +58,15 @@ pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
         "BatchNorm over {features} features got an input of shape {dims:?}"
     );
     if x.device().is_autodiff() && bn.training.is_enabled() {
-        match train_flex(bn, &x) {
+        match train_flex(bn, &x, relu) {
             Some((y, mean, var)) => {
                 update_running_stats(bn, mean, var, &x.device());
                 y
             }
-            None => bn.forward(x),
+            None => burns(x),
         }
     } else {
-        inference_flex(bn, &x).unwrap_or_else(|| bn.forward(x))
+        inference_flex(bn, &x, relu).unwrap_or_else(|| burns(x))
     }
 }
 
@@ -62,8 +83,9 @@ fn update_running_stats(bn: &BatchNorm, mean: Vec<f32>, var: Vec<f32>, device: &
     update(&bn.running_var, var);
 }
 
-/// The training pass on `Autodiff<Flex>`: output, batch mean and biased variance.
-fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D>, Vec<f32>, Vec<f32>)> {
+/// The training pass on `Autodiff<Flex>` (with the ReLU when `relu`):
+/// output, batch mean and biased variance.
+fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>, relu: bool) -> Option<(Tensor<D>, Vec<f32>, Vec<f32>)> {
     type Ad = Autodiff<Flex>;
     let x_ad = x.clone().try_into_primitive::<Ad>().ok()?;
     let g_ad = bn.gamma.val().try_into_primitive::<Ad>().ok()?;
@@ -82,12 +104,16 @@ fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D
     let (mean, var) = shape.mean_var(xs);
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + bn.epsilon as f32).sqrt()).collect();
     let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
-    let y = f32_tensor(shape.affine(xs, &scale, &mean, &beta), x_p.layout().shape().to_vec());
+    let y = f32_tensor(
+        shape.affine(xs, &scale, &mean, &beta, relu),
+        x_p.layout().shape().to_vec(),
+    );
     let state = State {
         x: x_p,
         gamma,
         mean: mean.clone(),
         inv_std,
+        relu_shift: relu.then_some(beta),
     };
     let out = match DirectBatchNorm
         .prepare::<NoCheckpointing>([x_node, g_node, b_node])
@@ -100,8 +126,9 @@ fn train_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<(Tensor<D
     Some((Tensor::from_primitive::<Ad>(out), mean, var))
 }
 
-/// Evaluation on plain flex: `y = γ (x - running mean) / √(running var + ε) + β` in one pass.
-fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tensor<D>> {
+/// Evaluation on plain flex: `y = γ (x - running mean) / √(running var + ε) + β`
+/// (then the ReLU when `relu`) in one pass.
+fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>, relu: bool) -> Option<Tensor<D>> {
     let host = |t: Tensor<1>| -> Option<Vec<f32>> {
         let t = t.try_into_primitive::<Flex>().ok()?;
         (t.dtype() == DType::F32).then(|| f32s(&to_f32(&t)).to_vec())
@@ -119,7 +146,7 @@ fn inference_flex<const D: usize>(bn: &BatchNorm, x: &Tensor<D>) -> Option<Tenso
     let scale: Vec<f32> = (0..shape.c)
         .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
         .collect();
-    let y = shape.affine(f32s(&x_p), &scale, &mean, &beta);
+    let y = shape.affine(f32s(&x_p), &scale, &mean, &beta, relu);
     Some(Tensor::from_primitive::<Flex>(f32_tensor(
         y,
         x_p.layout().shape().to_vec(),
@@ -133,6 +160,9 @@ struct State {
     gamma: Vec<f32>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    /// `β` when the node includes the ReLU: its output `γ σ⁻¹ (x - μ) + β`
+    /// is recomputed to know where the gradient passes.
+    relu_shift: Option<Vec<f32>>,
 }
 
 /// The batch norm's autodiff node; parents: x, gamma, beta.
@@ -149,21 +179,30 @@ impl Backward<Flex, 3> for DirectBatchNorm {
             gamma,
             mean,
             inv_std,
+            relu_shift,
         } = ops.state;
         let dims = x.layout().shape().to_vec();
         let shape = Layout::of(&dims);
         let (xs, gs) = (f32s(&x), f32s(&grad));
-        // Σ g and Σ g (x - μ) per channel; Σ g x̂ = σ⁻¹ Σ g (x - μ).
-        let (sum_g, sum_gx) = shape.grad_sums(gs, xs, &mean);
+        // The forward pass's scale γ σ⁻¹ (the same products, so the same
+        // output and ReLU gate).
+        let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
+        let gate = relu_shift.as_deref().map(|shift| ReluGate {
+            scale: &a,
+            center: &mean,
+            shift,
+        });
+        // Σ g and Σ g (x - μ) per channel (g past the ReLU's gate where there
+        // is one); Σ g x̂ = σ⁻¹ Σ g (x - μ).
+        let (sum_g, sum_gx) = shape.grad_sums(gs, xs, &mean, gate);
         let sum_gxhat: Vec<f32> = sum_gx.iter().zip(&inv_std).map(|(s, i)| s * i).collect();
         let [x_parent, gamma_parent, beta_parent] = &ops.parents;
         if let Some(node) = x_parent {
             // dL/dx = a g + b (x - μ) + k per channel.
             let m = shape.per_channel() as f32;
-            let a: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
             let b: Vec<f32> = (0..shape.c).map(|c| -a[c] * inv_std[c] * sum_gxhat[c] / m).collect();
             let k: Vec<f32> = (0..shape.c).map(|c| -a[c] * sum_g[c] / m).collect();
-            let dx = shape.grad_x(gs, xs, [&a, &b, &mean, &k]);
+            let dx = shape.grad_x(gs, xs, [&a, &b, &mean, &k], gate);
             grads.register::<Flex>(node.id, f32_tensor(dx, dims.clone()));
         }
         if let Some(node) = gamma_parent {
@@ -249,7 +288,8 @@ impl Layout {
     /// `scale[c] (x - center[c]) + shift[c]` value by value (centred first,
     /// as Burn does: `scale x + (shift - scale center)` would lose digits to
     /// cancellation when the mean is large against the spread).
-    fn affine(&self, x: &[f32], scale: &[f32], center: &[f32], shift: &[f32]) -> Vec<f32> {
+    /// With `relu`, `max(·, 0)` of each (see [`relu_value`]).
+    fn affine(&self, x: &[f32], scale: &[f32], center: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
         assert!(x.len() == self.n * self.c * self.s && [scale, center, shift].iter().all(|p| p.len() == self.c));
         // SAFETY: each image's block has `C·S` values, one per value of `x_i`,
         // and the loops below zip the whole block with `x_i` (and, at `S = 1`,
@@ -257,30 +297,52 @@ impl Layout {
         unsafe {
             self.per_image(|i, y_i| {
                 let x_i = &x[i * y_i.len()..][..y_i.len()];
+                let value = |y: f32| if relu { relu_value(y) } else { y };
                 if self.s == 1 {
                     let per_channel = scale.iter().zip(center).zip(shift);
                     for ((y, &x), ((&a, &m), &b)) in y_i.iter_mut().zip(x_i).zip(per_channel) {
-                        y.write(a * (x - m) + b);
+                        y.write(value(a * (x - m) + b));
                     }
                     return;
                 }
                 for (ch, (y, x)) in y_i.chunks_mut(self.s).zip(x_i.chunks(self.s)).enumerate() {
                     let (a, m, b) = (scale[ch], center[ch], shift[ch]);
                     for (y, &x) in y.iter_mut().zip(x) {
-                        y.write(a * (x - m) + b);
+                        y.write(value(a * (x - m) + b));
                     }
                 }
             })
         }
     }
 
-    /// Per channel `Σ g` and `Σ g (x - mean)`.
-    fn grad_sums(&self, g: &[f32], x: &[f32], mean: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    /// Per channel `Σ g` and `Σ g (x - mean)`, `g` through `gate` where given.
+    fn grad_sums(&self, g: &[f32], x: &[f32], mean: &[f32], gate: Option<ReluGate>) -> (Vec<f32>, Vec<f32>) {
+        match gate {
+            Some(gate) => self.grad_sums_with(g, x, mean, |ch| gate.channel(ch)),
+            None => self.grad_sums_with(g, x, mean, |_| open),
+        }
+    }
+
+    /// [`Layout::grad_sums`] with `gate(ch)` mapping channel `ch`'s `(g, x)` to the `g` summed.
+    fn grad_sums_with<F: Fn(f32, f32) -> f32>(
+        &self,
+        g: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        gate: impl Fn(usize) -> F + Sync,
+    ) -> (Vec<f32>, Vec<f32>) {
         let Self { n, c, s } = *self;
         if s == 1 {
             let (mut sg, mut sgx) = (vec![0f32; c], vec![0f32; c]);
             for (g_row, x_row) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
-                for (((sg, sgx), (&g, &x)), &m) in sg.iter_mut().zip(&mut sgx).zip(g_row.iter().zip(x_row)).zip(mean) {
+                for (ch, (((sg, sgx), (&g, &x)), &m)) in sg
+                    .iter_mut()
+                    .zip(&mut sgx)
+                    .zip(g_row.iter().zip(x_row))
+                    .zip(mean)
+                    .enumerate()
+                {
+                    let g = gate(ch)(g, x);
                     *sg += g;
                     *sgx += g * (x - m);
                 }
@@ -289,10 +351,11 @@ impl Layout {
         }
         let channel = |ch: usize| -> (f32, f32) {
             let mut sums = (0f64, 0f64);
+            let gate = gate(ch);
             for i in 0..n {
                 let at = (i * c + ch) * s;
                 let (g, x) = (&g[at..][..s], &x[at..][..s]);
-                let (a, b) = lane_sum2(g, x, mean[ch]);
+                let (a, b) = lane_sum2(g, x, mean[ch], &gate);
                 sums.0 += f64::from(a);
                 sums.1 += f64::from(b);
             }
@@ -306,8 +369,22 @@ impl Layout {
         pairs.into_iter().unzip()
     }
 
-    /// `a[c] g + b[c] (x - center[c]) + k[c]` value by value.
-    fn grad_x(&self, g: &[f32], x: &[f32], [a, b, center, k]: [&[f32]; 4]) -> Vec<f32> {
+    /// `a[c] g + b[c] (x - center[c]) + k[c]` value by value, `g` through `gate` where given.
+    fn grad_x(&self, g: &[f32], x: &[f32], params: [&[f32]; 4], gate: Option<ReluGate>) -> Vec<f32> {
+        match gate {
+            Some(gate) => self.grad_x_with(g, x, params, |ch| gate.channel(ch)),
+            None => self.grad_x_with(g, x, params, |_| open),
+        }
+    }
+
+    /// [`Layout::grad_x`] with `gate(ch)` as in [`Layout::grad_sums_with`].
+    fn grad_x_with<F: Fn(f32, f32) -> f32>(
+        &self,
+        g: &[f32],
+        x: &[f32],
+        [a, b, center, k]: [&[f32]; 4],
+        gate: impl Fn(usize) -> F + Sync,
+    ) -> Vec<f32> {
         assert!(x.len() == self.n * self.c * self.s && g.len() == x.len());
         assert!([a, b, center, k].iter().all(|p| p.len() == self.c));
         // SAFETY: as in `affine`: the loops zip each whole block with `g_i`
@@ -318,16 +395,18 @@ impl Layout {
                 let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
                 if self.s == 1 {
                     let per_channel = a.iter().zip(b).zip(center).zip(k);
-                    for (((d, &g), &x), (((&a, &b), &m), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel) {
-                        d.write(a * g + b * (x - m) + k);
+                    let values = dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel).enumerate();
+                    for (ch, (((d, &g), &x), (((&a, &b), &m), &k))) in values {
+                        d.write(a * gate(ch)(g, x) + b * (x - m) + k);
                     }
                     return;
                 }
                 let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
                 for (ch, ((dx, g), x)) in runs.enumerate() {
                     let (a, b, m, k) = (a[ch], b[ch], center[ch], k[ch]);
+                    let gate = gate(ch);
                     for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                        d.write(a * g + b * (x - m) + k);
+                        d.write(a * gate(g, x) + b * (x - m) + k);
                     }
                 }
             })
@@ -354,6 +433,29 @@ impl Layout {
     }
 }
 
+/// The ReLU after a fused BatchNorm, per channel: `g` passes where the
+/// BatchNorm's output `y = scale (x - center) + shift` is not `<= 0` (where
+/// the ReLU's output is not 0: Burn's ReLU backward rule, NaN passing).
+#[derive(Debug, Clone, Copy)]
+struct ReluGate<'a> {
+    scale: &'a [f32],
+    center: &'a [f32],
+    shift: &'a [f32],
+}
+
+impl ReluGate<'_> {
+    /// Channel `ch`'s `(g, x) -> g` or 0.
+    fn channel(&self, ch: usize) -> impl Fn(f32, f32) -> f32 + use<> {
+        let (a, m, b) = (self.scale[ch], self.center[ch], self.shift[ch]);
+        move |g, x| if a * (x - m) + b <= 0.0 { 0.0 } else { g }
+    }
+}
+
+/// The gradient with no gate.
+fn open(g: f32, _x: f32) -> f32 {
+    g
+}
+
 /// Rows of an `[N, C]` input summed in f32 before their sum joins the f64 total.
 const ROWS_PER_F64_ADD: usize = 64;
 
@@ -371,20 +473,22 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `(Σ g, Σ g (x - mean))` in 16 independent lanes each.
+/// `(Σ g', Σ g' (x - mean))` with `g' = gate(g, x)`, in 16 independent lanes each.
 #[inline]
-fn lane_sum2(g: &[f32], x: &[f32], mean: f32) -> (f32, f32) {
+fn lane_sum2(g: &[f32], x: &[f32], mean: f32, gate: impl Fn(f32, f32) -> f32) -> (f32, f32) {
     let (mut sg, mut sgx) = ([0f32; 16], [0f32; 16]);
     let (gc, xc) = (g.chunks_exact(16), x.chunks_exact(16));
     let mut tail = (0f32, 0f32);
     for (&g, &x) in gc.remainder().iter().zip(xc.remainder()) {
+        let g = gate(g, x);
         tail.0 += g;
         tail.1 += g * (x - mean);
     }
     for (g, x) in gc.zip(xc) {
         for i in 0..16 {
-            sg[i] += g[i];
-            sgx[i] += g[i] * (x[i] - mean);
+            let g = gate(g[i], x[i]);
+            sg[i] += g;
+            sgx[i] += g * (x[i] - mean);
         }
     }
     (sg.iter().sum::<f32>() + tail.0, sgx.iter().sum::<f32>() + tail.1)
@@ -474,6 +578,68 @@ mod tests {
             compare([3, 4, 5, 6], seed, 1e-5);
             // Large enough to be split over threads; runs of 17 values (a lane tail).
             compare([16, 8, 17, 17], seed, 1e-5);
+        }
+    }
+
+    /// BatchNorm with the ReLU folded in equals BatchNorm followed by the
+    /// ReLU bit for bit: output, the gradients of x, gamma and beta, and
+    /// evaluation; on MLP and conv inputs, one split over threads, with the
+    /// inputs shifted so that about half of the outputs are cut to zero.
+    #[test]
+    fn relu_folded_in_equals_relu_after() {
+        let device = Device::flex().autodiff();
+        let bits = |t: Tensor<1>| -> Vec<u32> {
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let flat = |t: Tensor<4>| t.flatten::<1>(0, 3);
+        for (dims, seed) in [([7, 5, 1, 1], 40), ([3, 4, 5, 6], 41), ([16, 8, 17, 17], 42)] {
+            let (fused, apart) = pair(dims[1], seed, &device);
+            let x = normal(dims, 0.5, 2.0, seed + 1, &device);
+            let (a, b) = (x.clone().require_grad(), x.require_grad());
+            let (y_fused, y_apart) = (
+                forward_relu(&fused, a.clone()),
+                crate::relu::relu(forward(&apart, b.clone())),
+            );
+            let zeros = flat(y_apart.clone()).equal_elem(0.0).int().sum().into_scalar::<i64>();
+            let n = dims.iter().product::<usize>() as i64;
+            assert!(
+                zeros > n / 5 && zeros < 4 * n / 5,
+                "{zeros} of {n} outputs cut: the gate is not exercised"
+            );
+            assert_eq!(
+                bits(flat(y_fused.clone())),
+                bits(flat(y_apart.clone())),
+                "output of {dims:?}"
+            );
+            let weights = normal(dims, 0.0, 1.0, seed + 2, &device);
+            let mut g_fused = (y_fused * weights.clone()).sum().backward();
+            let mut g_apart = (y_apart * weights).sum().backward();
+            assert_eq!(
+                bits(flat(a.grad_remove(&mut g_fused).unwrap())),
+                bits(flat(b.grad_remove(&mut g_apart).unwrap())),
+                "dL/dx of {dims:?}"
+            );
+            for (p, q, name) in [
+                (&fused.gamma, &apart.gamma, "dL/dgamma"),
+                (&fused.beta, &apart.beta, "dL/dbeta"),
+            ] {
+                assert_eq!(
+                    bits(p.val().grad_remove(&mut g_fused).unwrap()),
+                    bits(q.val().grad_remove(&mut g_apart).unwrap()),
+                    "{name} of {dims:?}"
+                );
+            }
+            let x = normal(dims, 0.5, 2.0, seed + 3, &Device::flex());
+            let (e_fused, e_apart) = (
+                forward_relu(&fused.valid(), x.clone()),
+                crate::relu::relu(forward(&apart.valid(), x)),
+            );
+            assert_eq!(bits(flat(e_fused)), bits(flat(e_apart)), "evaluation of {dims:?}");
         }
     }
 

@@ -22,7 +22,7 @@ pub fn relu<const D: usize>(a: Tensor<D>) -> Tensor<D> {
 }
 
 /// `a` where positive (or NaN), 0 elsewhere.
-fn forward_value(a: f32) -> f32 {
+pub(crate) fn forward_value(a: f32) -> f32 {
     if a <= 0.0 { 0.0 } else { a }
 }
 

@@ -128,6 +128,23 @@ impl ConvNorm {
         }
     }
 
+    /// The point's output `act(forward(x))`: a ReLU after BatchNorm is
+    /// computed in the BatchNorm's passes (see [`crate::batchnorm::forward_relu`]).
+    fn forward_activated(&self, x: Tensor<4>, act: Activation, rec: &mut Recorder) -> Tensor<4> {
+        match (&self.norm, act) {
+            (Some(bn), Activation::Relu) => {
+                let z = crate::conv::forward(&self.conv, x);
+                let h = crate::batchnorm::forward_relu(bn, rec.norm_input(z));
+                // As `rec.activated` records it: a ReLU keeps no input.
+                rec.point(None, h)
+            }
+            _ => {
+                let a = self.forward(x, rec);
+                rec.activated(act, a)
+            }
+        }
+    }
+
     fn param_paths(&self, path: &str) -> Vec<String> {
         let mut p = vec![format!("{path}.conv.weight")];
         if self.conv.bias.is_some() {
@@ -159,12 +176,11 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>, rec: &mut Recorder) -> Tensor<4> {
-        let a1 = self.conv1.forward(x.clone(), rec);
-        let h1 = rec.activated(self.activation, a1);
-        let a2 = self.conv2.forward(h1, rec);
+        let h1 = self.conv1.forward_activated(x.clone(), self.activation, rec);
         if !self.skip {
-            return rec.activated(self.activation, a2);
+            return self.conv2.forward_activated(h1, self.activation, rec);
         }
+        let a2 = self.conv2.forward(h1, rec);
         let branch = rec.point(None, a2);
         let shortcut = match (&self.projection, self.stride, self.pad_channels) {
             (Some(p), _, _) => p.forward(x, &mut Recorder::off()),
@@ -403,8 +419,7 @@ impl ResNetConfig {
 
 impl Traced for ResNet {
     fn run(&self, images: Tensor<4>, rec: &mut Recorder) -> Tensor<2> {
-        let a = self.stem.forward(images, rec);
-        let mut x = rec.activated(self.activation, a);
+        let mut x = self.stem.forward_activated(images, self.activation, rec);
         for stage in &self.stages {
             for block in &stage.blocks {
                 x = block.forward(x, rec);
