@@ -35,6 +35,7 @@ use rayon::prelude::*;
 
 use crate::conv_direct::Plan;
 use crate::flex_host::{Mat, f32_tensor, f32s, matmul, to_f32, written, zeroed};
+use crate::im2col::{col2im, im2col};
 
 /// `conv2d(x, weight, bias)` as Burn computes it (`x: [N, C, H, W]`,
 /// `weight: [K, C, R, S]`), with the direct backward pass on `Autodiff<Flex>`.
@@ -147,19 +148,19 @@ struct Grads {
 
 /// The shapes of one convolution.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    r: usize,
-    s: usize,
-    stride: [usize; 2],
+pub(crate) struct Geometry {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) k: usize,
+    pub(crate) r: usize,
+    pub(crate) s: usize,
+    pub(crate) stride: [usize; 2],
     /// Padding before each spatial dimension (the end padding only shapes `ho`, `wo`).
-    pad: [usize; 2],
-    ho: usize,
-    wo: usize,
+    pub(crate) pad: [usize; 2],
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
 }
 
 impl Geometry {
@@ -184,11 +185,11 @@ impl Geometry {
     }
 
     /// Rows of an image's im2col matrix.
-    fn crs(&self) -> usize {
+    pub(crate) fn crs(&self) -> usize {
         self.c * self.r * self.s
     }
     /// Output positions per image.
-    fn l(&self) -> usize {
+    pub(crate) fn l(&self) -> usize {
         self.ho * self.wo
     }
 
@@ -197,16 +198,18 @@ impl Geometry {
     /// input position read and the output positions whose reads fall inside
     /// the plane (flat; the columns that wrap into a neighbouring row are
     /// not excluded here).
-    fn shifted(&self, r: usize, s: usize) -> (usize, std::ops::Range<usize>) {
+    pub(crate) fn shifted(&self, r: usize, s: usize) -> (usize, std::ops::Range<usize>) {
         let hw = (self.h * self.w) as isize;
         let shift = (r as isize - self.pad[0] as isize) * self.w as isize + (s as isize - self.pad[1] as isize);
         let lo = (-shift).clamp(0, hw);
         let hi = (hw - shift).clamp(lo, hw);
-        ((lo + shift) as usize, lo as usize..hi as usize)
+        // (Clamped: where no position reads inside, e.g. a row above a
+        // one-row map, the range is empty and the start unused.)
+        ((lo + shift).clamp(0, hw) as usize, lo as usize..hi as usize)
     }
 
     /// Whether each kernel offset reads the plane shifted (see [`Geometry::shifted`]).
-    fn keeps_size(&self) -> bool {
+    pub(crate) fn keeps_size(&self) -> bool {
         self.stride == [1, 1] && self.ho == self.h && self.wo == self.w
     }
 
@@ -420,125 +423,6 @@ struct Scratch {
     lanes: Vec<f32>,
 }
 
-/// The output positions `o` whose input position `o·stride + offset - pad`
-/// lies in `0..size_in`, as a range within `0..size_out`.
-#[inline]
-fn inside(size_in: usize, size_out: usize, offset: usize, stride: usize, pad: usize) -> std::ops::Range<usize> {
-    let lo = pad.saturating_sub(offset).div_ceil(stride);
-    let hi = if size_in + pad > offset {
-        ((size_in + pad - offset - 1) / stride + 1).min(size_out)
-    } else {
-        0
-    };
-    lo.min(hi)..hi
-}
-
-/// One image's im2col: `col[(c·R + r)·S + s][oh·Wo + ow] = x[c][oh·sh + r - ph][ow·sw + s - pw]` (0 outside).
-fn im2col(geo: &Geometry, x: &[f32], col: &mut [f32]) {
-    let l = geo.l();
-    let [sh, sw] = geo.stride;
-    for c in 0..geo.c {
-        let plane = &x[c * geo.h * geo.w..][..geo.h * geo.w];
-        for r in 0..geo.r {
-            let rows = inside(geo.h, geo.ho, r, sh, geo.pad[0]);
-            for s in 0..geo.s {
-                let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
-                let dst = &mut col[((c * geo.r + r) * geo.s + s) * l..][..l];
-                if geo.keeps_size() {
-                    shifted_copy(geo, plane, r, s, cols, dst);
-                    continue;
-                }
-                // Zeros first in one pass (per output row, a fill of the one
-                // or two padded columns would be a `memset` call each).
-                dst.fill(0.0);
-                for oh in rows.clone() {
-                    let src = &plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
-                    let out = &mut dst[oh * geo.wo..][..geo.wo];
-                    // The first input column this row reads.
-                    let first = cols.start * sw + s - geo.pad[1];
-                    if sw == 1 {
-                        out[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
-                    } else {
-                        for (d, v) in out[cols.clone()].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                            *d = *v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col`]'s row for kernel offset `(r, s)` of a stride-1 convolution that
-/// keeps the image's size: the plane shifted by `(r - ph)·W + (s - pw)` in one
-/// copy, then zeros where a shifted row wraps into its neighbour (the output
-/// columns outside `cols`). Rows that fall outside the image are exactly the
-/// flat positions the shift moves outside the plane.
-fn shifted_copy(geo: &Geometry, plane: &[f32], r: usize, s: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
-    let (from, range) = geo.shifted(r, s);
-    dst[..range.start].fill(0.0);
-    dst[range.end..].fill(0.0);
-    dst[range.clone()].copy_from_slice(&plane[from..from + range.len()]);
-    zero_columns(dst, geo.w, cols);
-}
-
-/// The adjoint of [`shifted_copy`]: `plane += src` shifted back, after
-/// zeroing `src`'s wrapped columns (which belong to no input position).
-fn shifted_add(geo: &Geometry, src: &mut [f32], r: usize, s: usize, cols: std::ops::Range<usize>, plane: &mut [f32]) {
-    zero_columns(src, geo.w, cols);
-    let (from, range) = geo.shifted(r, s);
-    let len = range.len();
-    for (d, v) in plane[from..from + len].iter_mut().zip(&src[range]) {
-        *d += v;
-    }
-}
-
-/// Zeroes the columns outside `keep` of a `? x width` matrix, column by
-/// column: a fill of one or two values per row would be a `memset` call each.
-fn zero_columns(m: &mut [f32], width: usize, keep: std::ops::Range<usize>) {
-    for col in (0..keep.start).chain(keep.end..width) {
-        for v in m[col..].iter_mut().step_by(width) {
-            *v = 0.0;
-        }
-    }
-}
-
-/// The adjoint of [`im2col`]: adds each column entry back to the input
-/// position it was read from (`col` is scratch: entries that belong to no
-/// input position may be zeroed).
-fn col2im(geo: &Geometry, col: &mut [f32], x: &mut [f32]) {
-    let l = geo.l();
-    let [sh, sw] = geo.stride;
-    for c in 0..geo.c {
-        let plane = &mut x[c * geo.h * geo.w..][..geo.h * geo.w];
-        for r in 0..geo.r {
-            let rows = inside(geo.h, geo.ho, r, sh, geo.pad[0]);
-            for s in 0..geo.s {
-                let cols = inside(geo.w, geo.wo, s, sw, geo.pad[1]);
-                let src = &mut col[((c * geo.r + r) * geo.s + s) * l..][..l];
-                if geo.keeps_size() {
-                    shifted_add(geo, src, r, s, cols, plane);
-                    continue;
-                }
-                for oh in rows.clone() {
-                    let dst = &mut plane[(oh * sh + r - geo.pad[0]) * geo.w..][..geo.w];
-                    let vals = &src[oh * geo.wo..][..geo.wo][cols.clone()];
-                    let first = cols.start * sw + s - geo.pad[1];
-                    if sw == 1 {
-                        for (d, v) in dst[first..first + vals.len()].iter_mut().zip(vals) {
-                            *d += v;
-                        }
-                    } else {
-                        for (d, v) in dst[first..].iter_mut().step_by(sw).zip(vals) {
-                            *d += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,7 +438,7 @@ mod tests {
         let device = Device::flex().autodiff();
         /// Input dims, weight dims, stride, padding, bias.
         type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
-        let cases: [Case; 13] = [
+        let cases: [Case; 15] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
             // A ResNet stem: one input channel, batch 64.
             ([64, 1, 28, 28], [16, 1, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
@@ -571,6 +455,10 @@ mod tests {
             ([2, 3, 1, 5], [4, 3, 1, 3], [1, 1], [(0, 0), (1, 1)], true),
             ([2, 2, 5, 1], [3, 2, 3, 1], [1, 1], [(1, 1), (0, 0)], false),
             ([1, 2, 6, 7], [9, 2, 5, 5], [1, 1], [(2, 2), (2, 2)], true),
+            // A 3x3 kernel on a one-row map (rows above and below read only
+            // padding), and stride 2 over a one-column map.
+            ([2, 3, 1, 6], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
+            ([2, 2, 5, 1], [3, 2, 3, 3], [2, 2], [(1, 1), (1, 1)], true),
         ];
         for ((xs, wsh, stride, padding, with_bias), seed) in
             cases.into_iter().flat_map(|c| [(c, 3), (c, 103), (c, 203)])
@@ -685,28 +573,6 @@ mod tests {
             );
             assert_close_slices(&direct.0.unwrap(), &gemm.0.unwrap(), 1e-5, 0.0, &what("dL/dx"));
             assert_close_slices(&direct.1.unwrap(), &gemm.1.unwrap(), 1e-5, 0.0, &what("dL/dW"));
-        }
-    }
-
-    /// The in-bounds output range against a direct check of every position.
-    #[test]
-    fn inside_ranges_match_a_direct_check() {
-        for size_in in 1usize..9 {
-            for stride in 1usize..4 {
-                for pad in 0usize..3 {
-                    for offset in 0usize..4 {
-                        let size_out = size_in + 2;
-                        let want: Vec<usize> = (0..size_out)
-                            .filter(|&o| (o * stride + offset).checked_sub(pad).is_some_and(|i| i < size_in))
-                            .collect();
-                        let got: Vec<usize> = inside(size_in, size_out, offset, stride, pad).collect();
-                        assert_eq!(
-                            got, want,
-                            "in {size_in} out {size_out} offset {offset} stride {stride} pad {pad}"
-                        );
-                    }
-                }
-            }
         }
     }
 

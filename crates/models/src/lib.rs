@@ -33,6 +33,7 @@ pub mod common;
 pub mod conv;
 mod conv_direct;
 mod flex_host;
+mod im2col;
 pub mod init;
 pub mod interop;
 pub mod linear;
