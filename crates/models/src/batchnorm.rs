@@ -317,32 +317,16 @@ impl Layout {
 
     /// Per channel `Σ g` and `Σ g (x - mean)`, `g` through `gate` where given.
     fn grad_sums(&self, g: &[f32], x: &[f32], mean: &[f32], gate: Option<ReluGate>) -> (Vec<f32>, Vec<f32>) {
-        match gate {
-            Some(gate) => self.grad_sums_with(g, x, mean, |ch| gate.channel(ch)),
-            None => self.grad_sums_with(g, x, mean, |_| open),
-        }
-    }
-
-    /// [`Layout::grad_sums`] with `gate(ch)` mapping channel `ch`'s `(g, x)` to the `g` summed.
-    fn grad_sums_with<F: Fn(f32, f32) -> f32>(
-        &self,
-        g: &[f32],
-        x: &[f32],
-        mean: &[f32],
-        gate: impl Fn(usize) -> F + Sync,
-    ) -> (Vec<f32>, Vec<f32>) {
         let Self { n, c, s } = *self;
         if s == 1 {
             let (mut sg, mut sgx) = (vec![0f32; c], vec![0f32; c]);
+            let mut gated = vec![0f32; if gate.is_some() { c } else { 0 }];
             for (g_row, x_row) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
-                for (ch, (((sg, sgx), (&g, &x)), &m)) in sg
-                    .iter_mut()
-                    .zip(&mut sgx)
-                    .zip(g_row.iter().zip(x_row))
-                    .zip(mean)
-                    .enumerate()
-                {
-                    let g = gate(ch)(g, x);
+                let g_row = match &gate {
+                    Some(gate) => gate.row(g_row, x_row, &mut gated),
+                    None => g_row,
+                };
+                for (((sg, sgx), (&g, &x)), &m) in sg.iter_mut().zip(&mut sgx).zip(g_row.iter().zip(x_row)).zip(mean) {
                     *sg += g;
                     *sgx += g * (x - m);
                 }
@@ -351,11 +335,13 @@ impl Layout {
         }
         let channel = |ch: usize| -> (f32, f32) {
             let mut sums = (0f64, 0f64);
-            let gate = gate(ch);
             for i in 0..n {
                 let at = (i * c + ch) * s;
                 let (g, x) = (&g[at..][..s], &x[at..][..s]);
-                let (a, b) = lane_sum2(g, x, mean[ch], &gate);
+                let (a, b) = match &gate {
+                    Some(gate) => lane_sum2(g, x, mean[ch], gate.channel(ch)),
+                    None => lane_sum2(g, x, mean[ch], |g, _| g),
+                };
                 sums.0 += f64::from(a);
                 sums.1 += f64::from(b);
             }
@@ -370,21 +356,7 @@ impl Layout {
     }
 
     /// `a[c] g + b[c] (x - center[c]) + k[c]` value by value, `g` through `gate` where given.
-    fn grad_x(&self, g: &[f32], x: &[f32], params: [&[f32]; 4], gate: Option<ReluGate>) -> Vec<f32> {
-        match gate {
-            Some(gate) => self.grad_x_with(g, x, params, |ch| gate.channel(ch)),
-            None => self.grad_x_with(g, x, params, |_| open),
-        }
-    }
-
-    /// [`Layout::grad_x`] with `gate(ch)` as in [`Layout::grad_sums_with`].
-    fn grad_x_with<F: Fn(f32, f32) -> f32>(
-        &self,
-        g: &[f32],
-        x: &[f32],
-        [a, b, center, k]: [&[f32]; 4],
-        gate: impl Fn(usize) -> F + Sync,
-    ) -> Vec<f32> {
+    fn grad_x(&self, g: &[f32], x: &[f32], [a, b, center, k]: [&[f32]; 4], gate: Option<ReluGate>) -> Vec<f32> {
         assert!(x.len() == self.n * self.c * self.s && g.len() == x.len());
         assert!([a, b, center, k].iter().all(|p| p.len() == self.c));
         // SAFETY: as in `affine`: the loops zip each whole block with `g_i`
@@ -394,19 +366,33 @@ impl Layout {
                 let len = dx_i.len();
                 let (g_i, x_i) = (&g[i * len..][..len], &x[i * len..][..len]);
                 if self.s == 1 {
+                    let mut gated = vec![0f32; if gate.is_some() { len } else { 0 }];
+                    let g_i = match &gate {
+                        Some(gate) => gate.row(g_i, x_i, &mut gated),
+                        None => g_i,
+                    };
                     let per_channel = a.iter().zip(b).zip(center).zip(k);
-                    let values = dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel).enumerate();
-                    for (ch, (((d, &g), &x), (((&a, &b), &m), &k))) in values {
-                        d.write(a * gate(ch)(g, x) + b * (x - m) + k);
+                    for (((d, &g), &x), (((&a, &b), &m), &k)) in dx_i.iter_mut().zip(g_i).zip(x_i).zip(per_channel) {
+                        d.write(a * g + b * (x - m) + k);
                     }
                     return;
                 }
                 let runs = dx_i.chunks_mut(self.s).zip(g_i.chunks(self.s)).zip(x_i.chunks(self.s));
                 for (ch, ((dx, g), x)) in runs.enumerate() {
                     let (a, b, m, k) = (a[ch], b[ch], center[ch], k[ch]);
-                    let gate = gate(ch);
-                    for ((d, &g), &x) in dx.iter_mut().zip(g).zip(x) {
-                        d.write(a * gate(g, x) + b * (x - m) + k);
+                    let terms = dx.iter_mut().zip(g).zip(x);
+                    match &gate {
+                        Some(gate) => {
+                            let gate = gate.channel(ch);
+                            for ((d, &g), &x) in terms {
+                                d.write(a * gate(g, x) + b * (x - m) + k);
+                            }
+                        }
+                        None => {
+                            for ((d, &g), &x) in terms {
+                                d.write(a * g + b * (x - m) + k);
+                            }
+                        }
                     }
                 }
             })
@@ -449,11 +435,14 @@ impl ReluGate<'_> {
         let (a, m, b) = (self.scale[ch], self.center[ch], self.shift[ch]);
         move |g, x| if a * (x - m) + b <= 0.0 { 0.0 } else { g }
     }
-}
 
-/// The gradient with no gate.
-fn open(g: f32, _x: f32) -> f32 {
-    g
+    /// One `[C]` row of an `[N, C]` input's gradient, gated, in `out`.
+    fn row<'o>(&self, g: &[f32], x: &[f32], out: &'o mut [f32]) -> &'o [f32] {
+        for (ch, ((o, &g), &x)) in out.iter_mut().zip(g).zip(x).enumerate() {
+            *o = self.channel(ch)(g, x);
+        }
+        out
+    }
 }
 
 /// Rows of an `[N, C]` input summed in f32 before their sum joins the f64 total.
