@@ -6,9 +6,10 @@
 //! paths, taps) through which the probe reads them, and the convolution,
 //! BatchNorm, ReLU and sigmoid they train with (on flex: the direct backward
 //! pass, and AVX-512 kernels without im2col for stride-1 convolutions,
-//! [`conv`]; a few passes over the activations, [`batchnorm`]; both passes
-//! split over the threads, [`relu`]; a vectorised `exp`, [`sigmoid`]). It
-//! knows nothing of datasets, optimisers, training loops, metrics or reports.
+//! [`conv`]; a few passes over the activations, a ReLU that follows folded
+//! in, [`batchnorm`]; both passes split over the threads, [`relu`]; a
+//! vectorised `exp`, [`sigmoid`]). It knows nothing of datasets, optimisers,
+//! training loops, metrics or reports.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
