@@ -33,7 +33,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::flex_host::{f32_tensor, f32s, to_f32, written};
-use crate::relu::forward_value as relu_value;
+use crate::relu::{backward_value as relu_backward, forward_value as relu_value};
 
 /// `bn.forward(x)` for `x: [N, C, ...]`, with the passes above on flex.
 pub fn forward<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
@@ -419,9 +419,8 @@ impl Layout {
     }
 }
 
-/// The ReLU after a fused BatchNorm, per channel: `g` passes where the
-/// BatchNorm's output `y = scale (x - center) + shift` is not `<= 0` (where
-/// the ReLU's output is not 0: Burn's ReLU backward rule, NaN passing).
+/// The ReLU after a fused BatchNorm, per channel: `g` passes by the ReLU's
+/// backward rule applied to the BatchNorm's output `scale (x - center) + shift`.
 #[derive(Debug, Clone, Copy)]
 struct ReluGate<'a> {
     scale: &'a [f32],
@@ -433,7 +432,7 @@ impl ReluGate<'_> {
     /// Channel `ch`'s `(g, x) -> g` or 0.
     fn channel(&self, ch: usize) -> impl Fn(f32, f32) -> f32 + use<> {
         let (a, m, b) = (self.scale[ch], self.center[ch], self.shift[ch]);
-        move |g, x| if a * (x - m) + b <= 0.0 { 0.0 } else { g }
+        move |g, x| relu_backward(a * (x - m) + b, g)
     }
 
     /// One `[C]` row of an `[N, C]` input's gradient, gated, in `out`.

@@ -5,7 +5,8 @@
 //! other thread idle. Here `y = max(a, 0)` and, from the output,
 //! `dL/da = g` where `y > 0` and 0 elsewhere, in chunks over the pool, with
 //! Burn's rules at the edges: `relu(0) = 0` with gradient 0, a NaN input
-//! stays NaN (a diverging run still shows it) and passes `g` back. Other backends, and tensors that are not f32, take Burn's `relu`.
+//! stays NaN (a diverging run still shows it) and passes `g` back. Other
+//! backends, and tensors that are not f32, take Burn's `relu`.
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -26,6 +27,13 @@ pub(crate) fn forward_value(a: f32) -> f32 {
     if a <= 0.0 { 0.0 } else { a }
 }
 
+/// `g` where the ReLU's input `a`, or equally its output, is not `<= 0`
+/// (positive or NaN), 0 elsewhere: the backward rule (also applied by
+/// [`batchnorm`](crate::batchnorm)'s folded ReLU, to the recomputed input).
+pub(crate) fn backward_value(a: f32, g: f32) -> f32 {
+    if a <= 0.0 { 0.0 } else { g }
+}
+
 /// ReLU's autodiff node; its state is the output.
 #[derive(Debug)]
 struct ParallelRelu;
@@ -36,7 +44,7 @@ impl Backward<Flex, 1> for ParallelRelu {
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
         if let Some(parent) = &ops.parents[0] {
-            let dx = zip_map_f32(&ops.state, &grad, |y, g| if y <= 0.0 { 0.0 } else { g });
+            let dx = zip_map_f32(&ops.state, &grad, backward_value);
             grads.register::<Flex>(parent.id, dx);
         }
     }
