@@ -11,11 +11,12 @@
 //! `y = W · col + b`, `dL/dW += g · colᵀ`, `dL/dx = col2im(Wᵀ · g)`, `dL/db = Σ g`,
 //!
 //! images split over the rayon pool (the forward pass too: flex's own im2col
-//! copies value by value). A stride-1 convolution that keeps the size, on a
-//! CPU with AVX-512, computes `y` and `dL/dx` (and, for a 3x3 kernel on a
-//! large enough map, `dL/dW`) by the `conv_direct` module's kernels instead
-//! (no im2col matrix, no col2im). Every other backend, and groups or
-//! dilation other than 1, take Burn's own `conv2d`.
+//! copies value by value). On a CPU with AVX-512, a stride-1 convolution
+//! that keeps the size computes `y` and `dL/dx`, and most convolutions
+//! `dL/dW`, by the `conv_direct` module's kernels instead (no im2col matrix,
+//! no col2im), as do strided ones with at least 32 output channels `y` and
+//! `dL/dW`. Every other backend, and groups or dilation other than 1, take
+//! Burn's own `conv2d`.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -213,12 +214,16 @@ impl Geometry {
         self.stride == [1, 1] && self.ho == self.h && self.wo == self.w
     }
 
-    /// The direct kernel's plan for this convolution where it applies: a
-    /// convolution that keeps the size, on a CPU with AVX-512.
+    /// The direct kernels' plan for this convolution where one applies (see
+    /// [`Plan::new`]), on a CPU with AVX-512.
     fn direct_plan(&self) -> Option<Plan> {
-        self.keeps_size()
-            .then(|| Plan::new([self.c, self.h, self.w], [self.k, self.r, self.s], self.pad))
-            .flatten()
+        Plan::new(
+            [self.c, self.h, self.w],
+            [self.k, self.r, self.s],
+            self.pad,
+            self.stride,
+            [self.ho, self.wo],
+        )
     }
 }
 
@@ -316,14 +321,14 @@ fn direct_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (crs, l, chw) = (geo.crs(), geo.l(), geo.c * geo.h * geo.w);
     // dL/dx is the transposed convolution of g: directly where it can be.
-    let transposed = plan.filter(|_| want_x).map(|p| p.transposed());
+    let transposed = plan.filter(|_| want_x).and_then(|p| p.transposed());
     let packed_t = transposed.map(|t| t.pack_transposed(w));
-    let weight_plan = plan.filter(Plan::weight_grad_pays);
+    let weight_grad = plan.filter(|_| want_w).and_then(|p| p.weight_grad());
     // Writes every value of `gx_n` when `want_x`.
     let per_image = |gx_n: &mut [MaybeUninit<f32>], n: usize, acc: &mut Scratch| {
         let g_n = &g[n * geo.k * l..(n + 1) * geo.k * l];
-        if let (true, Some(p)) = (want_w, &weight_plan) {
-            p.weight_grad(&x[n * chw..(n + 1) * chw], g_n, &mut acc.direct, &mut acc.lanes);
+        if let Some(wg) = &weight_grad {
+            wg.add_image(&x[n * chw..(n + 1) * chw], g_n, &mut acc.direct, &mut acc.sums);
         } else if want_w {
             im2col(geo, &x[n * chw..(n + 1) * chw], &mut acc.col);
             // dWᵀ (CRS x K) += col (CRS x L) · g_nᵀ (L x K): the same
@@ -349,10 +354,10 @@ fn direct_backward(
         }
     };
     let scratch = || Scratch {
-        col: vec![0f32; if want_w && weight_plan.is_none() { crs * l } else { 0 }],
+        col: vec![0f32; if want_w && weight_grad.is_none() { crs * l } else { 0 }],
         colgrad: vec![0f32; if want_x && transposed.is_none() { crs * l } else { 0 }],
         direct: Vec::new(),
-        lanes: vec![0f32; weight_plan.filter(|_| want_w).map_or(0, |p| p.weight_grad_len())],
+        sums: vec![0f32; weight_grad.as_ref().map_or(0, |wg| wg.sums_len())],
         gw_t: vec![0f32; if want_w { geo.k * crs } else { 0 }],
     };
     // The weight gradient sums over images in fixed chunks, each in image
@@ -369,8 +374,8 @@ fn direct_backward(
             };
             per_image(gx_n, n, &mut acc);
         }
-        if let (true, Some(p)) = (want_w, &weight_plan) {
-            p.add_weight_grad(&acc.lanes, &mut acc.gw_t);
+        if let Some(wg) = &weight_grad {
+            wg.add_to(&acc.sums, &mut acc.gw_t);
         }
         acc.gw_t
     };
@@ -419,8 +424,8 @@ struct Scratch {
     gw_t: Vec<f32>,
     /// The direct kernels' padded planes and output grid.
     direct: Vec<f32>,
-    /// The direct weight-gradient kernel's per-lane sums.
-    lanes: Vec<f32>,
+    /// The direct weight-gradient kernel's sums.
+    sums: Vec<f32>,
 }
 
 #[cfg(test)]
@@ -438,8 +443,18 @@ mod tests {
         let device = Device::flex().autodiff();
         /// Input dims, weight dims, stride, padding, bias.
         type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2], bool);
-        let cases: [Case; 15] = [
+        let cases: [Case; 19] = [
             ([2, 3, 8, 8], [4, 3, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+            // Vectors over output channels (three, the last partly used) in
+            // the forward kernel, two in dL/dx's.
+            ([2, 20, 5, 9], [40, 20, 3, 3], [1, 1], [(1, 1), (1, 1)], true),
+            // Strided, by the channel kernels where this CPU has them: a
+            // ResNet's map-halving convolution and its 1x1 projection, and
+            // unequal strides and paddings with two channels of the last
+            // vector unused.
+            ([3, 16, 28, 28], [32, 16, 3, 3], [2, 2], [(1, 1), (1, 1)], false),
+            ([2, 16, 9, 9], [32, 16, 1, 1], [2, 2], [(0, 0), (0, 0)], false),
+            ([2, 4, 9, 7], [30, 4, 3, 2], [2, 1], [(1, 0), (0, 1)], true),
             // A ResNet stem: one input channel, batch 64.
             ([64, 1, 28, 28], [16, 1, 3, 3], [1, 1], [(1, 1), (1, 1)], false),
             // Stride 1 keeping the size with asymmetric padding; stride 1 shrinking it.

@@ -1,21 +1,34 @@
-//! A stride-1 convolution that keeps the image's size, computed directly
-//! (no im2col matrix) by AVX-512 kernels, on CPUs that have AVX-512F.
+//! Convolutions computed directly on zero-padded input planes (no im2col
+//! matrix) by AVX-512 kernels, on CPUs that have AVX-512F.
 //!
-//! For such a convolution every kernel offset `(r, s)` reads the zero-padded
-//! image shifted by `r·Wp + s` (`Wp = W + S - 1` the padded width). Computed
-//! on the padded grid `q = i·Wp + j` (the `S - 1` columns `j >= W` of each
-//! row are thrown away), a vector of output positions reads one contiguous
-//! vector of the padded plane per offset:
+//! In a stride-1 convolution that keeps the image's size, every kernel
+//! offset `(r, s)` reads the zero-padded image shifted by `r·Wp + s`
+//! (`Wp = W + S - 1` the padded width). Computed on the padded grid
+//! `q = i·Wp + j` (the `S - 1` columns `j >= W` of each row are thrown away),
+//! a vector of output positions reads one contiguous vector of the padded
+//! plane per offset:
 //!
 //! `y[k][q..q+16] = Σ_{c,r,s} W[k,c,r,s] · xpad[c][q + r·Wp + s..][..16]`
 //!
-//! The input gradient is again such a convolution (of the output gradient,
-//! with the weights transposed and flipped), and the weight gradient of a 3x3
-//! kernel is `dW[k,c,r,s] = Σ_q g[k][q] · xpad[c][q + r·Wp + s]` with `g` on
-//! the same grid (zero in the thrown-away columns). [`conv`](crate::conv)
-//! uses these for all three where they apply; other convolutions, and CPUs
-//! without AVX-512 (where no benchmark has shown these kernels to beat
-//! im2col + gemm), keep im2col + gemm.
+//! On small maps the thrown-away columns, and the grid's rounding up to whole
+//! steps, are a large share (a 7x7 map computes 64 positions for 49), so
+//! where a convolution has at least 32 output channels and that wastes less,
+//! the kernel's vectors hold 16 output channels instead, each input value
+//! broadcast (`y[q][k..k+16] += xpad[c][at(q) + r·Wp + s] · W[c,r,s][k..k+16]`,
+//! `at(q)` where output position `q` reads its first input), and the output
+//! is transposed at the end ([`Vectorised`]). Both add the taps in the same
+//! order, so they give the same bits. Reading through `at(q)`, this kernel
+//! computes strided convolutions too (a ResNet's map-halving ones).
+//!
+//! The input gradient of a size-keeping convolution is again such a
+//! convolution (of the output gradient, with the weights transposed and
+//! flipped). The weight gradient `dW[k,c,r,s] = Σ_q g[k][q] · xpad[c][at(q) + r·Wp + s]`
+//! is computed with vectors over output channels where the forward kernel's
+//! are (`g` transposed), with vectors over the grid for 3x3 kernels on
+//! large maps. [`conv`](crate::conv) uses these where [`Plan::new`] and
+//! [`Plan::weight_grad`] say they pay; other convolutions (and the input
+//! gradient of strided ones), and CPUs without AVX-512 (where no benchmark
+//! has shown these kernels to beat im2col + gemm), keep im2col + gemm.
 
 /// Floats per vector.
 const LANES: usize = 16;
@@ -29,6 +42,9 @@ const GRAD_BLOCK: usize = 3;
 /// weight-gradient kernel is used (BENCHMARKS.md: faster than im2col + gemm
 /// on ResNet-20's 28x28 layers, slower on its 14x14 and 7x7 ones).
 const GRAD_MIN_GRID: usize = 512;
+/// Rows past the output's in the channel kernel's transposed output, into
+/// which its last block of positions spills (the most positions per block).
+const SPILL: usize = 8;
 
 /// Whether this CPU runs the kernels.
 pub(crate) fn available() -> bool {
@@ -44,7 +60,38 @@ pub(crate) fn available() -> bool {
 /// grid positions goes in the output: computed once per layer call.
 pub(crate) struct Packed {
     weights: Vec<f32>,
-    stores: Vec<Store>,
+    places: Places,
+}
+
+/// Where a packed convolution reads and writes, by what its vectors hold.
+enum Places {
+    /// Per vector of grid positions, where its output lanes go.
+    Positions(Vec<Store>),
+    Channels(Reads),
+}
+
+/// Where the kernels vectorised over channels read the padded planes.
+struct Reads {
+    /// Per output position (and [`SPILL`] more, repeating the last), where
+    /// its input at tap `(0, 0, 0)` starts.
+    at: Vec<usize>,
+    /// Per tap `(c, r, s)`, its offset from there.
+    taps: Vec<usize>,
+}
+
+/// A convolution's weight gradient by a direct kernel, set up once per
+/// backward pass ([`Plan::weight_grad`]).
+pub(crate) struct WeightGrad {
+    plan: Plan,
+    kernel: GradKernel,
+}
+
+/// The weight-gradient kernels and the layout of their sums.
+enum GradKernel {
+    /// A 3x3 kernel, vectors over grid positions: per-lane sums `[K, C, 9, 16]`.
+    Positions,
+    /// Vectors over output channels: sums `[C·R·S, K_pad]`.
+    Channels(Reads),
 }
 
 /// Where one vector of grid positions goes in the output (see [`Plan::stores`]).
@@ -61,6 +108,7 @@ pub(crate) struct Plan {
     /// Input channels, output channels.
     c: usize,
     k: usize,
+    /// Input rows and columns.
     h: usize,
     w: usize,
     r: usize,
@@ -68,23 +116,58 @@ pub(crate) struct Plan {
     /// Padding before the rows and the columns.
     ph: usize,
     pw: usize,
+    /// Strides over rows and columns.
+    sh: usize,
+    sw: usize,
+    /// Output rows and columns.
+    ho: usize,
+    wo: usize,
     /// Padded width.
     wp: usize,
     /// Floats per padded input plane (with slack for the last vectors' reads).
     plane: usize,
-    /// Output grid positions per channel, a whole number of steps.
+    /// Output grid positions per channel, a whole number of steps
+    /// ([`Vectorised::Positions`] only).
     grid: usize,
+    /// What a vector holds.
+    by: Vectorised,
+}
+
+/// What the convolution kernel's vectors hold, chosen per plan by what it
+/// would compute for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vectorised {
+    /// 16 positions of the padded grid: the grid's extra columns, and its
+    /// rounding up to whole steps, are computed and thrown away.
+    Positions,
+    /// 16 output channels, each input value broadcast: output channels are
+    /// rounded up to a multiple of 16, and the output is transposed.
+    Channels,
 }
 
 impl Plan {
-    /// A plan for `[C, H, W]` images, `[K, C, R, S]` weights and the padding
-    /// before rows and columns (`ph < R`, `pw < S`; the output is `H x W`),
-    /// `None` when this CPU lacks AVX-512F.
-    pub(crate) fn new([c, h, w]: [usize; 3], [k, r, s]: [usize; 3], [ph, pw]: [usize; 2]) -> Option<Self> {
-        assert!(ph < r && pw < s, "padding {ph},{pw} for a {r}x{s} kernel keeps no size");
+    /// A plan for `[C, H, W]` images, `[K, C, R, S]` weights, the padding
+    /// before rows and columns, the strides and the output's size, where a
+    /// kernel here computes it better than im2col + gemm: `None` when this
+    /// CPU lacks AVX-512F, or for a convolution that does not keep the size
+    /// (stride 2, say) with fewer than 32 output channels or more than an
+    /// eighth of the channel kernel's vectors unused (im2col + gemm's
+    /// products run at 200-210 GFLOP/s, the channel kernel at 230-245 on
+    /// whole vectors: BENCHMARKS.md).
+    pub(crate) fn new(
+        [c, h, w]: [usize; 3],
+        [k, r, s]: [usize; 3],
+        [ph, pw]: [usize; 2],
+        [sh, sw]: [usize; 2],
+        [ho, wo]: [usize; 2],
+    ) -> Option<Self> {
+        if [c, h, w, k, r, s, sh, sw, ho, wo].contains(&0) {
+            return None;
+        }
         let step = LANES * VECTORS;
-        let wp = w + s - 1;
-        available().then(|| Self {
+        let wp = (pw + w).max((wo - 1) * sw + s);
+        let hp = (ph + h).max((ho - 1) * sh + r);
+        let plan = Self {
             c,
             k,
             h,
@@ -93,22 +176,74 @@ impl Plan {
             s,
             ph,
             pw,
+            sh,
+            sw,
+            ho,
+            wo,
             wp,
-            plane: (h + r - 1) * wp + s + step,
-            grid: (h * wp).div_ceil(step) * step,
-        })
+            plane: hp * wp + s + step,
+            grid: (ho * wp).div_ceil(step) * step,
+            by: Vectorised::Positions,
+        };
+        available().then(|| plan.choose()).flatten()
     }
 
-    /// The plan of this convolution's input gradient: `dL/dx = conv(dL/dy, W')`
-    /// with `W'[c][k][r][s] = W[k][c][R-1-r][S-1-s]` and the end padding first.
-    pub(crate) fn transposed(&self) -> Self {
-        Self {
-            c: self.k,
-            k: self.c,
-            ph: self.r - 1 - self.ph,
-            pw: self.s - 1 - self.pw,
-            ..*self
-        }
+    /// Whether the output has the input's size, at stride 1.
+    fn keeps_size(&self) -> bool {
+        [self.sh, self.sw, self.ho, self.wo] == [1, 1, self.h, self.w]
+    }
+
+    /// Vectors over output channels where there are at least two vectors of
+    /// them (with one vector of channels per step, the kernel has too few
+    /// accumulators: BENCHMARKS.md) and, for a convolution that keeps the
+    /// size, that computes fewer multiply-adds for nothing than vectors over
+    /// the padded grid; for other convolutions, see [`Plan::new`].
+    fn choose(self) -> Option<Self> {
+        let channels = (self.k_pad() >= 2 * LANES).then_some(self.ho * self.wo * self.k_pad());
+        let by = if self.keeps_size() {
+            let positions = self.grid * self.k.div_ceil(BLOCK) * BLOCK;
+            match channels {
+                Some(channels) if channels < positions => Vectorised::Channels,
+                _ => Vectorised::Positions,
+            }
+        } else if channels.is_some() && self.k * 8 >= self.k_pad() * 7 {
+            Vectorised::Channels
+        } else {
+            return None;
+        };
+        Some(Self { by, ..self })
+    }
+
+    /// Output positions per channel.
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Output channels rounded up to whole vectors.
+    fn k_pad(&self) -> usize {
+        self.k.div_ceil(LANES) * LANES
+    }
+
+    #[cfg(test)]
+    pub(crate) fn vectorised(self, by: Vectorised) -> Self {
+        assert!(by == Vectorised::Channels || self.keeps_size());
+        Self { by, ..self }
+    }
+
+    /// The plan of this convolution's input gradient where it keeps the
+    /// size: `dL/dx = conv(dL/dy, W')` with `W'[c][k][r][s] = W[k][c][R-1-r][S-1-s]`
+    /// and the end padding first.
+    pub(crate) fn transposed(&self) -> Option<Self> {
+        self.keeps_size().then(|| {
+            Self {
+                c: self.k,
+                k: self.c,
+                ph: self.r - 1 - self.ph,
+                pw: self.s - 1 - self.pw,
+                ..*self
+            }
+            .choose()
+        })?
     }
 
     fn blocks(&self) -> usize {
@@ -137,6 +272,18 @@ impl Plan {
     }
 
     fn pack_with(&self, value: impl Fn(usize, usize) -> f32) -> Packed {
+        if self.by == Vectorised::Channels {
+            let mut packed = vec![0f32; self.taps() * self.k_pad()];
+            for (t, row) in packed.chunks_mut(self.k_pad()).enumerate() {
+                for (k, v) in row[..self.k].iter_mut().enumerate() {
+                    *v = value(k, t);
+                }
+            }
+            return Packed {
+                weights: packed,
+                places: Places::Channels(self.reads()),
+            };
+        }
         let mut packed = vec![0f32; self.blocks() * self.taps() * BLOCK];
         for (b, block) in packed.chunks_mut(self.taps() * BLOCK).enumerate() {
             for (t, lanes) in block.chunks_mut(BLOCK).enumerate() {
@@ -150,7 +297,22 @@ impl Plan {
         }
         Packed {
             weights: packed,
-            stores: self.stores(),
+            places: Places::Positions(self.stores()),
+        }
+    }
+
+    /// Where the kernels vectorised over channels read.
+    fn reads(&self) -> Reads {
+        let l = self.l();
+        let at = (0..l + SPILL).map(|q| q.min(l - 1));
+        let (rs, wp, s) = (self.r * self.s, self.wp, self.s);
+        Reads {
+            at: at
+                .map(|q| (q / self.wo) * self.sh * wp + (q % self.wo) * self.sw)
+                .collect(),
+            taps: (0..self.taps())
+                .map(|t| (t / rs) * self.plane + (t / s % self.r) * wp + t % s)
+                .collect(),
         }
     }
 
@@ -184,21 +346,39 @@ impl Plan {
         scratch: &mut Vec<f32>,
         y: &mut [std::mem::MaybeUninit<f32>],
     ) {
-        assert_eq!(y.len(), self.k * self.h * self.w);
-        assert_eq!(packed.weights.len(), self.blocks() * self.taps() * BLOCK);
-        assert_eq!(packed.stores.len(), self.grid / LANES);
+        assert_eq!(y.len(), self.k * self.l());
         assert!(bias.is_none_or(|b| b.len() == self.k));
-        scratch.resize(self.c * self.plane, 0.0);
-        self.pad_input(x, scratch);
         let mut init = vec![0f32; self.blocks() * BLOCK];
         if let Some(b) = bias {
             init[..self.k].copy_from_slice(b);
         }
+        let stores = match &packed.places {
+            Places::Positions(stores) => stores,
+            Places::Channels(Reads { at, taps }) => {
+                let l = self.l();
+                scratch.resize(self.c * self.plane + (l + SPILL) * self.k_pad(), 0.0);
+                let (xpad, out_t) = scratch.split_at_mut(self.c * self.plane);
+                self.pad_input(x, xpad);
+                init.resize(self.k_pad(), 0.0);
+                // SAFETY: as below.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::convolve_channels(self, xpad, &packed.weights, at, taps, &init, out_t);
+                    x86::transpose(out_t, [l, self.k], self.k_pad(), y, l);
+                };
+                return;
+            }
+        };
+        assert!(self.keeps_size());
+        assert_eq!(packed.weights.len(), self.blocks() * self.taps() * BLOCK);
+        assert_eq!(stores.len(), self.grid / LANES);
+        scratch.resize(self.c * self.plane, 0.0);
+        self.pad_input(x, scratch);
         // SAFETY: a `Plan` exists only where `available()`; the slices are
         // sized as `x86::convolve` requires (asserted there).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::convolve(self, scratch, packed, &init, y)
+            x86::convolve(self, scratch, &packed.weights, stores, &init, y)
         };
     }
 
@@ -222,53 +402,103 @@ impl Plan {
             .collect()
     }
 
-    /// Whether [`Plan::weight_grad`] computes this convolution's weight
-    /// gradient (a 3x3 kernel).
-    pub(crate) fn has_weight_grad(&self) -> bool {
-        self.r == 3 && self.s == 3
+    /// This convolution's weight gradient by a direct kernel, where one
+    /// beats im2col + gemm (BENCHMARKS.md): vectors over output channels
+    /// where the forward kernel's are, else a 3x3 kernel's on planes of at
+    /// least [`GRAD_MIN_GRID`] positions (on smaller ones the per-lane sums
+    /// are set up and added for too few multiply-adds).
+    pub(crate) fn weight_grad(&self) -> Option<WeightGrad> {
+        let kernel = match self.by {
+            Vectorised::Channels => GradKernel::Channels(self.reads()),
+            Vectorised::Positions if self.r == 3 && self.s == 3 && self.grid >= GRAD_MIN_GRID => {
+                assert!(self.keeps_size());
+                GradKernel::Positions
+            }
+            Vectorised::Positions => return None,
+        };
+        Some(WeightGrad { plan: *self, kernel })
     }
 
-    /// Whether [`Plan::weight_grad`] beats im2col + gemm here: on planes of
-    /// at least [`GRAD_MIN_GRID`] positions. On smaller ones each channel
-    /// pair's accumulators are set up and summed for too few multiply-adds.
-    pub(crate) fn weight_grad_pays(&self) -> bool {
-        self.has_weight_grad() && self.grid >= GRAD_MIN_GRID
+    /// The weight-gradient kernel vectorised as `by`, where it exists
+    /// (vectors over grid positions: 3x3 kernels only), whether it pays or not.
+    #[cfg(test)]
+    pub(crate) fn weight_grad_by(&self, by: Vectorised) -> Option<WeightGrad> {
+        let kernel = match by {
+            Vectorised::Channels => GradKernel::Channels(self.reads()),
+            Vectorised::Positions if self.r == 3 && self.s == 3 && self.keeps_size() => GradKernel::Positions,
+            Vectorised::Positions => return None,
+        };
+        Some(WeightGrad { plan: *self, kernel })
+    }
+}
+
+impl WeightGrad {
+    /// Floats of the sums [`WeightGrad::add_image`] adds to.
+    pub(crate) fn sums_len(&self) -> usize {
+        let p = &self.plan;
+        match self.kernel {
+            GradKernel::Positions => p.k * p.taps() * LANES,
+            GradKernel::Channels(_) => p.taps() * p.k_pad(),
+        }
     }
 
-    /// Floats of the per-lane weight-gradient sums (`[K, C, 9, 16]`).
-    pub(crate) fn weight_grad_len(&self) -> usize {
-        self.k * self.c * 9 * LANES
-    }
-
-    /// Adds one image's weight gradient, per lane, to `sums`
-    /// (`[K, C, 9, 16]`, see [`Plan::add_weight_grad`]): `x` is the image
-    /// (`[C, H, W]`), `g` its output gradient (`[K, H, W]`).
-    pub(crate) fn weight_grad(&self, x: &[f32], g: &[f32], scratch: &mut Vec<f32>, sums: &mut [f32]) {
-        assert!(self.has_weight_grad(), "a {}x{} kernel", self.r, self.s);
-        assert_eq!(g.len(), self.k * self.h * self.w);
-        assert_eq!(sums.len(), self.weight_grad_len());
-        scratch.resize(self.c * self.plane + self.k * self.grid, 0.0);
-        let (xpad, gpad) = scratch.split_at_mut(self.c * self.plane);
-        self.pad_input(x, xpad);
-        for (to, from) in gpad.chunks_mut(self.grid).zip(g.chunks(self.h * self.w)) {
-            to.fill(0.0);
-            for (i, row) in from.chunks(self.w).enumerate() {
-                to[i * self.wp..][..self.w].copy_from_slice(row);
+    /// Adds one image's weight gradient to `sums` (`sums_len()` floats,
+    /// zero at first): `x` is the image (`[C, H, W]`), `g` its output
+    /// gradient (`[K, H, W]`).
+    pub(crate) fn add_image(&self, x: &[f32], g: &[f32], scratch: &mut Vec<f32>, sums: &mut [f32]) {
+        let p = &self.plan;
+        let l = p.l();
+        assert_eq!(g.len(), p.k * l);
+        assert_eq!(sums.len(), self.sums_len());
+        match &self.kernel {
+            GradKernel::Positions => {
+                scratch.resize(p.c * p.plane + p.k * p.grid, 0.0);
+                let (xpad, gpad) = scratch.split_at_mut(p.c * p.plane);
+                p.pad_input(x, xpad);
+                for (to, from) in gpad.chunks_mut(p.grid).zip(g.chunks(l)) {
+                    to.fill(0.0);
+                    for (i, row) in from.chunks(p.w).enumerate() {
+                        to[i * p.wp..][..p.w].copy_from_slice(row);
+                    }
+                }
+                // SAFETY: a `Plan` exists only where `available()`; sizes as asserted there.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::weight_grad(p, xpad, gpad, sums)
+                };
+            }
+            GradKernel::Channels(Reads { at, taps }) => {
+                // `g` transposed to `[H·W, K_pad]` (the padding channels stay zero).
+                scratch.resize(p.c * p.plane + l * p.k_pad(), 0.0);
+                let (xpad, g_t) = scratch.split_at_mut(p.c * p.plane);
+                p.pad_input(x, xpad);
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    let to = &mut *(&mut g_t[..] as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]);
+                    x86::transpose(g, [p.k, l], l, to, p.k_pad());
+                    x86::weight_grad_channels(p, xpad, g_t, &at[..l], taps, sums)
+                };
             }
         }
-        // SAFETY: as in `run`.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            x86::weight_grad(self, xpad, gpad, sums)
-        };
     }
 
-    /// Adds the lanes of [`Plan::weight_grad`]'s `sums` to `gw_t`, the
-    /// weight gradient transposed (`[C·9, K]`).
-    pub(crate) fn add_weight_grad(&self, sums: &[f32], gw_t: &mut [f32]) {
-        for (i, lanes) in sums.chunks(LANES).enumerate() {
-            let (k, ct) = (i / (self.c * 9), i % (self.c * 9));
-            gw_t[ct * self.k + k] += lanes.iter().sum::<f32>();
+    /// Adds `sums` to `gw_t`, the weight gradient transposed (`[C·R·S, K]`).
+    pub(crate) fn add_to(&self, sums: &[f32], gw_t: &mut [f32]) {
+        let p = &self.plan;
+        assert_eq!(gw_t.len(), p.taps() * p.k);
+        match self.kernel {
+            GradKernel::Positions => {
+                for (i, lanes) in sums.chunks(LANES).enumerate() {
+                    let (k, t) = (i / p.taps(), i % p.taps());
+                    gw_t[t * p.k + k] += lanes.iter().sum::<f32>();
+                }
+            }
+            GradKernel::Channels(_) => {
+                for (to, from) in gw_t.chunks_mut(p.k).zip(sums.chunks(p.k_pad())) {
+                    to.iter_mut().zip(from).for_each(|(to, from)| *to += from);
+                }
+            }
         }
     }
 }
@@ -278,7 +508,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{BLOCK, GRAD_BLOCK, LANES, Packed, Plan, Store, VECTORS};
+    use super::{BLOCK, GRAD_BLOCK, LANES, Plan, SPILL, Store, VECTORS};
 
     /// Per block of `BLOCK` output channels and per `VECTORS` vectors of grid
     /// positions `q`: `BLOCK x VECTORS` accumulators; per tap `(c, r, s)`,
@@ -290,14 +520,17 @@ mod x86 {
     /// `grid - 1 + (R-1)·Wp + S-1 < plane` floats into it, inside `xpad`
     /// (`[C, plane]`); writes stay in the block's rows of `grid`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn convolve(p: &Plan, xpad: &[f32], packed: &Packed, init: &[f32], y: &mut [MaybeUninit<f32>]) {
+    pub(super) unsafe fn convolve(
+        p: &Plan,
+        xpad: &[f32],
+        packed: &[f32],
+        stores: &[Store],
+        init: &[f32],
+        y: &mut [MaybeUninit<f32>],
+    ) {
         assert!(p.grid.is_multiple_of(LANES * VECTORS) && p.grid + (p.r - 1) * p.wp + p.s - 1 <= p.plane);
         assert!(xpad.len() >= p.c * p.plane && y.len() == p.k * p.h * p.w);
         let (taps, hw) = (p.taps(), p.h * p.w);
-        let Packed {
-            weights: packed,
-            stores,
-        } = packed;
         // Where each tap (c, r, s) reads, for the grid's first position.
         // (Plain loops: closures are not inlined into this function.)
         let mut reads = Vec::with_capacity(taps);
@@ -346,6 +579,312 @@ mod x86 {
                         unsafe { _mm512_mask_storeu_ps(to, first, _mm512_maskz_compress_ps(lanes, v)) };
                     }
                 }
+            }
+        }
+    }
+
+    /// Per block of up to four vectors of output channels and per block of
+    /// positions: one accumulator per pair; per tap `(c, r, s)`, the block's
+    /// weights loaded and each position's input value broadcast. `out_t` is
+    /// the output transposed (`[H·W + SPILL, K_pad]`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `xpad` is `[C, plane]`, `packed` `[C·R·S, K_pad]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn convolve_channels(
+        p: &Plan,
+        xpad: &[f32],
+        packed: &[f32],
+        at: &[usize],
+        offsets: &[usize],
+        init: &[f32],
+        out_t: &mut [f32],
+    ) {
+        let (hw, k_pad) = (p.l(), p.k_pad());
+        // Every read (a position's start plus a tap's offset) inside `xpad`.
+        let last = at.iter().max().zip(offsets.iter().max()).map(|(a, o)| a + o);
+        assert!(at.len() == hw + SPILL && last.is_some_and(|last| last < xpad.len()));
+        assert!(packed.len() == p.taps() * k_pad && offsets.len() == p.taps());
+        assert!(init.len() == k_pad && out_t.len() == (hw + SPILL) * k_pad);
+        let vectors = k_pad / LANES;
+        let mut v = 0;
+        while v < vectors {
+            let n = (vectors - v).min(4);
+            let (x, w) = (xpad.as_ptr(), packed[v * LANES..].as_ptr());
+            let (init, out) = (&init[v * LANES..], &mut out_t[v * LANES..]);
+            match n {
+                1 => channel_blocks::<1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                2 => channel_blocks::<2, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                3 => channel_blocks::<3, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                _ => channel_blocks::<4, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+            }
+            v += n;
+        }
+    }
+
+    /// `to[j·to_stride + i] = from[i·from_stride + j]` for `i < rows`,
+    /// `j < cols`, by 16 x 16 tiles transposed in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(
+        from: &[f32],
+        [rows, cols]: [usize; 2],
+        from_stride: usize,
+        to: &mut [MaybeUninit<f32>],
+        to_stride: usize,
+    ) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        assert!(cols <= from_stride && rows <= to_stride);
+        assert!(from.len() >= (rows - 1) * from_stride + cols && to.len() >= (cols - 1) * to_stride + rows);
+        let mask = |n: usize| -> __mmask16 { if n >= LANES { !0 } else { (1 << n) - 1 } };
+        let (from, to) = (from.as_ptr(), to.as_mut_ptr().cast::<f32>());
+        for i0 in (0..rows).step_by(LANES) {
+            let in_rows = (rows - i0).min(LANES);
+            for j0 in (0..cols).step_by(LANES) {
+                let in_cols = (cols - j0).min(LANES);
+                let mut tile = [_mm512_setzero_ps(); LANES];
+                for (i, row) in tile.iter_mut().enumerate().take(in_rows) {
+                    let at = from.wrapping_add((i0 + i) * from_stride + j0);
+                    *row = unsafe { _mm512_maskz_loadu_ps(mask(in_cols), at) };
+                }
+                // Whole vectors stored unmasked: on AMD's cores a masked
+                // store costs several plain ones.
+                let full = in_rows == LANES;
+                for (j, &column) in transpose16(tile).iter().enumerate().take(in_cols) {
+                    let at = to.wrapping_add((j0 + j) * to_stride + i0);
+                    if full {
+                        unsafe { _mm512_mask_storeu_ps(at, !0, column) };
+                    } else {
+                        unsafe { _mm512_mask_storeu_ps(at, mask(in_rows), column) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// A 16 x 16 tile transposed: `out[j]` lane `i` is `rows[i]` lane `j`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Pairs of rows interleaved, then groups of four rows per 128-bit
+        // lane: `u[4g + c]`, lane `L`, holds rows `4g..4g+4` of column `4L + c`.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let t = &t[4 * g..];
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(t[0], t[2]);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t[0], t[2]);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t[1], t[3]);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t[1], t[3]);
+        }
+        // Column `4L + c` gathers lane `L` of `u[c]`, `u[4 + c]`, `u[8 + c]`, `u[12 + c]`.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi);
+        }
+        out
+    }
+
+    /// `KV` vectors of output channels (weights from `w`, row stride
+    /// `k_pad`) for all positions, in blocks of `P` or `Q = P - 1` positions
+    /// that cover them exactly where there are enough, else of `P` with the
+    /// last block spilling into the extra rows.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn channel_blocks<const KV: usize, const P: usize, const Q: usize>(
+        hw: usize,
+        k_pad: usize,
+        xpad: *const f32,
+        at: &[usize],
+        offsets: &[usize],
+        w: *const f32,
+        init: &[f32],
+        out: &mut [f32],
+    ) {
+        assert!(Q + 1 == P && P <= SPILL && at.len() >= hw + SPILL);
+        assert!(out.len() >= (hw + P - 1) * k_pad + KV * LANES - 1);
+        let mut start = [_mm512_setzero_ps(); KV];
+        for (j, s) in start.iter_mut().enumerate() {
+            *s = unsafe { _mm512_maskz_loadu_ps(!0, init[j * LANES..][..LANES].as_ptr()) };
+        }
+        let blocks = hw.div_ceil(P);
+        // Blocks of Q where P would overrun, when that leaves no block short.
+        let short = if blocks * P - hw <= blocks { blocks * P - hw } else { 0 };
+        let mut first = 0;
+        for b in 0..blocks {
+            let rows = out[first * k_pad..].as_mut_ptr();
+            if b < short {
+                channel_block::<KV, Q>(xpad, &at[first..][..Q], offsets, w, k_pad, start, rows);
+                first += Q;
+            } else {
+                channel_block::<KV, P>(xpad, &at[first..][..P], offsets, w, k_pad, start, rows);
+                first += P;
+            }
+        }
+    }
+
+    /// `N` positions (inputs at `xpad + at[i]` for tap (0, 0, 0)) times `KV`
+    /// vectors of output channels, over all taps, stored in `rows` (stride `k_pad`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn channel_block<const KV: usize, const N: usize>(
+        xpad: *const f32,
+        at: &[usize],
+        offsets: &[usize],
+        w: *const f32,
+        k_pad: usize,
+        start: [__m512; KV],
+        rows: *mut f32,
+    ) {
+        let mut xs = [xpad; N];
+        for (x, &at) in xs.iter_mut().zip(at) {
+            *x = xpad.wrapping_add(at);
+        }
+        let mut acc = [start; N];
+        let mut wt = w;
+        for &off in offsets {
+            let mut wv = [_mm512_setzero_ps(); KV];
+            for (j, wv) in wv.iter_mut().enumerate() {
+                *wv = unsafe { _mm512_maskz_loadu_ps(!0, wt.wrapping_add(j * LANES)) };
+            }
+            wt = wt.wrapping_add(k_pad);
+            for (a, &x) in acc.iter_mut().zip(&xs) {
+                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(off)) };
+                let xb = _mm512_broadcastss_ps(_mm512_castps512_ps128(xb));
+                for (a, &wv) in a.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xb, wv, *a);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (j, &a) in a.iter().enumerate() {
+                unsafe { _mm512_mask_storeu_ps(rows.wrapping_add(i * k_pad + j * LANES), !0, a) };
+            }
+        }
+    }
+
+    /// Per block of up to four vectors of output channels and per block of
+    /// taps: one accumulator per pair, loaded from `sums` (`[C·R·S, K_pad]`)
+    /// and stored back; per output position, the block's `g` loaded from
+    /// `g_t` (`[H·W, K_pad]`) and each tap's input value broadcast.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `xpad` is `[C, plane]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_grad_channels(
+        p: &Plan,
+        xpad: &[f32],
+        g_t: &[f32],
+        at: &[usize],
+        offsets: &[usize],
+        sums: &mut [f32],
+    ) {
+        let (hw, k_pad) = (p.l(), p.k_pad());
+        let last = at.iter().max().zip(offsets.iter().max()).map(|(a, o)| a + o);
+        assert!(at.len() == hw && last.is_some_and(|last| last < xpad.len()));
+        assert!(g_t.len() == hw * k_pad && offsets.len() == p.taps() && sums.len() == p.taps() * k_pad);
+        let vectors = k_pad / LANES;
+        let mut v = 0;
+        while v < vectors {
+            let n = (vectors - v).min(4);
+            let (x, g) = (xpad.as_ptr(), g_t[v * LANES..].as_ptr());
+            let sums = &mut sums[v * LANES..];
+            match n {
+                1 => grad_blocks::<1, 10>(k_pad, x, at, offsets, g, sums),
+                2 => grad_blocks::<2, 10>(k_pad, x, at, offsets, g, sums),
+                3 => grad_blocks::<3, 8>(k_pad, x, at, offsets, g, sums),
+                _ => grad_blocks::<4, 6>(k_pad, x, at, offsets, g, sums),
+            }
+            v += n;
+        }
+    }
+
+    /// `KV` vectors of output channels for all taps, in blocks of `N` (the
+    /// last few one at a time).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn grad_blocks<const KV: usize, const N: usize>(
+        k_pad: usize,
+        xpad: *const f32,
+        at: &[usize],
+        offsets: &[usize],
+        g: *const f32,
+        sums: &mut [f32],
+    ) {
+        assert!(sums.len() >= (offsets.len() - 1) * k_pad + KV * LANES);
+        let mut t = 0;
+        while t < offsets.len() {
+            let rows = sums[t * k_pad..].as_mut_ptr();
+            if t + N <= offsets.len() {
+                grad_block::<KV, N>(k_pad, xpad, at, &offsets[t..][..N], g, rows);
+                t += N;
+            } else {
+                grad_block::<KV, 1>(k_pad, xpad, at, &offsets[t..][..1], g, rows);
+                t += 1;
+            }
+        }
+    }
+
+    /// `N` taps (input at `xpad + offsets[i] + at[q]` for position `q`) times
+    /// `KV` vectors of output channels, summed over all positions into `rows`
+    /// (stride `k_pad`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn grad_block<const KV: usize, const N: usize>(
+        k_pad: usize,
+        xpad: *const f32,
+        at: &[usize],
+        offsets: &[usize],
+        g: *const f32,
+        rows: *mut f32,
+    ) {
+        let mut xs = [xpad; N];
+        for (x, &off) in xs.iter_mut().zip(offsets) {
+            *x = xpad.wrapping_add(off);
+        }
+        let mut acc = [[_mm512_setzero_ps(); KV]; N];
+        for (i, a) in acc.iter_mut().enumerate() {
+            for (j, a) in a.iter_mut().enumerate() {
+                *a = unsafe { _mm512_maskz_loadu_ps(!0, rows.wrapping_add(i * k_pad + j * LANES)) };
+            }
+        }
+        let mut gq = g;
+        for &at in at {
+            let mut gv = [_mm512_setzero_ps(); KV];
+            for (j, gv) in gv.iter_mut().enumerate() {
+                *gv = unsafe { _mm512_maskz_loadu_ps(!0, gq.wrapping_add(j * LANES)) };
+            }
+            gq = gq.wrapping_add(k_pad);
+            for (a, &x) in acc.iter_mut().zip(&xs) {
+                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(at)) };
+                let xb = _mm512_broadcastss_ps(_mm512_castps512_ps128(xb));
+                for (a, &gv) in a.iter_mut().zip(&gv) {
+                    *a = _mm512_fmadd_ps(xb, gv, *a);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (j, &a) in a.iter().enumerate() {
+                unsafe { _mm512_mask_storeu_ps(rows.wrapping_add(i * k_pad + j * LANES), !0, a) };
             }
         }
     }
@@ -483,7 +1022,7 @@ mod tests {
             return;
         }
         type Case = ([usize; 3], [usize; 3], [usize; 2]);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             ([3, 8, 8], [4, 3, 3], [1, 1]),
             ([16, 28, 28], [16, 3, 3], [1, 1]),
             ([1, 28, 28], [16, 3, 3], [1, 1]),
@@ -492,63 +1031,72 @@ mod tests {
             ([2, 5, 9], [3, 2, 2], [1, 0]),
             ([4, 6, 17], [9, 1, 1], [0, 0]),
             ([2, 4, 3], [8, 3, 2], [2, 1]),
+            ([3, 6, 6], [70, 3, 3], [1, 1]),
+            ([2, 4, 5], [40, 3, 3], [1, 1]),
         ];
         for (seed, ([c, h, w], [k, r, s], pad)) in (1..).zip(cases) {
-            let plan = Plan::new([c, h, w], [k, r, s], pad).unwrap();
-            let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}");
+            let plan = Plan::new([c, h, w], [k, r, s], pad, [1, 1], [h, w]).unwrap();
             let x = values(c * h * w, seed);
             let wt = values(k * c * r * s, seed + 100);
             let b = values(k, seed + 200);
+            let g = values(k * h * w, seed + 300);
             let mut scratch = Vec::new();
             let want = reference(&plan, &x, &wt);
-            for bias in [None, Some(&b[..])] {
-                let mut y = vec![f32::NAN; k * h * w];
-                plan.run(&x, &plan.pack(&wt), bias, &mut scratch, &mut y);
-                for (i, (got, want)) in y.iter().zip(&want).enumerate() {
-                    let want = want + bias.map_or(0.0, |b| b[i / (h * w)]);
-                    let err = (got - want).abs();
-                    assert!(
-                        err < 1e-6 * (c * r * s) as f32,
-                        "{what}: output {i} is {got}, want {want}"
-                    );
-                }
-            }
-            let g = values(k * h * w, seed + 300);
-            let t = plan.transposed();
-            let mut gx = vec![f32::NAN; c * h * w];
-            t.run(&g, &t.pack_transposed(&wt), None, &mut scratch, &mut gx);
-            let (lhs, rhs) = (dot(&want, &g), dot(&x, &gx));
-            assert!(
-                (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0),
-                "{what}: dL/dx {lhs} vs {rhs}"
-            );
-            if !plan.has_weight_grad() {
-                continue;
-            }
-            // Twice: the sums accumulate.
-            let mut sums = vec![0f32; plan.weight_grad_len()];
-            plan.weight_grad(&x, &g, &mut scratch, &mut sums);
-            plan.weight_grad(&x, &g, &mut scratch, &mut sums);
-            let mut gw_t = vec![0f32; k * c * 9];
-            plan.add_weight_grad(&sums, &mut gw_t);
-            for (ct, row) in gw_t.chunks(k).enumerate() {
-                let (cc, rr, ss) = (ct / 9, ct / 3 % 3, ct % 3);
-                for (kk, &got) in row.iter().enumerate() {
-                    let mut want = 0f64;
-                    for (i, j) in (0..h).flat_map(|i| (0..w).map(move |j| (i, j))) {
-                        let (ii, jj) = ((i + rr).checked_sub(pad[0]), (j + ss).checked_sub(pad[1]));
-                        if let (Some(ii), Some(jj)) = (ii, jj)
-                            && ii < h
-                            && jj < w
-                        {
-                            want += 2.0 * f64::from(g[(kk * h + i) * w + j]) * f64::from(x[(cc * h + ii) * w + jj]);
-                        }
+            // Both kernels, where each applies (here and in the transposed plan).
+            for by in [Vectorised::Positions, Vectorised::Channels] {
+                let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}, {by:?}");
+                let plan = plan.vectorised(by);
+                for bias in [None, Some(&b[..])] {
+                    let mut y = vec![f32::NAN; k * h * w];
+                    plan.run(&x, &plan.pack(&wt), bias, &mut scratch, &mut y);
+                    for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+                        let want = want + bias.map_or(0.0, |b| b[i / (h * w)]);
+                        let err = (got - want).abs();
+                        assert!(
+                            err < 1e-6 * (c * r * s) as f32,
+                            "{what}: output {i} is {got}, want {want}"
+                        );
                     }
-                    let err = (f64::from(got) - want).abs();
-                    assert!(
-                        err < 1e-5 * want.abs().max(1.0),
-                        "{what}: dW[{kk}][{ct}] is {got}, want {want}"
-                    );
+                }
+                let t = plan.transposed().unwrap().vectorised(by);
+                let mut gx = vec![f32::NAN; c * h * w];
+                t.run(&g, &t.pack_transposed(&wt), None, &mut scratch, &mut gx);
+                let (lhs, rhs) = (dot(&want, &g), dot(&x, &gx));
+                assert!(
+                    (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0),
+                    "{what}: dL/dx {lhs} vs {rhs}"
+                );
+            }
+            let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}");
+            for by in [Vectorised::Positions, Vectorised::Channels] {
+                let Some(wg) = plan.weight_grad_by(by) else {
+                    continue;
+                };
+                // Twice: the sums accumulate.
+                let mut sums = vec![0f32; wg.sums_len()];
+                wg.add_image(&x, &g, &mut scratch, &mut sums);
+                wg.add_image(&x, &g, &mut scratch, &mut sums);
+                let mut gw_t = vec![0f32; k * c * r * s];
+                wg.add_to(&sums, &mut gw_t);
+                for (ct, row) in gw_t.chunks(k).enumerate() {
+                    let (cc, rr, ss) = (ct / (r * s), ct / s % r, ct % s);
+                    for (kk, &got) in row.iter().enumerate() {
+                        let mut want = 0f64;
+                        for (i, j) in (0..h).flat_map(|i| (0..w).map(move |j| (i, j))) {
+                            let (ii, jj) = ((i + rr).checked_sub(pad[0]), (j + ss).checked_sub(pad[1]));
+                            if let (Some(ii), Some(jj)) = (ii, jj)
+                                && ii < h
+                                && jj < w
+                            {
+                                want += 2.0 * f64::from(g[(kk * h + i) * w + j]) * f64::from(x[(cc * h + ii) * w + jj]);
+                            }
+                        }
+                        let err = (f64::from(got) - want).abs();
+                        assert!(
+                            err < 1e-5 * want.abs().max(1.0),
+                            "{what}, {by:?}: dW[{kk}][{ct}] is {got}, want {want}"
+                        );
+                    }
                 }
             }
         }
