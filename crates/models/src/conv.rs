@@ -524,24 +524,32 @@ mod tests {
     #[test]
     fn backward_is_the_same_on_any_number_of_threads() {
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let geo = Geometry::of(&[37, 3, 6, 5], &[4, 3, 3, 3], &options);
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n as u32)
                 .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
                 .collect()
         };
-        let x = values(geo.n * geo.c * geo.h * geo.w, 1);
-        let w = values(geo.k * geo.crs(), 2);
-        let g = values(geo.n * geo.k * geo.l(), 3);
-        // im2col + gemm, and the direct kernel where this CPU has it.
-        for plan in [None, geo.direct_plan()] {
-            let on = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| direct_backward(&geo, plan, &x, &w, &g, true, true))
-            };
-            let one = on(1);
-            for threads in [2, 3, 5] {
-                assert_eq!(on(threads), one, "{threads} threads, direct kernel: {}", plan.is_some());
+        // Vectors over positions, and over channels, where this CPU has the kernels.
+        for (xs, ws) in [([37, 3, 6, 5], [4, 3, 3, 3]), ([19, 8, 7, 7], [32, 8, 3, 3])] {
+            let geo = Geometry::of(&xs, &ws, &options);
+            let x = values(geo.n * geo.c * geo.h * geo.w, 1);
+            let w = values(geo.k * geo.crs(), 2);
+            let g = values(geo.n * geo.k * geo.l(), 3);
+            // im2col + gemm, and the direct kernel where this CPU has it.
+            for plan in [None, geo.direct_plan()] {
+                let on = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| direct_backward(&geo, plan, &x, &w, &g, true, true))
+                };
+                let one = on(1);
+                for threads in [2, 3, 5] {
+                    assert_eq!(
+                        on(threads),
+                        one,
+                        "{xs:?}, {threads} threads, direct kernel: {}",
+                        plan.is_some()
+                    );
+                }
             }
         }
     }

@@ -601,9 +601,7 @@ mod x86 {
         out_t: &mut [f32],
     ) {
         let (hw, k_pad) = (p.l(), p.k_pad());
-        // Every read (a position's start plus a tap's offset) inside `xpad`.
-        let last = at.iter().max().zip(offsets.iter().max()).map(|(a, o)| a + o);
-        assert!(at.len() == hw + SPILL && last.is_some_and(|last| last < xpad.len()));
+        assert!(at.len() == hw + SPILL && reads_inside(at, offsets, xpad.len()));
         assert!(packed.len() == p.taps() * k_pad && offsets.len() == p.taps());
         assert!(init.len() == k_pad && out_t.len() == (hw + SPILL) * k_pad);
         let vectors = k_pad / LANES;
@@ -742,6 +740,13 @@ mod x86 {
         }
     }
 
+    /// Whether every read of the channel kernels (a position's start plus a
+    /// tap's offset) falls inside padded planes of `len` floats.
+    fn reads_inside(at: &[usize], offsets: &[usize], len: usize) -> bool {
+        let last = at.iter().max().zip(offsets.iter().max()).map(|(a, o)| a + o);
+        last.is_some_and(|last| last < len)
+    }
+
     /// `N` positions (inputs at `xpad + at[i]` for tap (0, 0, 0)) times `KV`
     /// vectors of output channels, over all taps, stored in `rows` (stride `k_pad`).
     #[target_feature(enable = "avx512f")]
@@ -760,21 +765,43 @@ mod x86 {
             *x = xpad.wrapping_add(at);
         }
         let mut acc = [start; N];
-        let mut wt = w;
-        for &off in offsets {
-            let mut wv = [_mm512_setzero_ps(); KV];
-            for (j, wv) in wv.iter_mut().enumerate() {
-                *wv = unsafe { _mm512_maskz_loadu_ps(!0, wt.wrapping_add(j * LANES)) };
+        outer_products(&xs, offsets, w, k_pad, &mut acc);
+        store_rows(&acc, rows, k_pad);
+    }
+
+    /// `acc[i][j] += Σ_t xs[i][steps[t]] · v[t·stride + 16·j..][..16]`: the
+    /// sum of outer products both channel kernels compute, one input value
+    /// broadcast per row of accumulators, `KV` vectors loaded per step.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn outer_products<const KV: usize, const N: usize>(
+        xs: &[*const f32; N],
+        steps: &[usize],
+        v: *const f32,
+        stride: usize,
+        acc: &mut [[__m512; KV]; N],
+    ) {
+        let mut vt = v;
+        for &step in steps {
+            let mut vv = [_mm512_setzero_ps(); KV];
+            for (j, vv) in vv.iter_mut().enumerate() {
+                *vv = unsafe { _mm512_maskz_loadu_ps(!0, vt.wrapping_add(j * LANES)) };
             }
-            wt = wt.wrapping_add(k_pad);
-            for (a, &x) in acc.iter_mut().zip(&xs) {
-                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(off)) };
+            vt = vt.wrapping_add(stride);
+            for (a, &x) in acc.iter_mut().zip(xs) {
+                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(step)) };
                 let xb = _mm512_broadcastss_ps(_mm512_castps512_ps128(xb));
-                for (a, &wv) in a.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(xb, wv, *a);
+                for (a, &vv) in a.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(xb, vv, *a);
                 }
             }
         }
+    }
+
+    /// `rows[i·k_pad + 16·j..][..16] = acc[i][j]`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn store_rows<const KV: usize, const N: usize>(acc: &[[__m512; KV]; N], rows: *mut f32, k_pad: usize) {
         for (i, a) in acc.iter().enumerate() {
             for (j, &a) in a.iter().enumerate() {
                 unsafe { _mm512_mask_storeu_ps(rows.wrapping_add(i * k_pad + j * LANES), !0, a) };
@@ -799,8 +826,7 @@ mod x86 {
         sums: &mut [f32],
     ) {
         let (hw, k_pad) = (p.l(), p.k_pad());
-        let last = at.iter().max().zip(offsets.iter().max()).map(|(a, o)| a + o);
-        assert!(at.len() == hw && last.is_some_and(|last| last < xpad.len()));
+        assert!(at.len() == hw && reads_inside(at, offsets, xpad.len()));
         assert!(g_t.len() == hw * k_pad && offsets.len() == p.taps() && sums.len() == p.taps() * k_pad);
         let vectors = k_pad / LANES;
         let mut v = 0;
@@ -867,26 +893,8 @@ mod x86 {
                 *a = unsafe { _mm512_maskz_loadu_ps(!0, rows.wrapping_add(i * k_pad + j * LANES)) };
             }
         }
-        let mut gq = g;
-        for &at in at {
-            let mut gv = [_mm512_setzero_ps(); KV];
-            for (j, gv) in gv.iter_mut().enumerate() {
-                *gv = unsafe { _mm512_maskz_loadu_ps(!0, gq.wrapping_add(j * LANES)) };
-            }
-            gq = gq.wrapping_add(k_pad);
-            for (a, &x) in acc.iter_mut().zip(&xs) {
-                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(at)) };
-                let xb = _mm512_broadcastss_ps(_mm512_castps512_ps128(xb));
-                for (a, &gv) in a.iter_mut().zip(&gv) {
-                    *a = _mm512_fmadd_ps(xb, gv, *a);
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            for (j, &a) in a.iter().enumerate() {
-                unsafe { _mm512_mask_storeu_ps(rows.wrapping_add(i * k_pad + j * LANES), !0, a) };
-            }
-        }
+        outer_products(&xs, at, g, k_pad, &mut acc);
+        store_rows(&acc, rows, k_pad);
     }
 
     /// Per input channel and per `GRAD_BLOCK` output channels: `9 x GRAD_BLOCK`
