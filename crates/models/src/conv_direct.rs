@@ -39,8 +39,9 @@ const VECTORS: usize = 2;
 /// Output channels per step of the weight-gradient kernel (9 accumulators each).
 const GRAD_BLOCK: usize = 3;
 /// The smallest padded grid (positions per channel) on which the
-/// weight-gradient kernel is used (BENCHMARKS.md: faster than im2col + gemm
-/// on ResNet-20's 28x28 layers, slower on its 14x14 and 7x7 ones).
+/// weight-gradient kernel with vectors over positions is used (BENCHMARKS.md:
+/// faster than im2col + gemm on ResNet-20's 28x28 layers, slower on its 14x14
+/// and 7x7 ones, where vectors over channels take it).
 const GRAD_MIN_GRID: usize = 512;
 /// Rows past the output's in the channel kernel's transposed output, into
 /// which its last block of positions spills (the most positions per block).
@@ -56,8 +57,8 @@ pub(crate) fn available() -> bool {
     false
 }
 
-/// A convolution's weights in the kernel's order, and where each vector of
-/// grid positions goes in the output: computed once per layer call.
+/// A convolution's weights in the kernel's order, and where the kernel reads
+/// and writes ([`Places`]): computed once per layer call.
 pub(crate) struct Packed {
     weights: Vec<f32>,
     places: Places,
@@ -328,8 +329,7 @@ impl Plan {
         }
     }
 
-    /// One image: `y` (`[K, H, W]`) = the convolution of `x` (`[C, H, W]`)
-    /// with the packed weights, plus `bias` (`[K]`) when given.
+    /// [`Plan::run_uninit`] into initialised memory.
     #[cfg(test)]
     pub(crate) fn run(&self, x: &[f32], packed: &Packed, bias: Option<&[f32]>, scratch: &mut Vec<f32>, y: &mut [f32]) {
         // SAFETY: `run_uninit` writes only initialised floats.
@@ -337,7 +337,9 @@ impl Plan {
         self.run_uninit(x, packed, bias, scratch, y);
     }
 
-    /// [`Plan::run`] into memory not yet initialised: every value of `y` is written.
+    /// One image: `y` (`[K, Ho, Wo]`) = the convolution of `x` (`[C, H, W]`)
+    /// with the packed weights, plus `bias` (`[K]`) when given; `y` may be
+    /// uninitialised: every value is written.
     pub(crate) fn run_uninit(
         &self,
         x: &[f32],
