@@ -410,20 +410,13 @@ impl Plan {
     /// least [`GRAD_MIN_GRID`] positions (on smaller ones the per-lane sums
     /// are set up and added for too few multiply-adds).
     pub(crate) fn weight_grad(&self) -> Option<WeightGrad> {
-        let kernel = match self.by {
-            Vectorised::Channels => GradKernel::Channels(self.reads()),
-            Vectorised::Positions if self.r == 3 && self.s == 3 && self.grid >= GRAD_MIN_GRID => {
-                assert!(self.keeps_size());
-                GradKernel::Positions
-            }
-            Vectorised::Positions => return None,
-        };
-        Some(WeightGrad { plan: *self, kernel })
+        let pays = self.by == Vectorised::Channels || self.grid >= GRAD_MIN_GRID;
+        self.weight_grad_by(self.by).filter(|_| pays)
     }
 
     /// The weight-gradient kernel vectorised as `by`, where it exists
-    /// (vectors over grid positions: 3x3 kernels only), whether it pays or not.
-    #[cfg(test)]
+    /// (vectors over grid positions: 3x3 kernels that keep the size only),
+    /// whether it pays or not.
     pub(crate) fn weight_grad_by(&self, by: Vectorised) -> Option<WeightGrad> {
         let kernel = match by {
             Vectorised::Channels => GradKernel::Channels(self.reads()),
