@@ -815,6 +815,46 @@ fn bench_writes_a_table_with_probe_overhead_rows() {
     assert_eq!(std::fs::read_to_string(&table).unwrap(), written);
 }
 
+/// `GRADSCOPE_MAX_ISA` caps the convolution kernels (the bench table says
+/// what ran); a value it does not know is refused by name.
+#[test]
+fn the_kernels_cap_is_checked_and_reported() {
+    let out = gradscope()
+        .env("GRADSCOPE_MAX_ISA", "sse9")
+        .args(["models", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(r#"GRADSCOPE_MAX_ISA="sse9": expected avx512, avx2 or none"#),
+        "{err}"
+    );
+    let bench = [
+        "bench",
+        "--presets",
+        "mlp-relu-2x16",
+        "--backends",
+        "flex",
+        "--threads",
+        "1",
+    ];
+    let out = gradscope()
+        .env("GRADSCOPE_MAX_ISA", "none")
+        .env_remove("ATEN_CPU_CAPABILITY")
+        .env_remove("ONEDNN_MAX_CPU_ISA")
+        .args(bench)
+        .args(["--steps", "2", "--reps", "1", "--skip-idx"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.starts_with("Convolutions on flex: im2col + gemm only; set: GRADSCOPE_MAX_ISA=none."),
+        "{table}"
+    );
+}
+
 #[test]
 fn bench_pytorch_names_the_missing_interpreter() {
     let (_, err) = run_err(&["bench", "--pytorch", "--python", "/nonexistent/python3", "--skip-idx"]);

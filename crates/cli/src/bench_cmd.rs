@@ -113,6 +113,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--out {}: the file already exists; choose another name", out.display());
     }
     let mut table = String::new();
+    if !args.idx_only {
+        emit(&mut table, &format!("{}\n", crate::isa::describe()));
+    }
     if !args.skip_idx {
         let (plain, gz) = idx_load_seconds()?;
         let line = format!(

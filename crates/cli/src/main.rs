@@ -9,6 +9,7 @@ mod compare_cmd;
 mod data_cmd;
 mod fix_cmd;
 mod inspect_cmd;
+mod isa;
 mod lab_cmd;
 mod models_cmd;
 mod parity_cmd;
@@ -66,18 +67,20 @@ fn main() {
     // SAFETY: as above; SIG_DFL is a valid disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let result = threads::in_pool(move || match cli.command {
-        Command::Lab(args) => lab_cmd::run(args),
-        Command::Data(cmd) => data_cmd::run(cmd),
-        Command::Models(cmd) => models_cmd::run(cmd),
-        Command::Train(args) => train_cmd::run(*args),
-        Command::Inspect(args) => inspect_cmd::run(args),
-        Command::Compare(args) => compare_cmd::run(args),
-        Command::Fix(args) => fix_cmd::run(args),
-        Command::Parity(args) => parity_cmd::run(args),
-        Command::Bench(args) => bench_cmd::run(args),
-        Command::Tensorboard(args) => tensorboard_cmd::run(args),
-        Command::Watch(args) => watch_cmd::run(args),
+    let result = isa::apply_env().and_then(|()| {
+        threads::in_pool(move || match cli.command {
+            Command::Lab(args) => lab_cmd::run(args),
+            Command::Data(cmd) => data_cmd::run(cmd),
+            Command::Models(cmd) => models_cmd::run(cmd),
+            Command::Train(args) => train_cmd::run(*args),
+            Command::Inspect(args) => inspect_cmd::run(args),
+            Command::Compare(args) => compare_cmd::run(args),
+            Command::Fix(args) => fix_cmd::run(args),
+            Command::Parity(args) => parity_cmd::run(args),
+            Command::Bench(args) => bench_cmd::run(args),
+            Command::Tensorboard(args) => tensorboard_cmd::run(args),
+            Command::Watch(args) => watch_cmd::run(args),
+        })
     });
     if let Err(err) = result {
         eprintln!("error: {err:#}");

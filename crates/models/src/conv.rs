@@ -15,8 +15,10 @@
 //! that keeps the size computes `y` and `dL/dx`, and most convolutions
 //! `dL/dW`, by the `conv_direct` module's kernels instead (no im2col matrix,
 //! no col2im), as do strided ones with at least 32 output channels `y` and
-//! `dL/dW`. Every other backend, and groups or dilation other than 1, take
-//! Burn's own `conv2d`.
+//! `dL/dW`; on a CPU with AVX2 (and no AVX-512), every convolution with at
+//! most an eighth of its output channels' vectors unused does ([`Isa`],
+//! [`limit_isa`]). Every other backend, and groups or dilation other than 1,
+//! take Burn's own `conv2d`.
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -35,6 +37,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
 use crate::conv_direct::Plan;
+pub use crate::conv_direct::{Isa, limit_isa};
 use crate::flex_host::{Mat, f32_tensor, f32s, matmul, to_f32, written, zeroed};
 use crate::im2col::{col2im, im2col};
 
@@ -215,15 +218,23 @@ impl Geometry {
     }
 
     /// The direct kernels' plan for this convolution where one applies (see
-    /// [`Plan::new`]), on a CPU with AVX-512.
+    /// [`Plan::new`]), on a CPU with AVX-512 or AVX2.
     fn direct_plan(&self) -> Option<Plan> {
-        Plan::new(
-            [self.c, self.h, self.w],
-            [self.k, self.r, self.s],
-            self.pad,
-            self.stride,
-            [self.ho, self.wo],
-        )
+        self.direct_plan_on(Isa::in_use()?)
+    }
+
+    /// [`Geometry::direct_plan`] with `isa`'s kernels, where this CPU has them.
+    fn direct_plan_on(&self, isa: Isa) -> Option<Plan> {
+        isa.supported().then(|| {
+            Plan::new(
+                isa,
+                [self.c, self.h, self.w],
+                [self.k, self.r, self.s],
+                self.pad,
+                self.stride,
+                [self.ho, self.wo],
+            )
+        })?
     }
 }
 
@@ -535,8 +546,8 @@ mod tests {
             let x = values(geo.n * geo.c * geo.h * geo.w, 1);
             let w = values(geo.k * geo.crs(), 2);
             let g = values(geo.n * geo.k * geo.l(), 3);
-            // im2col + gemm, and the direct kernel where this CPU has it.
-            for plan in [None, geo.direct_plan()] {
+            // im2col + gemm, and the direct kernels where this CPU has them.
+            for plan in [None, geo.direct_plan(), geo.direct_plan_on(Isa::Avx2)] {
                 let on = |threads: usize| {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     pool.install(|| direct_backward(&geo, plan, &x, &w, &g, true, true))
@@ -554,37 +565,43 @@ mod tests {
         }
     }
 
-    /// Where this CPU has the direct kernel, it and im2col + gemm give the
-    /// same output and gradients (the tests against Burn's op above take
-    /// whichever this CPU runs).
+    /// Where this CPU has the direct kernels, each instruction set's and
+    /// im2col + gemm give the same output and gradients (the tests against
+    /// Burn's op above take whichever this CPU runs).
     #[test]
     fn direct_kernels_match_im2col_and_gemm() {
-        type Case = ([usize; 4], [usize; 4], [(usize, usize); 2]);
-        let cases: [Case; 4] = [
-            ([4, 16, 28, 28], [16, 16, 3, 3], [(1, 1), (1, 1)]),
-            ([3, 64, 7, 7], [64, 64, 3, 3], [(1, 1), (1, 1)]),
-            ([2, 5, 9, 6], [17, 5, 3, 3], [(2, 0), (1, 1)]),
-            ([2, 3, 5, 6], [4, 3, 2, 2], [(1, 0), (0, 1)]),
+        type Case = ([usize; 4], [usize; 4], [usize; 2], [(usize, usize); 2]);
+        let cases: [Case; 7] = [
+            ([4, 16, 28, 28], [16, 16, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([3, 64, 7, 7], [64, 64, 3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([2, 5, 9, 6], [17, 5, 3, 3], [1, 1], [(2, 0), (1, 1)]),
+            ([2, 3, 5, 6], [4, 3, 2, 2], [1, 1], [(1, 0), (0, 1)]),
+            ([2, 16, 14, 14], [32, 16, 3, 3], [2, 2], [(1, 1), (1, 1)]),
+            ([2, 16, 9, 9], [32, 16, 1, 1], [2, 2], [(0, 0), (0, 0)]),
+            ([2, 6, 9, 7], [46, 6, 3, 2], [2, 1], [(1, 0), (0, 1)]),
         ];
-        for (seed, (xs, ws, padding)) in (1..).zip(cases) {
+        let mut ran = false;
+        for ((seed, (xs, ws, stride, padding)), isa) in
+            (1..).zip(cases).flat_map(|c| [(c, Isa::Avx512), (c, Isa::Avx2)])
+        {
             let options = ConvOptions {
-                stride: [1, 1],
+                stride,
                 padding,
                 dilation: [1, 1],
                 groups: 1,
             };
             let geo = Geometry::of(&xs, &ws, &options);
-            let Some(plan) = geo.direct_plan() else {
-                eprintln!("no direct kernel on this CPU");
-                return;
+            let Some(plan) = geo.direct_plan_on(isa) else {
+                continue;
             };
+            ran = true;
             let host = |t: Tensor<4>| t.into_data().try_into_vec::<f32>().unwrap();
             let device = Device::flex();
             let x = host(normal(xs, 0.0, 1.0, seed, &device));
             let w = host(normal(ws, 0.0, 0.5, seed + 1, &device));
             let g = host(normal([xs[0], ws[0], geo.ho, geo.wo], 0.0, 1.0, seed + 2, &device));
             let b = host(normal([1, 1, 1, ws[0]], 0.0, 1.0, seed + 3, &device));
-            let what = |s: &str| format!("{s} of x {xs:?} * w {ws:?}, padding {padding:?}");
+            let what = |s: &str| format!("{s} of x {xs:?} * w {ws:?}, stride {stride:?}, padding {padding:?}, {isa}");
             let (direct, gemm) = (
                 direct_forward(&geo, Some(plan), &x, &w, Some(&b)),
                 direct_forward(&geo, None, &x, &w, Some(&b)),
@@ -596,6 +613,9 @@ mod tests {
             );
             assert_close_slices(&direct.0.unwrap(), &gemm.0.unwrap(), 1e-5, 0.0, &what("dL/dx"));
             assert_close_slices(&direct.1.unwrap(), &gemm.1.unwrap(), 1e-5, 0.0, &what("dL/dW"));
+        }
+        if !ran {
+            eprintln!("no direct kernel on this CPU");
         }
     }
 

@@ -1,5 +1,5 @@
 //! Convolutions computed directly on zero-padded input planes (no im2col
-//! matrix) by AVX-512 kernels, on CPUs that have AVX-512F.
+//! matrix) by AVX-512 kernels, or AVX2 ones on CPUs without AVX-512F.
 //!
 //! In a stride-1 convolution that keeps the image's size, every kernel
 //! offset `(r, s)` reads the zero-padded image shifted by `r·Wp + s`
@@ -27,10 +27,17 @@
 //! are (`g` transposed), with vectors over the grid for 3x3 kernels on
 //! large maps. [`conv`](crate::conv) uses these where [`Plan::new`] and
 //! [`Plan::weight_grad`] say they pay; other convolutions (and the input
-//! gradient of strided ones), and CPUs without AVX-512 (where no benchmark
-//! has shown these kernels to beat im2col + gemm), keep im2col + gemm.
+//! gradient of strided ones), and CPUs without AVX2, keep im2col + gemm.
+//!
+//! With AVX2 (8 floats per vector, 16 registers) only the kernels over
+//! channels exist: written once, generic over the instruction set
+//! ([`x86::Simd`]), they hold 2 vectors of channels x 6 positions there,
+//! gemm's AVX2 block, and add the taps in the same order as AVX-512's.
 
-/// Floats per vector.
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Floats per vector of AVX-512, and the unit output channels are rounded
+/// up to (two AVX2 vectors).
 const LANES: usize = 16;
 /// Output channels per block of the convolution kernel (accumulators per vector).
 const BLOCK: usize = 8;
@@ -47,14 +54,59 @@ const GRAD_MIN_GRID: usize = 512;
 /// which its last block of positions spills (the most positions per block).
 const SPILL: usize = 8;
 
-/// Whether this CPU runs the kernels.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+/// The x86 vector extension the kernels run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// AVX2 with FMA: 8 floats per vector, 16 vector registers; the kernels
+    /// vectorised over output channels only.
+    Avx2,
+    /// AVX-512F: 16 floats per vector, 32 vector registers; all kernels.
+    Avx512,
+}
+
+/// The most capable [`Isa`] the kernels may use, set by [`limit_isa`]:
+/// 0 none, 1 AVX2, 2 AVX-512 (the default: whatever the CPU has).
+static MAX_ISA: AtomicU8 = AtomicU8::new(2);
+
+/// Caps the instruction set the convolution kernels use, for the whole
+/// process (`None`: im2col + gemm only), to compare them as a CPU with less
+/// would run them. Burn's gemm keeps choosing its own kernels.
+pub fn limit_isa(max: Option<Isa>) {
+    MAX_ISA.store(max.map_or(0, |isa| isa as u8 + 1), Ordering::Relaxed);
+}
+
+impl Isa {
+    /// The instruction set the kernels use on this CPU (within [`limit_isa`]'s
+    /// cap), or `None` where they do not run (im2col + gemm instead).
+    pub fn in_use() -> Option<Self> {
+        let max = MAX_ISA.load(Ordering::Relaxed);
+        [Self::Avx512, Self::Avx2]
+            .into_iter()
+            .find(|&isa| (isa as u8) < max && isa.supported())
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+
+    /// Whether this CPU has the extension.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Self::Avx2 => has!("avx2") && has!("fma"),
+                Self::Avx512 => has!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        })
+    }
 }
 
 /// A convolution's weights in the kernel's order, and where the kernel reads
@@ -132,6 +184,8 @@ pub(crate) struct Plan {
     grid: usize,
     /// What a vector holds.
     by: Vectorised,
+    /// The instruction set the kernels run on.
+    isa: Isa,
 }
 
 /// What the convolution kernel's vectors hold, chosen per plan by what it
@@ -149,18 +203,33 @@ pub(crate) enum Vectorised {
 impl Plan {
     /// A plan for `[C, H, W]` images, `[K, C, R, S]` weights, the padding
     /// before rows and columns, the strides and the output's size, where a
-    /// kernel here computes it better than im2col + gemm: `None` when this
-    /// CPU lacks AVX-512F, or for a convolution that does not keep the size
-    /// (stride 2, say) with fewer than 32 output channels or more than an
-    /// eighth of the channel kernel's vectors unused (im2col + gemm's
-    /// products run at 200-210 GFLOP/s, the channel kernel at 230-245 on
-    /// whole vectors: BENCHMARKS.md).
+    /// kernel here computes it better than im2col + gemm, with `isa`'s
+    /// kernels (which this CPU must have). With AVX-512, `None` for a
+    /// convolution that does not keep the size (stride 2, say) with fewer
+    /// than 32 output channels or more than an eighth of the channel
+    /// kernel's vectors unused (im2col + gemm's products run at 200-210
+    /// GFLOP/s, the channel kernel at 230-245 on whole vectors:
+    /// BENCHMARKS.md); with AVX2, see [`Plan::choose`].
     pub(crate) fn new(
+        isa: Isa,
+        input: [usize; 3],
+        kernel: [usize; 3],
+        pad: [usize; 2],
+        stride: [usize; 2],
+        out: [usize; 2],
+    ) -> Option<Self> {
+        assert!(isa.supported(), "{isa} kernels on a CPU without {isa}");
+        Self::sized(input, kernel, pad, stride, out, isa)?.choose()
+    }
+
+    /// A plan for these sizes on `isa`, whether a kernel pays or not.
+    fn sized(
         [c, h, w]: [usize; 3],
         [k, r, s]: [usize; 3],
         [ph, pw]: [usize; 2],
         [sh, sw]: [usize; 2],
         [ho, wo]: [usize; 2],
+        isa: Isa,
     ) -> Option<Self> {
         if [c, h, w, k, r, s, sh, sw, ho, wo].contains(&0) {
             return None;
@@ -185,8 +254,9 @@ impl Plan {
             plane: hp * wp + s + step,
             grid: (ho * wp).div_ceil(step) * step,
             by: Vectorised::Positions,
+            isa,
         };
-        available().then(|| plan.choose()).flatten()
+        Some(plan)
     }
 
     /// Whether the output has the input's size, at stride 1.
@@ -194,12 +264,22 @@ impl Plan {
         [self.sh, self.sw, self.ho, self.wo] == [1, 1, self.h, self.w]
     }
 
-    /// Vectors over output channels where there are at least two vectors of
-    /// them (with one vector of channels per step, the kernel has too few
-    /// accumulators: BENCHMARKS.md) and, for a convolution that keeps the
-    /// size, that computes fewer multiply-adds for nothing than vectors over
-    /// the padded grid; for other convolutions, see [`Plan::new`].
+    /// With AVX-512, vectors over output channels where there are at least
+    /// two vectors of them (with one vector of channels per step, the kernel
+    /// has too few accumulators: BENCHMARKS.md) and, for a convolution that
+    /// keeps the size, that computes fewer multiply-adds for nothing than
+    /// vectors over the padded grid; for other convolutions, see
+    /// [`Plan::new`]. With AVX2 (only the kernels over channels, two 8-float
+    /// vectors per 16 channels), wherever at most an eighth of the channels
+    /// computed are padding.
     fn choose(self) -> Option<Self> {
+        let few_unused = self.k * 8 >= self.k_pad() * 7;
+        if self.isa == Isa::Avx2 {
+            return few_unused.then_some(Self {
+                by: Vectorised::Channels,
+                ..self
+            });
+        }
         let channels = (self.k_pad() >= 2 * LANES).then_some(self.ho * self.wo * self.k_pad());
         let by = if self.keeps_size() {
             let positions = self.grid * self.k.div_ceil(BLOCK) * BLOCK;
@@ -207,7 +287,7 @@ impl Plan {
                 Some(channels) if channels < positions => Vectorised::Channels,
                 _ => Vectorised::Positions,
             }
-        } else if channels.is_some() && self.k * 8 >= self.k_pad() * 7 {
+        } else if channels.is_some() && few_unused {
             Vectorised::Channels
         } else {
             return None;
@@ -225,26 +305,30 @@ impl Plan {
         self.k.div_ceil(LANES) * LANES
     }
 
+    /// This plan's convolution vectorised as `by` on `isa` (which the CPU has).
     #[cfg(test)]
-    pub(crate) fn vectorised(self, by: Vectorised) -> Self {
-        assert!(by == Vectorised::Channels || self.keeps_size());
-        Self { by, ..self }
+    pub(crate) fn vectorised(self, by: Vectorised, isa: Isa) -> Self {
+        assert!(isa.supported());
+        assert!(by == Vectorised::Channels || (self.keeps_size() && isa == Isa::Avx512));
+        Self { by, isa, ..self }
     }
 
     /// The plan of this convolution's input gradient where it keeps the
     /// size: `dL/dx = conv(dL/dy, W')` with `W'[c][k][r][s] = W[k][c][R-1-r][S-1-s]`
     /// and the end padding first.
     pub(crate) fn transposed(&self) -> Option<Self> {
-        self.keeps_size().then(|| {
-            Self {
-                c: self.k,
-                k: self.c,
-                ph: self.r - 1 - self.ph,
-                pw: self.s - 1 - self.pw,
-                ..*self
-            }
-            .choose()
-        })?
+        self.transposed_sizes()?.choose()
+    }
+
+    /// [`Plan::transposed`]'s sizes, whether a kernel pays or not.
+    fn transposed_sizes(&self) -> Option<Self> {
+        self.keeps_size().then(|| Self {
+            c: self.k,
+            k: self.c,
+            ph: self.r - 1 - self.ph,
+            pw: self.s - 1 - self.pw,
+            ..*self
+        })
     }
 
     fn blocks(&self) -> usize {
@@ -362,22 +446,24 @@ impl Plan {
                 let (xpad, out_t) = scratch.split_at_mut(self.c * self.plane);
                 self.pad_input(x, xpad);
                 init.resize(self.k_pad(), 0.0);
-                // SAFETY: as below.
+                // SAFETY: a `Plan` exists only where `self.isa` is supported;
+                // the kernels assert what their reads and writes rely on.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    x86::convolve_channels(self, xpad, &packed.weights, at, taps, &init, out_t);
-                    x86::transpose(out_t, [l, self.k], self.k_pad(), y, l);
+                    x86::convolve_channels(self.isa, self, xpad, &packed.weights, at, taps, &init, out_t);
+                    x86::transpose(self.isa, out_t, [l, self.k], self.k_pad(), y, l);
                 };
                 return;
             }
         };
-        assert!(self.keeps_size());
+        assert!(self.keeps_size() && self.isa == Isa::Avx512);
         assert_eq!(packed.weights.len(), self.blocks() * self.taps() * BLOCK);
         assert_eq!(stores.len(), self.grid / LANES);
         scratch.resize(self.c * self.plane, 0.0);
         self.pad_input(x, scratch);
-        // SAFETY: a `Plan` exists only where `available()`; the slices are
-        // sized as `x86::convolve` requires (asserted there).
+        // SAFETY: a `Plan` exists only where its `isa` is supported (AVX-512F,
+        // asserted above); the slices are sized as `x86::convolve` requires
+        // (asserted there).
         #[cfg(target_arch = "x86_64")]
         unsafe {
             x86::convolve(self, scratch, &packed.weights, stores, &init, y)
@@ -415,12 +501,14 @@ impl Plan {
     }
 
     /// The weight-gradient kernel vectorised as `by`, where it exists
-    /// (vectors over grid positions: 3x3 kernels that keep the size only),
-    /// whether it pays or not.
+    /// (vectors over grid positions: 3x3 kernels that keep the size, with
+    /// AVX-512, only), whether it pays or not.
     pub(crate) fn weight_grad_by(&self, by: Vectorised) -> Option<WeightGrad> {
         let kernel = match by {
             Vectorised::Channels => GradKernel::Channels(self.reads()),
-            Vectorised::Positions if self.r == 3 && self.s == 3 && self.keeps_size() => GradKernel::Positions,
+            Vectorised::Positions if self.r == 3 && self.s == 3 && self.keeps_size() && self.isa == Isa::Avx512 => {
+                GradKernel::Positions
+            }
             Vectorised::Positions => return None,
         };
         Some(WeightGrad { plan: *self, kernel })
@@ -456,7 +544,9 @@ impl WeightGrad {
                         to[i * p.wp..][..p.w].copy_from_slice(row);
                     }
                 }
-                // SAFETY: a `Plan` exists only where `available()`; sizes as asserted there.
+                // SAFETY: this kernel is made only for AVX-512 plans, and a
+                // `Plan` exists only where its `isa` is supported; sizes as
+                // asserted there.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     x86::weight_grad(p, xpad, gpad, sums)
@@ -471,8 +561,8 @@ impl WeightGrad {
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     let to = &mut *(&mut g_t[..] as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]);
-                    x86::transpose(g, [p.k, l], l, to, p.k_pad());
-                    x86::weight_grad_channels(p, xpad, g_t, &at[..l], taps, sums)
+                    x86::transpose(p.isa, g, [p.k, l], l, to, p.k_pad());
+                    x86::weight_grad_channels(p.isa, p, xpad, g_t, &at[..l], taps, sums)
                 };
             }
         }
@@ -503,7 +593,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{BLOCK, GRAD_BLOCK, LANES, Plan, SPILL, Store, VECTORS};
+    use super::{BLOCK, GRAD_BLOCK, Isa, LANES, Plan, SPILL, Store, VECTORS};
 
     /// Per block of `BLOCK` output channels and per `VECTORS` vectors of grid
     /// positions `q`: `BLOCK x VECTORS` accumulators; per tap `(c, r, s)`,
@@ -578,15 +668,244 @@ mod x86 {
         }
     }
 
-    /// Per block of up to four vectors of output channels and per block of
-    /// positions: one accumulator per pair; per tap `(c, r, s)`, the block's
-    /// weights loaded and each position's input value broadcast. `out_t` is
-    /// the output transposed (`[H·W + SPILL, K_pad]`).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `xpad` is `[C, plane]`, `packed` `[C·R·S, K_pad]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn convolve_channels(
+    /// The vector operations the kernels vectorised over channels use, per
+    /// instruction set. Each is `#[inline(always)]`: the generic kernels
+    /// below compile inside the `#[target_feature]` entry point of their
+    /// instruction set ([`per_isa`]), where the intrinsics inline.
+    pub(super) trait Simd {
+        /// Floats per vector.
+        const LANES: usize;
+        /// The most vectors of output channels per block (accumulators:
+        /// this times the positions per block).
+        const MAX_KV: usize;
+        type V: Copy;
+        /// `LANES` vectors.
+        type Tile: Copy + AsMut<[Self::V]> + IntoIterator<Item = Self::V>;
+        unsafe fn zero() -> Self::V;
+        unsafe fn zero_tile() -> Self::Tile;
+        /// A whole vector (a masked load with every lane on: with debug
+        /// assertions on, a plain unaligned load checks its preconditions on
+        /// every call; the kernels assert their bounds instead).
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        /// The first `n < LANES` floats, the other lanes zero.
+        unsafe fn load_first(p: *const f32, n: usize) -> Self::V;
+        unsafe fn store_first(p: *mut f32, n: usize, v: Self::V);
+        /// `*p` in every lane.
+        unsafe fn splat(p: *const f32) -> Self::V;
+        /// `a · b + c`.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// A `LANES x LANES` tile transposed.
+        unsafe fn transpose_tile(rows: Self::Tile) -> Self::Tile;
+    }
+
+    /// AVX-512F.
+    pub(super) struct Avx512;
+
+    impl Simd for Avx512 {
+        const LANES: usize = 16;
+        const MAX_KV: usize = 4;
+        type V = __m512;
+        type Tile = [__m512; 16];
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn zero_tile() -> [__m512; 16] {
+            [unsafe { _mm512_setzero_ps() }; 16]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_maskz_loadu_ps(!0, p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_mask_storeu_ps(p, !0, v) }
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m512 {
+            unsafe { _mm512_maskz_loadu_ps((1 << n) - 1, p) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, n: usize, v: __m512) {
+            unsafe { _mm512_mask_storeu_ps(p, (1 << n) - 1, v) }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            unsafe { _mm512_broadcastss_ps(_mm512_castps512_ps128(_mm512_maskz_loadu_ps(1, p))) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn transpose_tile(r: [__m512; 16]) -> [__m512; 16] {
+            // Pairs of rows interleaved, then groups of four rows per 128-bit
+            // lane: `u[4g + c]`, lane `L`, holds rows `4g..4g+4` of column `4L + c`.
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    unsafe { _mm512_unpacklo_ps(a, b) }
+                } else {
+                    unsafe { _mm512_unpackhi_ps(a, b) }
+                }
+            });
+            let mut u = t;
+            for g in 0..4 {
+                let t = &t[4 * g..];
+                unsafe {
+                    u[4 * g] = _mm512_shuffle_ps::<0x44>(t[0], t[2]);
+                    u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t[0], t[2]);
+                    u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t[1], t[3]);
+                    u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t[1], t[3]);
+                }
+            }
+            // Column `4L + c` gathers lane `L` of `u[c]`, `u[4 + c]`, `u[8 + c]`, `u[12 + c]`.
+            let mut out = u;
+            for c in 0..4 {
+                unsafe {
+                    let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+                    let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+                    let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+                    let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+                    out[c] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
+                    out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi);
+                    out[4 + c] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
+                    out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi);
+                }
+            }
+            out
+        }
+    }
+
+    /// AVX2 with FMA.
+    pub(super) struct Avx2;
+
+    impl Avx2 {
+        /// Lanes `0..n` on.
+        #[inline(always)]
+        unsafe fn first(n: usize) -> __m256i {
+            unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+        }
+    }
+
+    impl Simd for Avx2 {
+        const LANES: usize = 8;
+        const MAX_KV: usize = 2;
+        type V = __m256;
+        type Tile = [__m256; 8];
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn zero_tile() -> [__m256; 8] {
+            [unsafe { _mm256_setzero_ps() }; 8]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_maskload_ps(p, _mm256_set1_epi32(-1)) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_maskstore_ps(p, _mm256_set1_epi32(-1), v) }
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m256 {
+            unsafe { _mm256_maskload_ps(p, Self::first(n)) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, n: usize, v: __m256) {
+            unsafe { _mm256_maskstore_ps(p, Self::first(n), v) }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m256 {
+            unsafe { _mm256_broadcastss_ps(_mm_maskload_ps(p, _mm_setr_epi32(-1, 0, 0, 0))) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn transpose_tile(r: [__m256; 8]) -> [__m256; 8] {
+            // As AVX-512's, with two 128-bit lanes: `u[4h + c]`, lane `L`,
+            // holds rows `4h..4h+4` of column `4L + c`; column `4L + c` joins
+            // lane `L` of `u[c]` and `u[4 + c]`.
+            let mut out = r;
+            unsafe {
+                let t: [__m256; 8] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_ps(a, b)
+                    } else {
+                        _mm256_unpackhi_ps(a, b)
+                    }
+                });
+                let mut u = t;
+                for h in 0..2 {
+                    let t = &t[4 * h..];
+                    u[4 * h] = _mm256_shuffle_ps::<0x44>(t[0], t[2]);
+                    u[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(t[0], t[2]);
+                    u[4 * h + 2] = _mm256_shuffle_ps::<0x44>(t[1], t[3]);
+                    u[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(t[1], t[3]);
+                }
+                for c in 0..4 {
+                    out[c] = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
+                    out[4 + c] = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
+                }
+            }
+            out
+        }
+    }
+
+    /// `pub(super) unsafe fn $name(isa: Isa, args..)`: `$generic::<S>(args..)`
+    /// compiled inside a `#[target_feature]` function for each instruction
+    /// set, and the one for `isa` called.
+    macro_rules! per_isa {
+        ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $name(isa: Isa, $($arg: $ty),*) {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) {
+                    unsafe { $generic::<Avx512>($($arg),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) {
+                    unsafe { $generic::<Avx2>($($arg),*) }
+                }
+                match isa {
+                    Isa::Avx512 => unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => unsafe { avx2($($arg),*) },
+                }
+            }
+        };
+    }
+
+    per_isa! {
+        /// Per block of up to `S::MAX_KV` vectors of output channels and per
+        /// block of positions: one accumulator per pair; per tap `(c, r, s)`,
+        /// the block's weights loaded and each position's input value
+        /// broadcast. `out_t` is the output transposed (`[H·W + SPILL, K_pad]`).
+        ///
+        /// # Safety
+        /// The CPU has `isa`; `xpad` is `[C, plane]`, `packed` `[C·R·S, K_pad]`.
+        fn convolve_channels = channels(
+            p: &Plan,
+            xpad: &[f32],
+            packed: &[f32],
+            at: &[usize],
+            offsets: &[usize],
+            init: &[f32],
+            out_t: &mut [f32],
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn channels<S: Simd>(
         p: &Plan,
         xpad: &[f32],
         packed: &[f32],
@@ -599,29 +918,46 @@ mod x86 {
         assert!(at.len() == hw + SPILL && reads_inside(at, offsets, xpad.len()));
         assert!(packed.len() == p.taps() * k_pad && offsets.len() == p.taps());
         assert!(init.len() == k_pad && out_t.len() == (hw + SPILL) * k_pad);
-        let vectors = k_pad / LANES;
+        let vectors = k_pad / S::LANES;
         let mut v = 0;
         while v < vectors {
-            let n = (vectors - v).min(4);
-            let (x, w) = (xpad.as_ptr(), packed[v * LANES..].as_ptr());
-            let (init, out) = (&init[v * LANES..], &mut out_t[v * LANES..]);
-            match n {
-                1 => channel_blocks::<1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                2 => channel_blocks::<2, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                3 => channel_blocks::<3, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                _ => channel_blocks::<4, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+            let n = (vectors - v).min(S::MAX_KV);
+            let (x, w) = (xpad.as_ptr(), packed[v * S::LANES..].as_ptr());
+            let (init, out) = (&init[v * S::LANES..], &mut out_t[v * S::LANES..]);
+            // Blocks that fill the registers: AVX-512's 32 hold up to 4x6
+            // or 3x8 accumulators, AVX2's 16 hold 2x6 (`K_pad` is a
+            // multiple of 16: always two vectors).
+            unsafe {
+                match (S::LANES, n) {
+                    (16, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                    (16, 2) => channel_blocks::<S, 2, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                    (16, 3) => channel_blocks::<S, 3, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                    (16, _) => channel_blocks::<S, 4, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+                    (_, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                    _ => channel_blocks::<S, 2, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+                }
             }
             v += n;
         }
     }
 
-    /// `to[j·to_stride + i] = from[i·from_stride + j]` for `i < rows`,
-    /// `j < cols`, by 16 x 16 tiles transposed in registers.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transpose(
+    per_isa! {
+        /// `to[j·to_stride + i] = from[i·from_stride + j]` for `i < rows`,
+        /// `j < cols`, by tiles transposed in registers.
+        ///
+        /// # Safety
+        /// The CPU has `isa`.
+        fn transpose = transpose_by(
+            from: &[f32],
+            shape: [usize; 2],
+            from_stride: usize,
+            to: &mut [MaybeUninit<f32>],
+            to_stride: usize,
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn transpose_by<S: Simd>(
         from: &[f32],
         [rows, cols]: [usize; 2],
         from_stride: usize,
@@ -633,77 +969,46 @@ mod x86 {
         }
         assert!(cols <= from_stride && rows <= to_stride);
         assert!(from.len() >= (rows - 1) * from_stride + cols && to.len() >= (cols - 1) * to_stride + rows);
-        let mask = |n: usize| -> __mmask16 { if n >= LANES { !0 } else { (1 << n) - 1 } };
         let (from, to) = (from.as_ptr(), to.as_mut_ptr().cast::<f32>());
-        for i0 in (0..rows).step_by(LANES) {
-            let in_rows = (rows - i0).min(LANES);
-            for j0 in (0..cols).step_by(LANES) {
-                let in_cols = (cols - j0).min(LANES);
-                let mut tile = [_mm512_setzero_ps(); LANES];
-                for (i, row) in tile.iter_mut().enumerate().take(in_rows) {
+        for i0 in (0..rows).step_by(S::LANES) {
+            let in_rows = (rows - i0).min(S::LANES);
+            for j0 in (0..cols).step_by(S::LANES) {
+                let in_cols = (cols - j0).min(S::LANES);
+                let mut tile = unsafe { S::zero_tile() };
+                for (i, row) in tile.as_mut().iter_mut().enumerate().take(in_rows) {
                     let at = from.wrapping_add((i0 + i) * from_stride + j0);
-                    *row = unsafe { _mm512_maskz_loadu_ps(mask(in_cols), at) };
+                    *row = unsafe {
+                        if in_cols == S::LANES {
+                            S::load(at)
+                        } else {
+                            S::load_first(at, in_cols)
+                        }
+                    };
                 }
                 // Whole vectors stored unmasked: on AMD's cores a masked
                 // store costs several plain ones.
-                let full = in_rows == LANES;
-                for (j, &column) in transpose16(tile).iter().enumerate().take(in_cols) {
+                let tile = unsafe { S::transpose_tile(tile) };
+                for (j, column) in tile.into_iter().enumerate().take(in_cols) {
                     let at = to.wrapping_add((j0 + j) * to_stride + i0);
-                    if full {
-                        unsafe { _mm512_mask_storeu_ps(at, !0, column) };
-                    } else {
-                        unsafe { _mm512_mask_storeu_ps(at, mask(in_rows), column) };
+                    unsafe {
+                        if in_rows == S::LANES {
+                            S::store(at, column);
+                        } else {
+                            S::store_first(at, in_rows, column);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// A 16 x 16 tile transposed: `out[j]` lane `i` is `rows[i]` lane `j`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-        // Pairs of rows interleaved, then groups of four rows per 128-bit
-        // lane: `u[4g + c]`, lane `L`, holds rows `4g..4g+4` of column `4L + c`.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
-        let mut u = [_mm512_setzero_ps(); 16];
-        for g in 0..4 {
-            let t = &t[4 * g..];
-            u[4 * g] = _mm512_shuffle_ps::<0x44>(t[0], t[2]);
-            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t[0], t[2]);
-            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t[1], t[3]);
-            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t[1], t[3]);
-        }
-        // Column `4L + c` gathers lane `L` of `u[c]`, `u[4 + c]`, `u[8 + c]`, `u[12 + c]`.
-        let mut out = [_mm512_setzero_ps(); 16];
-        for c in 0..4 {
-            let even_lo = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
-            let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
-            let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
-            let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
-            out[c] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
-            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi);
-            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
-            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi);
-        }
-        out
-    }
-
     /// `KV` vectors of output channels (weights from `w`, row stride
     /// `k_pad`) for all positions, in blocks of `P` or `Q = P - 1` positions
     /// that cover them exactly where there are enough, else of `P` with the
     /// last block spilling into the extra rows.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn channel_blocks<const KV: usize, const P: usize, const Q: usize>(
+    unsafe fn channel_blocks<S: Simd, const KV: usize, const P: usize, const Q: usize>(
         hw: usize,
         k_pad: usize,
         xpad: *const f32,
@@ -713,11 +1018,11 @@ mod x86 {
         init: &[f32],
         out: &mut [f32],
     ) {
-        assert!(Q + 1 == P && P <= SPILL && at.len() >= hw + SPILL);
-        assert!(out.len() >= (hw + P - 1) * k_pad + KV * LANES - 1);
-        let mut start = [_mm512_setzero_ps(); KV];
+        assert!(Q + 1 == P && P <= SPILL && at.len() >= hw + SPILL && KV * S::LANES <= init.len());
+        assert!(out.len() >= (hw + P - 1) * k_pad + KV * S::LANES - 1);
+        let mut start = [unsafe { S::zero() }; KV];
         for (j, s) in start.iter_mut().enumerate() {
-            *s = unsafe { _mm512_maskz_loadu_ps(!0, init[j * LANES..][..LANES].as_ptr()) };
+            *s = unsafe { S::load(init.as_ptr().wrapping_add(j * S::LANES)) };
         }
         let blocks = hw.div_ceil(P);
         // Blocks of Q where P would overrun, when that leaves no block short.
@@ -725,12 +1030,14 @@ mod x86 {
         let mut first = 0;
         for b in 0..blocks {
             let rows = out[first * k_pad..].as_mut_ptr();
-            if b < short {
-                channel_block::<KV, Q>(xpad, &at[first..][..Q], offsets, w, k_pad, start, rows);
-                first += Q;
-            } else {
-                channel_block::<KV, P>(xpad, &at[first..][..P], offsets, w, k_pad, start, rows);
-                first += P;
+            unsafe {
+                if b < short {
+                    channel_block::<S, KV, Q>(xpad, &at[first..][..Q], offsets, w, k_pad, start, rows);
+                    first += Q;
+                } else {
+                    channel_block::<S, KV, P>(xpad, &at[first..][..P], offsets, w, k_pad, start, rows);
+                    first += P;
+                }
             }
         }
     }
@@ -744,15 +1051,14 @@ mod x86 {
 
     /// `N` positions (inputs at `xpad + at[i]` for tap (0, 0, 0)) times `KV`
     /// vectors of output channels, over all taps, stored in `rows` (stride `k_pad`).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn channel_block<const KV: usize, const N: usize>(
+    #[inline(always)]
+    unsafe fn channel_block<S: Simd, const KV: usize, const N: usize>(
         xpad: *const f32,
         at: &[usize],
         offsets: &[usize],
         w: *const f32,
         k_pad: usize,
-        start: [__m512; KV],
+        start: [S::V; KV],
         rows: *mut f32,
     ) {
         let mut xs = [xpad; N];
@@ -760,59 +1066,74 @@ mod x86 {
             *x = xpad.wrapping_add(at);
         }
         let mut acc = [start; N];
-        outer_products(&xs, offsets, w, k_pad, &mut acc);
-        store_rows(&acc, rows, k_pad);
+        unsafe {
+            outer_products::<S, KV, N>(&xs, offsets, w, k_pad, &mut acc);
+            store_rows::<S, KV, N>(&acc, rows, k_pad);
+        }
     }
 
-    /// `acc[i][j] += Σ_t xs[i][steps[t]] · v[t·stride + 16·j..][..16]`: the
-    /// sum of outer products both channel kernels compute, one input value
-    /// broadcast per row of accumulators, `KV` vectors loaded per step.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn outer_products<const KV: usize, const N: usize>(
+    /// `acc[i][j] += Σ_t xs[i][steps[t]] · v[t·stride + LANES·j..][..LANES]`:
+    /// the sum of outer products both channel kernels compute, one input
+    /// value broadcast per row of accumulators, `KV` vectors loaded per step.
+    #[inline(always)]
+    unsafe fn outer_products<S: Simd, const KV: usize, const N: usize>(
         xs: &[*const f32; N],
         steps: &[usize],
         v: *const f32,
         stride: usize,
-        acc: &mut [[__m512; KV]; N],
+        acc: &mut [[S::V; KV]; N],
     ) {
         let mut vt = v;
         for &step in steps {
-            let mut vv = [_mm512_setzero_ps(); KV];
+            let mut vv = [unsafe { S::zero() }; KV];
             for (j, vv) in vv.iter_mut().enumerate() {
-                *vv = unsafe { _mm512_maskz_loadu_ps(!0, vt.wrapping_add(j * LANES)) };
+                *vv = unsafe { S::load(vt.wrapping_add(j * S::LANES)) };
             }
             vt = vt.wrapping_add(stride);
             for (a, &x) in acc.iter_mut().zip(xs) {
-                let xb = unsafe { _mm512_maskz_loadu_ps(1, x.wrapping_add(step)) };
-                let xb = _mm512_broadcastss_ps(_mm512_castps512_ps128(xb));
+                let xb = unsafe { S::splat(x.wrapping_add(step)) };
                 for (a, &vv) in a.iter_mut().zip(&vv) {
-                    *a = _mm512_fmadd_ps(xb, vv, *a);
+                    *a = unsafe { S::fmadd(xb, vv, *a) };
                 }
             }
         }
     }
 
-    /// `rows[i·k_pad + 16·j..][..16] = acc[i][j]`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn store_rows<const KV: usize, const N: usize>(acc: &[[__m512; KV]; N], rows: *mut f32, k_pad: usize) {
+    /// `rows[i·k_pad + LANES·j..][..LANES] = acc[i][j]`.
+    #[inline(always)]
+    unsafe fn store_rows<S: Simd, const KV: usize, const N: usize>(
+        acc: &[[S::V; KV]; N],
+        rows: *mut f32,
+        k_pad: usize,
+    ) {
         for (i, a) in acc.iter().enumerate() {
             for (j, &a) in a.iter().enumerate() {
-                unsafe { _mm512_mask_storeu_ps(rows.wrapping_add(i * k_pad + j * LANES), !0, a) };
+                unsafe { S::store(rows.wrapping_add(i * k_pad + j * S::LANES), a) };
             }
         }
     }
 
-    /// Per block of up to four vectors of output channels and per block of
-    /// taps: one accumulator per pair, loaded from `sums` (`[C·R·S, K_pad]`)
-    /// and stored back; per output position, the block's `g` loaded from
-    /// `g_t` (`[H·W, K_pad]`) and each tap's input value broadcast.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `xpad` is `[C, plane]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weight_grad_channels(
+    per_isa! {
+        /// Per block of up to `S::MAX_KV` vectors of output channels and per
+        /// block of taps: one accumulator per pair, loaded from `sums`
+        /// (`[C·R·S, K_pad]`) and stored back; per output position, the
+        /// block's `g` loaded from `g_t` (`[H·W, K_pad]`) and each tap's
+        /// input value broadcast.
+        ///
+        /// # Safety
+        /// The CPU has `isa`; `xpad` is `[C, plane]`.
+        fn weight_grad_channels = grad_channels(
+            p: &Plan,
+            xpad: &[f32],
+            g_t: &[f32],
+            at: &[usize],
+            offsets: &[usize],
+            sums: &mut [f32],
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn grad_channels<S: Simd>(
         p: &Plan,
         xpad: &[f32],
         g_t: &[f32],
@@ -823,17 +1144,21 @@ mod x86 {
         let (hw, k_pad) = (p.l(), p.k_pad());
         assert!(at.len() == hw && reads_inside(at, offsets, xpad.len()));
         assert!(g_t.len() == hw * k_pad && offsets.len() == p.taps() && sums.len() == p.taps() * k_pad);
-        let vectors = k_pad / LANES;
+        let vectors = k_pad / S::LANES;
         let mut v = 0;
         while v < vectors {
-            let n = (vectors - v).min(4);
-            let (x, g) = (xpad.as_ptr(), g_t[v * LANES..].as_ptr());
-            let sums = &mut sums[v * LANES..];
-            match n {
-                1 => grad_blocks::<1, 10>(k_pad, x, at, offsets, g, sums),
-                2 => grad_blocks::<2, 10>(k_pad, x, at, offsets, g, sums),
-                3 => grad_blocks::<3, 8>(k_pad, x, at, offsets, g, sums),
-                _ => grad_blocks::<4, 6>(k_pad, x, at, offsets, g, sums),
+            let n = (vectors - v).min(S::MAX_KV);
+            let (x, g) = (xpad.as_ptr(), g_t[v * S::LANES..].as_ptr());
+            let sums = &mut sums[v * S::LANES..];
+            unsafe {
+                match (S::LANES, n) {
+                    (16, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
+                    (16, 2) => grad_blocks::<S, 2, 10>(k_pad, x, at, offsets, g, sums),
+                    (16, 3) => grad_blocks::<S, 3, 8>(k_pad, x, at, offsets, g, sums),
+                    (16, _) => grad_blocks::<S, 4, 6>(k_pad, x, at, offsets, g, sums),
+                    (_, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
+                    _ => grad_blocks::<S, 2, 6>(k_pad, x, at, offsets, g, sums),
+                }
             }
             v += n;
         }
@@ -841,9 +1166,8 @@ mod x86 {
 
     /// `KV` vectors of output channels for all taps, in blocks of `N` (the
     /// last few one at a time).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn grad_blocks<const KV: usize, const N: usize>(
+    #[inline(always)]
+    unsafe fn grad_blocks<S: Simd, const KV: usize, const N: usize>(
         k_pad: usize,
         xpad: *const f32,
         at: &[usize],
@@ -851,16 +1175,18 @@ mod x86 {
         g: *const f32,
         sums: &mut [f32],
     ) {
-        assert!(sums.len() >= (offsets.len() - 1) * k_pad + KV * LANES);
+        assert!(sums.len() >= (offsets.len() - 1) * k_pad + KV * S::LANES);
         let mut t = 0;
         while t < offsets.len() {
             let rows = sums[t * k_pad..].as_mut_ptr();
-            if t + N <= offsets.len() {
-                grad_block::<KV, N>(k_pad, xpad, at, &offsets[t..][..N], g, rows);
-                t += N;
-            } else {
-                grad_block::<KV, 1>(k_pad, xpad, at, &offsets[t..][..1], g, rows);
-                t += 1;
+            unsafe {
+                if t + N <= offsets.len() {
+                    grad_block::<S, KV, N>(k_pad, xpad, at, &offsets[t..][..N], g, rows);
+                    t += N;
+                } else {
+                    grad_block::<S, KV, 1>(k_pad, xpad, at, &offsets[t..][..1], g, rows);
+                    t += 1;
+                }
             }
         }
     }
@@ -868,9 +1194,8 @@ mod x86 {
     /// `N` taps (input at `xpad + offsets[i] + at[q]` for position `q`) times
     /// `KV` vectors of output channels, summed over all positions into `rows`
     /// (stride `k_pad`).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn grad_block<const KV: usize, const N: usize>(
+    #[inline(always)]
+    unsafe fn grad_block<S: Simd, const KV: usize, const N: usize>(
         k_pad: usize,
         xpad: *const f32,
         at: &[usize],
@@ -882,14 +1207,16 @@ mod x86 {
         for (x, &off) in xs.iter_mut().zip(offsets) {
             *x = xpad.wrapping_add(off);
         }
-        let mut acc = [[_mm512_setzero_ps(); KV]; N];
+        let mut acc = [[unsafe { S::zero() }; KV]; N];
         for (i, a) in acc.iter_mut().enumerate() {
             for (j, a) in a.iter_mut().enumerate() {
-                *a = unsafe { _mm512_maskz_loadu_ps(!0, rows.wrapping_add(i * k_pad + j * LANES)) };
+                *a = unsafe { S::load(rows.wrapping_add(i * k_pad + j * S::LANES)) };
             }
         }
-        outer_products(&xs, at, g, k_pad, &mut acc);
-        store_rows(&acc, rows, k_pad);
+        unsafe {
+            outer_products::<S, KV, N>(&xs, at, g, k_pad, &mut acc);
+            store_rows::<S, KV, N>(&acc, rows, k_pad);
+        }
     }
 
     /// Per input channel and per `GRAD_BLOCK` output channels: `9 x GRAD_BLOCK`
@@ -1020,10 +1347,19 @@ mod tests {
     /// around a vector.
     #[test]
     fn kernels_match_the_definition() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: nothing here runs these kernels");
+        // Each kernel this CPU runs: AVX2 ones on AVX-512 CPUs too.
+        let kernels: Vec<(Vectorised, Isa)> = [
+            (Vectorised::Positions, Isa::Avx512),
+            (Vectorised::Channels, Isa::Avx512),
+            (Vectorised::Channels, Isa::Avx2),
+        ]
+        .into_iter()
+        .filter(|(_, isa)| isa.supported())
+        .collect();
+        let Some(&(_, best)) = kernels.first() else {
+            eprintln!("no AVX2 or AVX-512F on this CPU: nothing here runs these kernels");
             return;
-        }
+        };
         type Case = ([usize; 3], [usize; 3], [usize; 2]);
         let cases: [Case; 10] = [
             ([3, 8, 8], [4, 3, 3], [1, 1]),
@@ -1038,19 +1374,22 @@ mod tests {
             ([2, 4, 5], [40, 3, 3], [1, 1]),
         ];
         for (seed, ([c, h, w], [k, r, s], pad)) in (1..).zip(cases) {
-            let plan = Plan::new([c, h, w], [k, r, s], pad, [1, 1], [h, w]).unwrap();
+            let plan = Plan::sized([c, h, w], [k, r, s], pad, [1, 1], [h, w], best).unwrap();
             let x = values(c * h * w, seed);
             let wt = values(k * c * r * s, seed + 100);
             let b = values(k, seed + 200);
             let g = values(k * h * w, seed + 300);
             let mut scratch = Vec::new();
             let want = reference(&plan, &x, &wt);
-            // Both kernels, where each applies (here and in the transposed plan).
-            for by in [Vectorised::Positions, Vectorised::Channels] {
-                let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}, {by:?}");
-                let plan = plan.vectorised(by);
+            // Per kernel: its output (with the bias) and dL/dx, which every
+            // kernel computes with the same bits (the taps in the same order).
+            let mut same_bits: Vec<(String, [Vec<f32>; 2])> = Vec::new();
+            // Each kernel (here and in the transposed plan).
+            for &(by, isa) in &kernels {
+                let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}, {by:?} by {isa}");
+                let plan = plan.vectorised(by, isa);
+                let mut y = vec![f32::NAN; k * h * w];
                 for bias in [None, Some(&b[..])] {
-                    let mut y = vec![f32::NAN; k * h * w];
                     plan.run(&x, &plan.pack(&wt), bias, &mut scratch, &mut y);
                     for (i, (got, want)) in y.iter().zip(&want).enumerate() {
                         let want = want + bias.map_or(0.0, |b| b[i / (h * w)]);
@@ -1061,7 +1400,7 @@ mod tests {
                         );
                     }
                 }
-                let t = plan.transposed().unwrap().vectorised(by);
+                let t = plan.transposed_sizes().unwrap().vectorised(by, isa);
                 let mut gx = vec![f32::NAN; c * h * w];
                 t.run(&g, &t.pack_transposed(&wt), None, &mut scratch, &mut gx);
                 let (lhs, rhs) = (dot(&want, &g), dot(&x, &gx));
@@ -1069,10 +1408,17 @@ mod tests {
                     (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0),
                     "{what}: dL/dx {lhs} vs {rhs}"
                 );
+                same_bits.push((what, [y, gx]));
             }
+            for pair in same_bits.windows(2) {
+                let ((a, a_values), (b, b_values)) = (&pair[0], &pair[1]);
+                assert!(a_values == b_values, "{a} and {b} differ");
+            }
+            // Per instruction set, the weight gradient with vectors over channels.
+            let mut by_channels: Vec<(Isa, Vec<f32>)> = Vec::new();
             let what = format!("{c}x{h}x{w} * {k}x{r}x{s}, padding {pad:?}");
-            for by in [Vectorised::Positions, Vectorised::Channels] {
-                let Some(wg) = plan.weight_grad_by(by) else {
+            for &(by, isa) in &kernels {
+                let Some(wg) = plan.vectorised(by, isa).weight_grad_by(by) else {
                     continue;
                 };
                 // Twice: the sums accumulate.
@@ -1097,10 +1443,16 @@ mod tests {
                         let err = (f64::from(got) - want).abs();
                         assert!(
                             err < 1e-5 * want.abs().max(1.0),
-                            "{what}, {by:?}: dW[{kk}][{ct}] is {got}, want {want}"
+                            "{what}, {by:?} by {isa}: dW[{kk}][{ct}] is {got}, want {want}"
                         );
                     }
                 }
+                if by == Vectorised::Channels {
+                    by_channels.push((isa, gw_t));
+                }
+            }
+            if let [(a, a_values), (b, b_values)] = &by_channels[..] {
+                assert!(a_values == b_values, "{what}: dL/dW by channels, {a} and {b} differ");
             }
         }
     }

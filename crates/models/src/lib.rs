@@ -5,7 +5,7 @@
 //! weights on every backend, the probe points (names, shapes, parameter
 //! paths, taps) through which the probe reads them, and the convolution,
 //! BatchNorm, ReLU and sigmoid they train with (on flex: the direct backward
-//! pass, and AVX-512 kernels without im2col, [`conv`]; a few passes over the activations, a ReLU that follows folded
+//! pass, and AVX-512 or AVX2 kernels without im2col, [`conv`]; a few passes over the activations, a ReLU that follows folded
 //! in, [`batchnorm`]; both passes split over the threads, [`relu`]; a
 //! vectorised `exp`, [`sigmoid`]). It knows nothing of datasets, optimisers,
 //! training loops, metrics or reports.
