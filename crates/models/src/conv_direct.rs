@@ -859,23 +859,26 @@ mod x86 {
         }
     }
 
-    /// `pub(super) unsafe fn $name(isa: Isa, args..)`: `$generic::<S>(args..)`
-    /// compiled inside a `#[target_feature]` function for each instruction
-    /// set, and the one for `isa` called.
+    /// `pub(super) unsafe fn $name(isa: Isa, args..)` from one generic body
+    /// over `S: Simd`: the body compiled inside a `#[target_feature]`
+    /// function for each instruction set, and the one for `isa` called.
     macro_rules! per_isa {
-        ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        ($(#[$doc:meta])* fn $name:ident<$s:ident>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
             $(#[$doc])*
             #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn $name(isa: Isa, $($arg: $ty),*) {
+                #[inline(always)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn generic<$s: Simd>($($arg: $ty),*) $body
                 #[target_feature(enable = "avx512f")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) {
-                    unsafe { $generic::<Avx512>($($arg),*) }
+                    unsafe { generic::<Avx512>($($arg),*) }
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
-                    unsafe { $generic::<Avx2>($($arg),*) }
+                    unsafe { generic::<Avx2>($($arg),*) }
                 }
                 match isa {
                     Isa::Avx512 => unsafe { avx512($($arg),*) },
@@ -893,7 +896,7 @@ mod x86 {
         ///
         /// # Safety
         /// The CPU has `isa`; `xpad` is `[C, plane]`, `packed` `[C·R·S, K_pad]`.
-        fn convolve_channels = channels(
+        fn convolve_channels<S>(
             p: &Plan,
             xpad: &[f32],
             packed: &[f32],
@@ -901,43 +904,32 @@ mod x86 {
             offsets: &[usize],
             init: &[f32],
             out_t: &mut [f32],
-        )
-    }
-
-    #[inline(always)]
-    unsafe fn channels<S: Simd>(
-        p: &Plan,
-        xpad: &[f32],
-        packed: &[f32],
-        at: &[usize],
-        offsets: &[usize],
-        init: &[f32],
-        out_t: &mut [f32],
-    ) {
-        let (hw, k_pad) = (p.l(), p.k_pad());
-        assert!(at.len() == hw + SPILL && reads_inside(at, offsets, xpad.len()));
-        assert!(packed.len() == p.taps() * k_pad && offsets.len() == p.taps());
-        assert!(init.len() == k_pad && out_t.len() == (hw + SPILL) * k_pad);
-        let vectors = k_pad / S::LANES;
-        let mut v = 0;
-        while v < vectors {
-            let n = (vectors - v).min(S::MAX_KV);
-            let (x, w) = (xpad.as_ptr(), packed[v * S::LANES..].as_ptr());
-            let (init, out) = (&init[v * S::LANES..], &mut out_t[v * S::LANES..]);
-            // Blocks that fill the registers: AVX-512's 32 hold up to 4x6
-            // or 3x8 accumulators, AVX2's 16 hold 2x6 (`K_pad` is a
-            // multiple of 16: always two vectors).
-            unsafe {
-                match (S::LANES, n) {
-                    (16, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                    (16, 2) => channel_blocks::<S, 2, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                    (16, 3) => channel_blocks::<S, 3, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                    (16, _) => channel_blocks::<S, 4, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
-                    (_, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
-                    _ => channel_blocks::<S, 2, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+        ) {
+            let (hw, k_pad) = (p.l(), p.k_pad());
+            assert!(at.len() == hw + SPILL && reads_inside(at, offsets, xpad.len()));
+            assert!(packed.len() == p.taps() * k_pad && offsets.len() == p.taps());
+            assert!(init.len() == k_pad && out_t.len() == (hw + SPILL) * k_pad);
+            let vectors = k_pad / S::LANES;
+            let mut v = 0;
+            while v < vectors {
+                let n = (vectors - v).min(S::MAX_KV);
+                let (x, w) = (xpad.as_ptr(), packed[v * S::LANES..].as_ptr());
+                let (init, out) = (&init[v * S::LANES..], &mut out_t[v * S::LANES..]);
+                // Blocks that fill the registers: AVX-512's 32 hold up to 4x6
+                // or 3x8 accumulators, AVX2's 16 hold 2x6 (`K_pad` is a
+                // multiple of 16: always two vectors).
+                unsafe {
+                    match (S::LANES, n) {
+                        (16, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                        (16, 2) => channel_blocks::<S, 2, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                        (16, 3) => channel_blocks::<S, 3, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                        (16, _) => channel_blocks::<S, 4, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+                        (_, 1) => channel_blocks::<S, 1, 8, 7>(hw, k_pad, x, at, offsets, w, init, out),
+                        _ => channel_blocks::<S, 2, 6, 5>(hw, k_pad, x, at, offsets, w, init, out),
+                    }
                 }
+                v += n;
             }
-            v += n;
         }
     }
 
@@ -947,54 +939,46 @@ mod x86 {
         ///
         /// # Safety
         /// The CPU has `isa`.
-        fn transpose = transpose_by(
+        fn transpose<S>(
             from: &[f32],
             shape: [usize; 2],
             from_stride: usize,
             to: &mut [MaybeUninit<f32>],
             to_stride: usize,
-        )
-    }
-
-    #[inline(always)]
-    unsafe fn transpose_by<S: Simd>(
-        from: &[f32],
-        [rows, cols]: [usize; 2],
-        from_stride: usize,
-        to: &mut [MaybeUninit<f32>],
-        to_stride: usize,
-    ) {
-        if rows == 0 || cols == 0 {
-            return;
-        }
-        assert!(cols <= from_stride && rows <= to_stride);
-        assert!(from.len() >= (rows - 1) * from_stride + cols && to.len() >= (cols - 1) * to_stride + rows);
-        let (from, to) = (from.as_ptr(), to.as_mut_ptr().cast::<f32>());
-        for i0 in (0..rows).step_by(S::LANES) {
-            let in_rows = (rows - i0).min(S::LANES);
-            for j0 in (0..cols).step_by(S::LANES) {
-                let in_cols = (cols - j0).min(S::LANES);
-                let mut tile = unsafe { S::zero_tile() };
-                for (i, row) in tile.as_mut().iter_mut().enumerate().take(in_rows) {
-                    let at = from.wrapping_add((i0 + i) * from_stride + j0);
-                    *row = unsafe {
-                        if in_cols == S::LANES {
-                            S::load(at)
-                        } else {
-                            S::load_first(at, in_cols)
-                        }
-                    };
-                }
-                // Whole vectors stored unmasked: on AMD's cores a masked
-                // store costs several plain ones.
-                let tile = unsafe { S::transpose_tile(tile) };
-                for (j, column) in tile.into_iter().enumerate().take(in_cols) {
-                    let at = to.wrapping_add((j0 + j) * to_stride + i0);
-                    unsafe {
-                        if in_rows == S::LANES {
-                            S::store(at, column);
-                        } else {
-                            S::store_first(at, in_rows, column);
+        ) {
+            let [rows, cols] = shape;
+            if rows == 0 || cols == 0 {
+                return;
+            }
+            assert!(cols <= from_stride && rows <= to_stride);
+            assert!(from.len() >= (rows - 1) * from_stride + cols && to.len() >= (cols - 1) * to_stride + rows);
+            let (from, to) = (from.as_ptr(), to.as_mut_ptr().cast::<f32>());
+            for i0 in (0..rows).step_by(S::LANES) {
+                let in_rows = (rows - i0).min(S::LANES);
+                for j0 in (0..cols).step_by(S::LANES) {
+                    let in_cols = (cols - j0).min(S::LANES);
+                    let mut tile = unsafe { S::zero_tile() };
+                    for (i, row) in tile.as_mut().iter_mut().enumerate().take(in_rows) {
+                        let at = from.wrapping_add((i0 + i) * from_stride + j0);
+                        *row = unsafe {
+                            if in_cols == S::LANES {
+                                S::load(at)
+                            } else {
+                                S::load_first(at, in_cols)
+                            }
+                        };
+                    }
+                    // Whole vectors stored unmasked: on AMD's cores a masked
+                    // store costs several plain ones.
+                    let tile = unsafe { S::transpose_tile(tile) };
+                    for (j, column) in tile.into_iter().enumerate().take(in_cols) {
+                        let at = to.wrapping_add((j0 + j) * to_stride + i0);
+                        unsafe {
+                            if in_rows == S::LANES {
+                                S::store(at, column);
+                            } else {
+                                S::store_first(at, in_rows, column);
+                            }
                         }
                     }
                 }
@@ -1122,45 +1106,35 @@ mod x86 {
         ///
         /// # Safety
         /// The CPU has `isa`; `xpad` is `[C, plane]`.
-        fn weight_grad_channels = grad_channels(
+        fn weight_grad_channels<S>(
             p: &Plan,
             xpad: &[f32],
             g_t: &[f32],
             at: &[usize],
             offsets: &[usize],
             sums: &mut [f32],
-        )
-    }
-
-    #[inline(always)]
-    unsafe fn grad_channels<S: Simd>(
-        p: &Plan,
-        xpad: &[f32],
-        g_t: &[f32],
-        at: &[usize],
-        offsets: &[usize],
-        sums: &mut [f32],
-    ) {
-        let (hw, k_pad) = (p.l(), p.k_pad());
-        assert!(at.len() == hw && reads_inside(at, offsets, xpad.len()));
-        assert!(g_t.len() == hw * k_pad && offsets.len() == p.taps() && sums.len() == p.taps() * k_pad);
-        let vectors = k_pad / S::LANES;
-        let mut v = 0;
-        while v < vectors {
-            let n = (vectors - v).min(S::MAX_KV);
-            let (x, g) = (xpad.as_ptr(), g_t[v * S::LANES..].as_ptr());
-            let sums = &mut sums[v * S::LANES..];
-            unsafe {
-                match (S::LANES, n) {
-                    (16, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
-                    (16, 2) => grad_blocks::<S, 2, 10>(k_pad, x, at, offsets, g, sums),
-                    (16, 3) => grad_blocks::<S, 3, 8>(k_pad, x, at, offsets, g, sums),
-                    (16, _) => grad_blocks::<S, 4, 6>(k_pad, x, at, offsets, g, sums),
-                    (_, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
-                    _ => grad_blocks::<S, 2, 6>(k_pad, x, at, offsets, g, sums),
+        ) {
+            let (hw, k_pad) = (p.l(), p.k_pad());
+            assert!(at.len() == hw && reads_inside(at, offsets, xpad.len()));
+            assert!(g_t.len() == hw * k_pad && offsets.len() == p.taps() && sums.len() == p.taps() * k_pad);
+            let vectors = k_pad / S::LANES;
+            let mut v = 0;
+            while v < vectors {
+                let n = (vectors - v).min(S::MAX_KV);
+                let (x, g) = (xpad.as_ptr(), g_t[v * S::LANES..].as_ptr());
+                let sums = &mut sums[v * S::LANES..];
+                unsafe {
+                    match (S::LANES, n) {
+                        (16, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
+                        (16, 2) => grad_blocks::<S, 2, 10>(k_pad, x, at, offsets, g, sums),
+                        (16, 3) => grad_blocks::<S, 3, 8>(k_pad, x, at, offsets, g, sums),
+                        (16, _) => grad_blocks::<S, 4, 6>(k_pad, x, at, offsets, g, sums),
+                        (_, 1) => grad_blocks::<S, 1, 10>(k_pad, x, at, offsets, g, sums),
+                        _ => grad_blocks::<S, 2, 6>(k_pad, x, at, offsets, g, sums),
+                    }
                 }
+                v += n;
             }
-            v += n;
         }
     }
 
